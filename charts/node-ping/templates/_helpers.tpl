@@ -1,0 +1,144 @@
+{{/*
+Chart name, cut to 63 characters (the limit of a DNS label and of a label value).
+*/}}
+{{- define "node-ping.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Full name: the prefix of every object name. The release name alone when it already contains the
+chart name, so that `helm install node-ping charts/node-ping` makes `node-ping`, not
+`node-ping-node-ping`.
+*/}}
+{{- define "node-ping.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+Chart name and version, for the helm.sh/chart label.
+*/}}
+{{- define "node-ping.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Labels on every object.
+*/}}
+{{- define "node-ping.labels" -}}
+helm.sh/chart: {{ include "node-ping.chart" . }}
+{{ include "node-ping.selectorLabels" . }}
+{{- if .Chart.AppVersion }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+{{- end }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: {{ include "node-ping.name" . }}
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/*
+Selector labels shared by both components; each workload adds app.kubernetes.io/component so
+that the exporter's and discovery's selectors never overlap.
+*/}}
+{{- define "node-ping.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "node-ping.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "node-ping.exporter.selectorLabels" -}}
+{{ include "node-ping.selectorLabels" . }}
+app.kubernetes.io/component: exporter
+{{- end }}
+
+{{- define "node-ping.discovery.selectorLabels" -}}
+{{ include "node-ping.selectorLabels" . }}
+app.kubernetes.io/component: discovery
+{{- end }}
+
+{{/*
+metadata.annotations from commonAnnotations plus the given extra map; renders nothing when both are
+empty. Call with (dict "ctx" $ "extra" $map).
+*/}}
+{{- define "node-ping.annotations" -}}
+{{- $annotations := merge (deepCopy (default (dict) .extra)) (default (dict) .ctx.Values.commonAnnotations) }}
+{{- with $annotations }}
+annotations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end }}
+
+{{/*
+Names of the objects the components share.
+*/}}
+{{- define "node-ping.configName" -}}
+{{- printf "%s-config" (include "node-ping.fullname" .) }}
+{{- end }}
+
+{{/* The ConfigMap the discovery Deployment creates and keeps up to date (key nodes.json). */}}
+{{- define "node-ping.nodesConfigMapName" -}}
+{{- printf "%s-nodes" (include "node-ping.fullname" .) }}
+{{- end }}
+
+{{- define "node-ping.discovery.fullname" -}}
+{{- printf "%s-discovery" (include "node-ping.fullname" .) }}
+{{- end }}
+
+{{- define "node-ping.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "node-ping.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "node-ping.discovery.serviceAccountName" -}}
+{{- if .Values.discovery.serviceAccount.create }}
+{{- default (include "node-ping.discovery.fullname" .) .Values.discovery.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.discovery.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/*
+The image reference; the tag defaults to the chart's appVersion.
+*/}}
+{{- define "node-ping.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+
+{{/*
+Whether the exporter serves /metrics over HTTP: asked for directly, or needed by a monitor.
+Renders "true" or "".
+*/}}
+{{- define "node-ping.metricsEnabled" -}}
+{{- if or .Values.metrics.enabled .Values.serviceMonitor.enabled .Values.podMonitor.enabled }}true{{- end }}
+{{- end }}
+
+{{/*
+Length of one cycle in whole seconds: count pings period milliseconds apart, rounded up, plus
+slack for the last replies and the textfile write.
+*/}}
+{{- define "node-ping.cycleSeconds" -}}
+{{- $pingMs := mul (int .Values.ping.count) (int .Values.ping.periodMs) }}
+{{- add (div (add $pingMs 999) 1000) (int .Values.livenessProbe.cycleSlackSeconds) }}
+{{- end }}
+
+{{- define "node-ping.dnsPolicy" -}}
+{{- if .Values.dnsPolicy }}
+{{- .Values.dnsPolicy }}
+{{- else if .Values.hostNetwork }}
+{{- "ClusterFirstWithHostNet" }}
+{{- else }}
+{{- "ClusterFirst" }}
+{{- end }}
+{{- end }}

@@ -1,0 +1,7 @@
+"""`python -m node_ping` runs the same CLI as the `node-ping` script."""
+
+import sys
+
+from node_ping.cli import main
+
+sys.exit(main())

@@ -1,0 +1,217 @@
+"""Command line: `node-ping run|once|health|discover|diagnose`.
+
+Every `run` setting can come from an env var (how the DaemonSet sets it) or a flag (which wins).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+
+from node_ping import __version__
+from node_ping.config import Settings, SettingsError, parse_listen_address
+
+log = logging.getLogger("node_ping")
+
+EXAMPLES = Path(__file__).parent / "examples"
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    value = os.environ.get(name)
+    return value if value not in (None, "") else default
+
+
+def _env_int(name: str, default: int) -> int:
+    text = _env(name)
+    if text is None:
+        return default
+    try:
+        return int(text)
+    except ValueError:
+        raise SettingsError(f"{name}={text!r} is not a whole number") from None
+
+
+def _add_probe_options(parser: argparse.ArgumentParser) -> None:
+    add = parser.add_argument
+    add("--node-name", default=_env("MY_NODE_NAME"), help="this node's name (env MY_NODE_NAME)")
+    add("--config", type=Path, default=Path(_env("NODE_PING_CONFIG", "/config/nodes.json") or ""),
+        help="JSON list of {name, ipAddress[, zone]} (env NODE_PING_CONFIG; default %(default)s)")
+    add("--external-config", type=Path,
+        default=Path(_env("NODE_PING_EXTERNAL_CONFIG", "/config/external.json") or ""),
+        help="JSON list of {name, host}; a missing file means none (env NODE_PING_EXTERNAL_CONFIG; "
+             "default %(default)s)")
+    add("--count", type=int, default=None, help="pings per target per cycle (env NODE_PING_COUNT; default 30)")
+    add("--period-ms", type=int, default=None,
+        help="milliseconds between two pings to one target (env NODE_PING_PERIOD_MS; default 1000)")
+    add("--topology", default=_env("NODE_PING_TOPOLOGY", "full"), choices=("full", "zone"),
+        help="full: probe every node; zone: every node of the own zone plus k per other zone "
+             "(env NODE_PING_TOPOLOGY; default %(default)s)")
+    add("--peers-per-zone", type=int, default=None,
+        help="k for --topology zone (env NODE_PING_PEERS_PER_ZONE; default 3)")
+    add("--fping", default=_env("NODE_PING_FPING", "fping"), help="fping binary (default %(default)s)")
+    add("-v", "--verbose", action="store_true", help="log every cycle")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="node-ping", description="Probe every other Kubernetes node with fping and export Prometheus "
+                                      "metrics to node-exporter's textfile collector.")
+    parser.add_argument("--version", action="version", version=f"node-ping {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = commands.add_parser("run", help="the DaemonSet loop (default)")
+    _add_probe_options(run)
+    run.add_argument("--textfile-dir", type=Path, default=_env("PROMETHEUS_TEXTFILE_DIR"),
+                     help="node-exporter's textfile directory (env PROMETHEUS_TEXTFILE_DIR)")
+    run.add_argument("--prefix", default=_env("PROMETHEUS_TEXTFILE_PREFIX", "node-ping_"),
+                     help="file name prefix (env PROMETHEUS_TEXTFILE_PREFIX; default %(default)s)")
+    run.add_argument("--cycles", type=int, default=None, help="stop after N cycles (default: run forever)")
+    run.add_argument("--listen-address", default=_env("NODE_PING_LISTEN_ADDRESS"),
+                     help="also serve /metrics over HTTP, e.g. :9797 (env NODE_PING_LISTEN_ADDRESS)")
+    run.add_argument("--health-file", type=Path, default=_env("NODE_PING_HEALTH_FILE"),
+                     help="touched after every completed cycle, for `node-ping health` (env NODE_PING_HEALTH_FILE)")
+
+    once = commands.add_parser("once", help="run one cycle and print the metrics")
+    _add_probe_options(once)
+    once.add_argument("--example", action="store_true",
+                      help="probe the built-in loopback example (127.0.0.1, 127.0.0.2, ::1, localhost)")
+
+    health = commands.add_parser("health", help="exit 0 if a cycle completed recently (liveness probe)")
+    health.add_argument("--health-file", type=Path, default=_env("NODE_PING_HEALTH_FILE"),
+                        help="the file `run --health-file` touches (env NODE_PING_HEALTH_FILE)")
+    health.add_argument("--max-age", type=float, required=True, help="seconds since the last completed cycle")
+
+    for name, module_name, help_text in (
+        ("discover", "discover", "keep the nodes.json ConfigMap in step with the cluster's nodes"),
+        ("diagnose", "diagnose", "read node-ping data from Prometheus and name the faulty node or link"),
+    ):
+        try:
+            module = __import__(f"node_ping.{module_name}", fromlist=["configure_parser"])
+        except ImportError:
+            continue
+        sub = commands.add_parser(name, help=help_text)
+        module.configure_parser(sub)
+        sub.set_defaults(handler=module.run)
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    example = getattr(args, "example", False)
+    node_name = args.node_name or ("example" if example else None)
+    listen = getattr(args, "listen_address", None)
+    return Settings(
+        node_name=node_name or "",
+        textfile_dir=getattr(args, "textfile_dir", None),
+        prefix=getattr(args, "prefix", "node-ping_"),
+        config_path=EXAMPLES / "nodes.json" if example else args.config,
+        external_config_path=EXAMPLES / "external.json" if example else args.external_config,
+        count=args.count if args.count is not None else _env_int("NODE_PING_COUNT", 30 if not example else 5),
+        period_ms=args.period_ms if args.period_ms is not None else _env_int(
+            "NODE_PING_PERIOD_MS", 1000 if not example else 200),
+        cycles=1 if args.command == "once" else getattr(args, "cycles", None),
+        listen=parse_listen_address(listen) if listen else None,
+        health_file=getattr(args, "health_file", None),
+        topology=args.topology,
+        peers_per_zone=args.peers_per_zone if args.peers_per_zone is not None else _env_int(
+            "NODE_PING_PEERS_PER_ZONE", 3),
+        fping=args.fping,
+    )
+
+
+def _health(args: argparse.Namespace) -> int:
+    if args.health_file is None:
+        print("node-ping health: set --health-file or NODE_PING_HEALTH_FILE", file=sys.stderr)
+        return 2
+    try:
+        age = time.time() - args.health_file.stat().st_mtime
+    except OSError:
+        print(f"unhealthy: {args.health_file} does not exist: no cycle has completed yet", file=sys.stderr)
+        return 1
+    if age > args.max_age:
+        print(f"unhealthy: last cycle completed {age:.0f} s ago (limit {args.max_age:.0f} s)", file=sys.stderr)
+        return 1
+    print(f"healthy: last cycle completed {age:.0f} s ago")
+    return 0
+
+
+def _install_signal_handlers(stop: threading.Event) -> None:
+    def handle(signum: int, _frame: FrameType | None) -> None:
+        log.info("received %s, stopping", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handle)
+    signal.signal(signal.SIGINT, handle)
+
+
+def _probe(args: argparse.Namespace, settings: Settings) -> int:
+    # Imported here so `node-ping --help` and `health` stay fast and light.
+    from node_ping.loop import Prober, run  # noqa: PLC0415
+    from node_ping.metrics import SnapshotCollector, new_registry, render  # noqa: PLC0415
+    from node_ping.textfile import remove_stale  # noqa: PLC0415
+
+    log.info("node-ping %s starting: %s", __version__, settings)
+    stop = threading.Event()
+    _install_signal_handlers(stop)
+    prober = Prober(settings)
+    collector = SnapshotCollector(prober.snapshot)
+    prober.on_snapshot = lambda snapshot: setattr(collector, "snapshot", snapshot)
+
+    if settings.textfile_dir is not None:
+        try:
+            for path in remove_stale(settings.textfile_dir, settings.prefix):
+                log.info("removed stale file %s from an earlier run", path)
+        except OSError as err:
+            log.warning("cannot clean up %s: %s", settings.textfile_dir, err)
+    if settings.listen is not None:
+        from prometheus_client import start_http_server  # noqa: PLC0415
+
+        start_http_server(settings.listen.port, settings.listen.host, registry=new_registry(collector))
+        log.info("serving metrics on http://%s:%d/metrics", settings.listen.host, settings.listen.port)
+
+    def touch_health() -> None:
+        if settings.health_file is not None:
+            try:
+                settings.health_file.touch()
+            except OSError as err:
+                log.warning("cannot touch health file %s: %s", settings.health_file, err)
+
+    code = run(prober, stop, touch_health)
+    if args.command == "once":
+        sys.stdout.write(render(prober.snapshot))
+    return code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        import better_exchook  # noqa: PLC0415
+
+        better_exchook.install()
+    except ImportError:
+        pass
+    parser = build_parser()
+    raw = list(sys.argv[1:] if argv is None else argv)
+    if not raw or (raw[0].startswith("-") and raw[0] not in ("-h", "--help", "--version")):
+        raw.insert(0, "run")  # `node-ping` alone, or with run's flags, means `node-ping run`
+    args = parser.parse_args(raw)
+    logging.basicConfig(level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if args.command == "health":
+        return _health(args)
+    if hasattr(args, "handler"):
+        return int(args.handler(args))
+    try:
+        settings = _settings(args)
+        if args.command == "run" and settings.textfile_dir is None and settings.listen is None:
+            raise SettingsError("nowhere to put the metrics: set PROMETHEUS_TEXTFILE_DIR or --textfile-dir "
+                                "(and/or --listen-address)")
+    except SettingsError as err:
+        parser.error(str(err))
+    return _probe(args, settings)

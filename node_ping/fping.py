@@ -1,0 +1,127 @@
+"""Run fping: the only place that starts a process.
+
+Exit codes: 0 all answered, 1 some unreachable, 2 unknown host (all three are data); 3 bad
+arguments and 4 a system call failure are errors, and so is death by a signal.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import resource
+import subprocess
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
+
+DEFAULT_GAP_MS = 10.0
+"""fping's own default minimum gap between any two packets."""
+
+ROUND_SHARE = 0.8
+"""Share of one period that a round of packets (one to every target) may take; the rest is
+headroom so the round stays inside the period even when the prober is briefly descheduled."""
+
+MIN_GAP_MS = 0.01
+"""fping counts in nanoseconds; below 10 µs the send loop, not the gap, is the limit."""
+
+
+class FpingError(Exception):
+    """fping could not produce a report this cycle."""
+
+
+class FpingNotFound(FpingError):
+    pass
+
+
+class FpingTimeout(FpingError):
+    pass
+
+
+class FpingFailed(FpingError):
+    pass
+
+
+class Interrupted(FpingError):
+    """The run was stopped on request (SIGTERM/SIGINT); not a fault."""
+
+
+@dataclass(frozen=True)
+class FpingResult:
+    report: str  # what fping wrote to stderr
+    returncode: int
+    cpu_seconds: float  # user + system time of fping itself
+
+
+def packet_gap_ms(target_count: int, period_ms: float) -> float:
+    """The `-i` gap that lets one packet to every target fit in one period.
+
+    fping's default 10 ms gap makes a round of 300 targets take 3 s, so a 1 s period silently
+    becomes 3 s and the cycle triples. Never wider than fping's default.
+    """
+    if target_count <= 0:
+        return DEFAULT_GAP_MS
+    gap = period_ms * ROUND_SHARE / target_count
+    return max(MIN_GAP_MS, min(DEFAULT_GAP_MS, gap))
+
+
+def build_argv(addresses: Sequence[str], count: int, period_ms: int, binary: str = "fping") -> list[str]:
+    """The fping command line. Addresses come after `--` so nothing can be read as an option."""
+    for address in addresses:
+        if not address or address.startswith("-"):
+            raise ValueError(f"refusing to pass {address!r} to fping")
+    gap = packet_gap_ms(len(addresses), period_ms)
+    return [binary, "-p", str(period_ms), "-A", "-C", str(count), "-B", "1", "-q", "-r", "1",
+            "-i", f"{gap:.3f}".rstrip("0").rstrip("."), "--", *addresses]
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _stop(process: subprocess.Popen[str]) -> None:
+    """Terminate, then kill, and always reap: never leave an fping child behind."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=0.5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+    process.wait()
+
+
+def run(argv: list[str], timeout_s: float, stop: threading.Event, poll_s: float = 0.1) -> FpingResult:
+    """Run fping to completion; raise an FpingError subclass when there is no usable report."""
+    cpu_before = _children_cpu()
+    env = {**os.environ, "LC_ALL": "C"}
+    try:
+        process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True, env=env, errors="replace")
+    except FileNotFoundError:
+        raise FpingNotFound(f"{argv[0]} not found; install fping (Debian: apt-get install fping)") from None
+    except PermissionError as err:
+        raise FpingNotFound(f"cannot execute {argv[0]}: {err}") from None
+    deadline = time.monotonic() + timeout_s
+    try:
+        while True:
+            try:
+                _stdout, report = process.communicate(timeout=poll_s)
+                break
+            except subprocess.TimeoutExpired:
+                if stop.is_set():
+                    raise Interrupted("stopped while fping was running") from None
+                if time.monotonic() > deadline:
+                    raise FpingTimeout(f"fping ran longer than {timeout_s:.0f} s and was killed") from None
+    finally:
+        _stop(process)
+    cpu = _children_cpu() - cpu_before
+    code = process.returncode
+    if code < 0:
+        raise FpingFailed(f"fping was killed by signal {-code}")
+    if code not in (0, 1, 2):
+        tail = " ".join(report.strip().splitlines()[-3:])
+        raise FpingFailed(f"fping exited with code {code}: {tail or 'no message'}")
+    return FpingResult(report=report, returncode=code, cpu_seconds=cpu)

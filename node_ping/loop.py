@@ -1,0 +1,242 @@
+"""One probe cycle, and the loop that repeats it until told to stop.
+
+config ──► targets ──► fping ──► parse ──► stats ──► snapshot ──► textfile / HTTP
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import resource
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from node_ping import fping
+from node_ping.config import Settings
+from node_ping.metrics import Snapshot, TargetRow, render
+from node_ping.parse import parse_report
+from node_ping.resolve import ResolveError, resolve
+from node_ping.stats import CycleStats, summarize
+from node_ping.targets import ConfigError, ExternalTarget, NodeTarget, TargetList, read_external, read_nodes
+from node_ping.textfile import output_path, write_atomic
+from node_ping.topology import select_peers
+
+log = logging.getLogger(__name__)
+
+K = TypeVar("K", NodeTarget, ExternalTarget)
+
+
+@dataclass
+class _Totals:
+    sent: int = 0
+    received: int = 0
+    rtt_sum_ms: float = 0.0
+    last: CycleStats | None = None
+
+    def add(self, stats: CycleStats) -> None:
+        self.sent += stats.sent
+        self.received += stats.received
+        self.rtt_sum_ms += stats.rtt_sum_ms
+        self.last = stats
+
+
+class _Problems:
+    """Log a problem once when it appears or changes, and once when it clears: one clear line,
+    not one per cycle for as long as the problem lasts."""
+
+    def __init__(self) -> None:
+        self._current: dict[str, str] = {}
+
+    def report(self, key: str, message: str | None) -> None:
+        previous = self._current.get(key)
+        if message is None:
+            if previous is not None:
+                log.info("%s: resolved", key)
+                del self._current[key]
+        elif message != previous:
+            log.warning("%s", message)
+            self._current[key] = message
+
+
+class _LastGood(Generic[K]):
+    """A target file, and the last version of it that could be used."""
+
+    def __init__(self, name: str, read: Callable[[], TargetList[K]]) -> None:
+        self.name = name
+        self._read: Callable[[], TargetList[K]] = read
+        self.targets: tuple[K, ...] = ()
+
+    def load(self, problems: _Problems) -> bool:
+        """Re-read the file; on failure keep the last good list. True if the file was usable."""
+        try:
+            loaded = self._read()
+        except ConfigError as err:
+            kept = f"; still probing the last good list of {len(self.targets)}" if self.targets else ""
+            problems.report(self.name, f"{err}{kept}")
+            return False
+        problems.report(self.name, None)
+        problems.report(f"{self.name} entries", "; ".join(loaded.problems) or None)
+        self.targets = loaded.targets
+        return not loaded.problems
+
+
+def _own_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+class Prober:
+    """Holds what outlives a cycle: cumulative counters, the last good target lists, error counts."""
+
+    def __init__(self, settings: Settings, clock: Callable[[], float] = time.time) -> None:
+        self.settings = settings
+        self._clock = clock
+        self._problems = _Problems()
+        self._nodes = _LastGood("node list", lambda: read_nodes(settings.config_path))
+        self._external = _LastGood("external list", lambda: read_external(settings.external_config_path))
+        self._node_totals: dict[NodeTarget, _Totals] = {}
+        self._external_totals: dict[ExternalTarget, _Totals] = {}
+        self.snapshot = Snapshot(source_node=settings.node_name)
+        self.on_snapshot: Callable[[Snapshot], None] = lambda snapshot: None
+
+    def _error(self, kind: str) -> None:
+        errors = dict(self.snapshot.errors)
+        errors[kind] += 1
+        self.snapshot = dataclasses.replace(self.snapshot, errors=errors)
+
+    def _resolve_external(self, targets: Sequence[ExternalTarget]) -> dict[ExternalTarget, str]:
+        addresses: dict[ExternalTarget, str] = {}
+        failures = []
+        for target in targets:
+            try:
+                addresses[target] = resolve(target.host)
+            except ResolveError as err:
+                failures.append(str(err))
+        if failures:
+            self._error("dns")
+        self._problems.report("external names", "; ".join(failures) or None)
+        return addresses
+
+    def cycle(self, stop: threading.Event) -> bool:
+        """Probe every target once (count pings each) and publish the result. True on success."""
+        started = time.monotonic()
+        s = self.settings
+        for target_file in (self._nodes, self._external):
+            if not target_file.load(self._problems):
+                self._error("config")
+        nodes = select_peers(s.node_name, self._nodes.targets, s.topology, s.peers_per_zone)
+        external = self._resolve_external(self._external.targets)
+        wanted = [node.address for node in nodes] + list(external.values())
+        addresses = list(dict.fromkeys(wanted))  # one probe per address, shared by every target on it
+
+        reports: dict[str, tuple[float | None, ...]] = {}
+        fping_cpu = 0.0
+        ok = True
+        if addresses:
+            try:
+                argv = fping.build_argv(addresses, s.count, s.period_ms, s.fping)
+                result = fping.run(argv, s.fping_timeout_s, stop)
+            except fping.Interrupted:
+                return False
+            except fping.FpingError as err:
+                self._error("fping")
+                self._problems.report("fping", f"fping failed: {err}; keeping the previous results")
+                ok = False
+            else:
+                self._problems.report("fping", None)
+                reports = parse_report(result.report)
+                fping_cpu = result.cpu_seconds
+
+        missing = []
+        for address in addresses if ok else ():
+            samples = reports.get(address)
+            if samples is None or len(samples) != s.count:
+                missing.append(address)
+        if missing:
+            # Without a complete report we do not know what was sent: count nothing, say so.
+            self._error("fping")
+            ok = False
+        self._problems.report("fping report", f"fping reported no complete result for "
+                              f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}"
+                              if missing else None)
+
+        node_rows = self._update(self._node_totals, {n: n.address for n in nodes}, reports, missing,
+                                 lambda n: (n.name, n.address))
+        external_rows = self._update(self._external_totals, external, reports, missing,
+                                     lambda e: (e.name, e.host))
+        finished = self._clock()
+        prev = self.snapshot
+        self.snapshot = dataclasses.replace(
+            prev,
+            nodes=node_rows,
+            external=external_rows,
+            exceptions=prev.exceptions + (0 if ok else 1),
+            cycles=prev.cycles + 1,
+            targets={"node": len(nodes), "external": len(external)},
+            cycle_duration_s=time.monotonic() - started if ok and addresses else prev.cycle_duration_s,
+            cycle_nominal_s=s.nominal_cycle_s,
+            last_success_ts=finished if ok else prev.last_success_ts,
+            fping_cpu_s=prev.fping_cpu_s + fping_cpu,
+            own_cpu_s=_own_cpu(),
+        )
+        self.publish()
+        return ok
+
+    def _update(self, totals: dict[K, _Totals], address_of: dict[K, str],
+                reports: dict[str, tuple[float | None, ...]], missing: Sequence[str],
+                labels: Callable[[K], tuple[str, str]]) -> tuple[TargetRow, ...]:
+        """Add this cycle's stats; forget targets that left the config (they vanish from the file)."""
+        for gone in set(totals) - set(address_of):
+            del totals[gone]
+        for target, address in address_of.items():
+            samples = reports.get(address)
+            if samples is not None and address not in missing:
+                totals.setdefault(target, _Totals()).add(summarize(samples))
+        return tuple(TargetRow(labels(t), v.sent, v.received, v.rtt_sum_ms, v.last)
+                     for t, v in sorted(totals.items()))
+
+    def publish(self) -> None:
+        """Write the textfile (if configured) and hand the snapshot to the HTTP collector."""
+        self.on_snapshot(self.snapshot)
+        s = self.settings
+        if s.textfile_dir is None:
+            return
+        path = output_path(s.textfile_dir, s.prefix, s.node_name)
+        try:
+            write_atomic(path, render(self.snapshot))
+        except OSError as err:
+            self._error("write")
+            self.on_snapshot(self.snapshot)
+            self._problems.report("textfile", f"cannot write {path}: {err.strerror or err}; "
+                                  "the previous file is left as it was")
+        else:
+            self._problems.report("textfile", None)
+
+
+def run(prober: Prober, stop: threading.Event, health: Callable[[], None] = lambda: None) -> int:
+    """Repeat cycles until `stop` is set or --cycles is reached. Never exits on a bad cycle."""
+    s = prober.settings
+    done = 0
+    while not stop.is_set() and (s.cycles is None or done < s.cycles):
+        started = time.monotonic()
+        try:
+            ok = prober.cycle(stop)
+        except Exception:
+            # A bug must not become a crash loop: log it with its traceback, count it, go on.
+            log.exception("cycle failed unexpectedly; continuing")
+            prober.snapshot = dataclasses.replace(prober.snapshot, exceptions=prober.snapshot.exceptions + 1)
+            ok = False
+        if stop.is_set():
+            break
+        done += 1
+        if ok:
+            health()
+        # A cycle normally lasts count x period; if it failed fast, wait that long before retrying.
+        remaining = s.nominal_cycle_s - (time.monotonic() - started)
+        if (not ok or not prober.snapshot.targets["node"] + prober.snapshot.targets["external"]) \
+                and remaining > 0 and (s.cycles is None or done < s.cycles):
+            stop.wait(remaining)
+    return 0

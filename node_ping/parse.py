@@ -1,0 +1,44 @@
+"""Turn fping's `-q -C` report into samples per address (pure).
+
+With `-C N -q`, fping prints one line per target to stderr once it is done, e.g.
+`10.0.0.2 : 0.05 - 0.06`: one field per ping, `-` for a lost one. Anything else on stderr (ICMP
+errors, duplicate replies, send errors) is commentary and is ignored.
+"""
+
+from __future__ import annotations
+
+import re
+
+from node_ping.targets import is_ip, normalise_ip
+
+Sample = float | None
+"""Round-trip time of one ping in milliseconds, or None when it was lost."""
+
+_NUMBER = r"\d+(?:\.\d+)?"
+_REPORT_LINE = re.compile(
+    rf"^(?P<address>\S+)\s+:\s+(?P<samples>(?:-|{_NUMBER})(?:\s+(?:-|{_NUMBER}))*)\s*$"
+)
+
+
+def parse_report(text: str) -> dict[str, tuple[Sample, ...]]:
+    """Return the samples per (normalised) address found in fping's output.
+
+    A last line without its newline may have been cut off (fping killed, pipe closed), so it is
+    dropped rather than misread as fewer samples. The first report of an address wins.
+    """
+    lines = text.split("\n")
+    if lines and lines[-1] != "":
+        lines = lines[:-1]
+    reports: dict[str, tuple[Sample, ...]] = {}
+    for line in lines:
+        match = _REPORT_LINE.match(line.strip())
+        if match is None:
+            continue
+        address = match["address"]
+        if is_ip(address):
+            address = normalise_ip(address)
+        if address in reports:
+            continue
+        reports[address] = tuple(None if field == "-" else float(field)
+                                 for field in match["samples"].split())
+    return reports

@@ -1,0 +1,179 @@
+"""Read and validate the target lists (nodes.json, external.json).
+
+Both files are re-read every cycle so that ConfigMap updates apply without a restart. A file that
+cannot be used at all raises `ConfigError` (the caller keeps its last good list); a single bad entry
+is skipped and reported as a problem, so one typo does not blind a whole cluster.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+
+class ConfigError(Exception):
+    """A target file that cannot be used at all; the message says what to fix."""
+
+
+@dataclass(frozen=True, order=True)
+class NodeTarget:
+    """A Kubernetes node to probe, as listed in nodes.json."""
+
+    name: str
+    address: str  # normalised IP address, as fping -A prints it
+    zone: str | None = None
+
+
+@dataclass(frozen=True, order=True)
+class ExternalTarget:
+    """A host outside the cluster, as listed in external.json (an IP address or a DNS name)."""
+
+    name: str
+    host: str
+
+
+T = TypeVar("T", NodeTarget, ExternalTarget)
+
+
+@dataclass(frozen=True)
+class TargetList(Generic[T]):
+    """The usable targets of one file, and one sentence for every entry that was skipped."""
+
+    targets: tuple[T, ...]
+    problems: tuple[str, ...] = ()
+
+
+# RFC 1123 host name: dot-separated labels of letters, digits and inner hyphens.
+_HOSTNAME = re.compile(r"^(?=.{1,253}\.?$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+                       r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$")
+
+
+def normalise_ip(value: str) -> str:
+    """Return the canonical text of an IP address (as fping -A prints it); ValueError if it is none."""
+    address = ipaddress.ip_address(value.strip())
+    if address.is_unspecified or address.is_multicast:
+        raise ValueError(f"{value!r} is not a unicast address")
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return str(address)
+
+
+def is_ip(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _text_field(entry: dict[str, Any], key: str, where: str) -> str:
+    value = entry.get(key)
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{where}: field {key!r} is missing or not a non-empty string")
+    if value.startswith("-"):
+        raise ValueError(f"{where}: {key} {value!r} starts with '-'; rename it")
+    return value.strip()
+
+
+def _node(entry: dict[str, Any], where: str) -> NodeTarget:
+    name = _text_field(entry, "name", where)
+    raw_address = _text_field(entry, "ipAddress", where)
+    try:
+        address = normalise_ip(raw_address)
+    except ValueError:
+        raise ValueError(f"{where}: ipAddress {raw_address!r} of node {name!r} is not a valid "
+                         "unicast IPv4 or IPv6 address") from None
+    zone = entry.get("zone")
+    if zone is not None and not isinstance(zone, str):
+        raise ValueError(f"{where}: zone of node {name!r} must be a string or absent")
+    return NodeTarget(name=name, address=address, zone=zone or None)
+
+
+def _external(entry: dict[str, Any], where: str) -> ExternalTarget:
+    name = _text_field(entry, "name", where)
+    host = _text_field(entry, "host", where)
+    if is_ip(host):
+        try:
+            host = normalise_ip(host)
+        except ValueError:
+            raise ValueError(f"{where}: host {host!r} of {name!r} is not a unicast address") from None
+    elif not _HOSTNAME.match(host):
+        raise ValueError(f"{where}: host {host!r} of {name!r} is neither an IP address nor a DNS name")
+    return ExternalTarget(name=name, host=host)
+
+
+def _parse(text: str, source: str, example: str, make: Callable[[dict[str, Any], str], T],
+           key: Callable[[T], str]) -> TargetList[T]:
+    if not text.strip():
+        raise ConfigError(f"{source} is empty; it must hold a JSON list like {example}")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{source} is not valid JSON ({err.msg} at line {err.lineno} column "
+                          f"{err.colno}); it must hold a JSON list like {example}") from None
+    if not isinstance(data, list):
+        raise ConfigError(f"{source} holds a JSON {type(data).__name__}, not a list; "
+                          f"it must look like {example}")
+    targets: list[T] = []
+    problems: list[str] = []
+    seen_names: set[str] = set()
+    seen_keys: set[str] = set()
+    for index, entry in enumerate(data):
+        where = f"{source} entry {index}"
+        if not isinstance(entry, dict):
+            problems.append(f"{where}: not a JSON object like {example[1:-1]}; skipped")
+            continue
+        try:
+            target = make(entry, where)
+        except ValueError as err:
+            problems.append(f"{err}; skipped")
+            continue
+        if target.name in seen_names:
+            problems.append(f"{where}: name {target.name!r} is listed twice; skipped")
+        elif key(target) in seen_keys:
+            problems.append(f"{where}: address {key(target)!r} of {target.name!r} is listed twice; skipped")
+        else:
+            seen_names.add(target.name)
+            seen_keys.add(key(target))
+            targets.append(target)
+    return TargetList(tuple(targets), tuple(problems))
+
+
+NODES_EXAMPLE = '[{"name": "node-1", "ipAddress": "10.0.0.1"}]'
+EXTERNAL_EXAMPLE = '[{"name": "google-dns", "host": "8.8.8.8"}]'
+
+
+def parse_nodes(text: str, source: str = "nodes.json") -> TargetList[NodeTarget]:
+    """Parse the text of nodes.json (pure)."""
+    return _parse(text, source, NODES_EXAMPLE, _node, lambda t: t.address)
+
+
+def parse_external(text: str, source: str = "external.json") -> TargetList[ExternalTarget]:
+    """Parse the text of external.json (pure)."""
+    return _parse(text, source, EXTERNAL_EXAMPLE, _external, lambda t: t.host)
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path} does not exist; mount the node list there or set "
+                          "NODE_PING_CONFIG / --config") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"cannot read {path}: {err}") from None
+
+
+def read_nodes(path: Path) -> TargetList[NodeTarget]:
+    return parse_nodes(_read(path), str(path))
+
+
+def read_external(path: Path) -> TargetList[ExternalTarget]:
+    """Read external.json; a missing file means no external targets."""
+    if not path.exists():
+        return TargetList(())
+    return parse_external(_read(path), str(path))
