@@ -66,14 +66,13 @@ app.kubernetes.io/component: discovery
 {{- end }}
 
 {{/*
-metadata.annotations from commonAnnotations plus the given extra map; renders nothing when both are
-empty. Call with (dict "ctx" $ "extra" $map).
+commonAnnotations merged with the given extra map, as YAML; empty when both are empty.
+Call with (dict "ctx" $ "extra" $map).
 */}}
 {{- define "node-ping.annotations" -}}
 {{- $annotations := merge (deepCopy (default (dict) .extra)) (default (dict) .ctx.Values.commonAnnotations) }}
 {{- with $annotations }}
-annotations:
-  {{- toYaml . | nindent 2 }}
+{{- toYaml . }}
 {{- end }}
 {{- end }}
 
