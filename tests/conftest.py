@@ -1,0 +1,34 @@
+"""Shared fixtures: real test hosts (network namespaces) and paths."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests import netlab
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+@pytest.fixture
+def lab_factory() -> Iterator[Callable[[list[str]], netlab.Lab]]:
+    """Build namespaces on a bridge with `lab_factory(["a", "b"])`; all removed at teardown."""
+    reason = netlab.available()
+    if reason:
+        pytest.skip(reason)
+    labs: list[netlab.Lab] = []
+    netlab.remove_leftovers(f"np{os.getpid() % 100000}-")
+
+    def make(names: list[str]) -> netlab.Lab:
+        lab = netlab.build(names)
+        labs.append(lab)
+        return lab
+
+    try:
+        yield make
+    finally:
+        for lab in labs:
+            lab.close()

@@ -1,0 +1,144 @@
+"""Test hosts as network namespaces on one bridge: a small data centre on one machine.
+
+Each host is a namespace with a veth into a bridge that lives in a "switch" namespace, so nothing
+touches the machine's own network. Hosts get 10.231.0.0/24 and fd00:231::/64 addresses, which
+exist only inside these namespaces. Everything is torn down by `close()`, also after a failure.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+V4_NET = "10.231.0"
+V6_NET = "fd00:231::"
+
+
+def available() -> str | None:
+    """None if namespaces can be made here, else the reason (for pytest.skip)."""
+    if os.geteuid() != 0:
+        return "needs root for ip netns"
+    for tool in ("ip", "nft", "fping"):
+        if shutil.which(tool) is None:
+            return f"{tool} is not installed"
+    return None
+
+
+def sh(*argv: str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, check=check, capture_output=True, text=True, timeout=timeout)
+
+
+@dataclass
+class Host:
+    name: str  # namespace name
+    index: int
+
+    @property
+    def ipv4(self) -> str:
+        return f"{V4_NET}.{self.index}"
+
+    @property
+    def ipv6(self) -> str:
+        return f"{V6_NET}{self.index:x}"
+
+    def cmd(self, *argv: str) -> list[str]:
+        """argv that runs inside this host."""
+        return ["ip", "netns", "exec", self.name, *argv]
+
+    def run(self, *argv: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return sh(*self.cmd(*argv), check=check, timeout=timeout)
+
+    def nft(self, ruleset: str) -> None:
+        """Load an nftables ruleset inside this host (replacing our table if present)."""
+        self.run("nft", "-f", "-", check=False)  # no-op to make sure nft runs in the namespace
+        subprocess.run(self.cmd("nft", "-f", "-"), input=ruleset, check=True, capture_output=True, text=True,
+                       timeout=30)
+
+    def drop_incoming_icmp(self, percent: int, from_address: str | None = None) -> None:
+        """Drop `percent`% of incoming echo requests (optionally only from one source)."""
+        match = f"ip saddr {from_address} " if from_address and ":" not in from_address else (
+            f"ip6 saddr {from_address} " if from_address else "")
+        self.nft(f"""
+table inet nodeping_test
+delete table inet nodeping_test
+table inet nodeping_test {{
+  chain input {{
+    type filter hook input priority 0; policy accept;
+    {match}icmp type echo-request numgen random mod 100 < {percent} drop
+    {match}icmpv6 type echo-request numgen random mod 100 < {percent} drop
+  }}
+}}
+""")
+
+    def clear_faults(self) -> None:
+        self.run("nft", "delete", "table", "inet", "nodeping_test", check=False)
+
+    def link(self, up: bool) -> None:
+        self.run("ip", "link", "set", "eth0", "up" if up else "down")
+
+
+@dataclass
+class Lab:
+    prefix: str
+    hosts: list[Host] = field(default_factory=list)
+
+    @property
+    def switch(self) -> str:
+        return f"{self.prefix}sw"
+
+    def close(self) -> None:
+        for ns in [h.name for h in self.hosts] + [self.switch]:
+            # Kill anything still running inside, then remove the namespace.
+            pids = sh("ip", "netns", "pids", ns, check=False).stdout.split()
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError, ValueError):
+                    os.kill(int(pid), 9)
+            sh("ip", "netns", "delete", ns, check=False)
+
+
+def remove_leftovers(prefix: str) -> None:
+    """Remove namespaces of an earlier run that was killed before its teardown."""
+    for line in sh("ip", "netns", "list", check=False).stdout.splitlines():
+        name = line.split()[0] if line.split() else ""
+        if name.startswith(prefix):
+            sh("ip", "netns", "delete", name, check=False)
+
+
+def build(names: Sequence[str], prefix: str | None = None) -> Lab:
+    """Namespaces `<prefix><name>` on a bridge, each reachable by IPv4 and IPv6 from the others."""
+    prefix = prefix or f"np{os.getpid() % 100000}-"
+    lab = Lab(prefix)
+    try:
+        sh("ip", "netns", "add", lab.switch)
+        sh(*Host(lab.switch, 0).cmd("ip", "link", "add", "br0", "type", "bridge"))
+        sh(*Host(lab.switch, 0).cmd("ip", "link", "set", "br0", "up"))
+        for index, name in enumerate(names, start=1):
+            host = Host(f"{prefix}{name}", index)
+            sh("ip", "netns", "add", host.name)
+            lab.hosts.append(host)
+            peer = f"{prefix[:6]}p{index}"
+            sh("ip", "link", "add", "eth0", "netns", host.name, "type", "veth", "peer", "name", peer,
+               "netns", lab.switch)
+            sh(*Host(lab.switch, 0).cmd("ip", "link", "set", peer, "master", "br0", "up"))
+            host.run("ip", "link", "set", "lo", "up")
+            host.run("sysctl", "-qw", "net.ipv6.conf.eth0.accept_dad=0")
+            host.run("ip", "addr", "add", f"{host.ipv4}/24", "dev", "eth0")
+            host.run("ip", "-6", "addr", "add", f"{host.ipv6}/64", "dev", "eth0", "nodad")
+            host.run("ip", "link", "set", "eth0", "up")
+    except BaseException:
+        lab.close()
+        raise
+    return lab
+
+
+@contextlib.contextmanager
+def lab(names: Sequence[str]) -> Iterator[Lab]:
+    built = build(names)
+    try:
+        yield built
+    finally:
+        built.close()

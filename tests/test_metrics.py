@@ -1,0 +1,73 @@
+"""The exposition text: metric names, labels and values exactly as dashboards expect them."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from node_ping.metrics import Snapshot, TargetRow, render
+from node_ping.stats import summarize
+
+GOLDEN = Path(__file__).parent / "fixtures" / "exposition"
+UPDATE = os.environ.get("NODE_PING_UPDATE_GOLDEN") == "1"  # set to rewrite the golden files
+
+
+def sample_snapshot() -> Snapshot:
+    return Snapshot(
+        source_node="node-a",
+        nodes=(TargetRow(("node-b", "10.0.0.2"), 6, 5, 2.5, summarize([0.5, 0.25, None, 0.75, 0.5, 0.5])),
+               TargetRow(("node-c", "fd00::3"), 6, 0, 0.0, summarize([None] * 6))),
+        external=(TargetRow(("dns", "8.8.8.8"), 3, 3, 30.0, summarize([10.0, 10.0, 10.0])),),
+        errors={"config": 1, "dns": 0, "fping": 2, "write": 0},
+        exceptions=2, cycles=7, targets={"node": 2, "external": 1},
+        cycle_duration_s=3.25, cycle_nominal_s=3.0, last_success_ts=1_700_000_000.0,
+        fping_cpu_s=0.5, own_cpu_s=1.25,
+    )
+
+
+def families(text: str) -> dict[str, list[tuple[dict[str, str], float]]]:
+    """Sample name -> [(labels, value)], parsed back with prometheus_client's own parser."""
+    series: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            series.setdefault(sample.name, []).append((sample.labels, sample.value))
+    return series
+
+
+class TestExposition:
+    """What node-exporter serves from our file."""
+
+    def test_matches_golden_file(self) -> None:
+        text = render(sample_snapshot())
+        golden = GOLDEN / "node-a.prom"
+        if UPDATE:
+            golden.write_text(text)
+        assert text == golden.read_text()
+
+    def test_dead_target_has_counters_but_no_rtt_gauges(self) -> None:
+        series = families(render(sample_snapshot()))
+        dead = {"source_node": "node-a", "destination_node": "node-c", "destination_node_ip_address": "fd00::3"}
+        assert (dead, 6.0) in series["kube_node_ping_packets_sent_total"]
+        assert (dead, 0.0) in series["kube_node_ping_packets_received_total"]
+        for gauge in ("kube_node_ping_rtt_min", "kube_node_ping_rtt_max", "kube_node_ping_rtt_mdev"):
+            assert [labels["destination_node"] for labels, _ in series[gauge]] == ["node-b"]
+
+    def test_no_created_or_process_series(self) -> None:
+        names = families(render(sample_snapshot()))
+        assert not [n for n in names if n.endswith("_created") or n.startswith(("process_", "python_"))]
+
+    def test_awkward_label_values_round_trip(self) -> None:
+        awkward = 'we"ird\\name\nwith ü and 🚀'
+        snapshot = Snapshot(source_node="n", external=(TargetRow((awkward, "h"), 1, 1, 1.0, summarize([1.0])),))
+        series = families(render(snapshot))
+        ((labels, value),) = series["external_ping_packets_sent_total"]
+        assert labels["destination_name"] == awkward and value == 1.0
+
+    def test_self_metrics(self) -> None:
+        series = families(render(sample_snapshot()))
+        assert series["node_ping_cycle_lateness_seconds"] == [({"source_node": "node-a"}, 0.25)]
+        errors = {labels["kind"]: value for labels, value in series["node_ping_errors_total"]}
+        assert errors == {"config": 1.0, "dns": 0.0, "fping": 2.0, "write": 0.0}
+        assert series["kube_node_ping_exceptions_total"] == [({"source_node": "node-a"}, 2.0)]

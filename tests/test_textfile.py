@@ -1,0 +1,58 @@
+"""The .prom file in the shared textfile directory: atomic, and only ever our own files."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from node_ping.textfile import output_path, remove_stale, write_atomic
+
+
+class TestWriteAtomic:
+    """Readers see the old file or the new one, never a half-written one."""
+
+    def test_replaces_content_and_leaves_no_temp_file(self, tmp_path: Path) -> None:
+        path = output_path(tmp_path, "node-ping_", "n1")
+        write_atomic(path, "a 1\n")
+        write_atomic(path, "a 2\n")
+        assert path.read_text() == "a 2\n"
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["node-ping_n1.prom"]
+        assert path.stat().st_mode & 0o777 == 0o644
+
+    def test_failure_keeps_the_old_file(self, tmp_path: Path) -> None:
+        path = tmp_path / "node-ping_n1.prom"
+        write_atomic(path, "old 1\n")
+        with pytest.raises(UnicodeEncodeError):
+            write_atomic(path, "bad \udcff\n")  # cannot be encoded: fails mid-write
+        assert path.read_text() == "old 1\n"
+        assert [p.name for p in tmp_path.iterdir()] == ["node-ping_n1.prom"]
+
+    @pytest.mark.skipif(os.geteuid() == 0, reason="root ignores directory permissions")
+    def test_unwritable_directory_raises(self, tmp_path: Path) -> None:
+        tmp_path.chmod(0o555)
+        try:
+            with pytest.raises(PermissionError):
+                write_atomic(tmp_path / "x.prom", "")
+        finally:
+            tmp_path.chmod(0o755)
+
+
+class TestRemoveStale:
+    """Start-up clean-up touches our prefix only: other exporters share the directory."""
+
+    def test_removes_only_own_files(self, tmp_path: Path) -> None:
+        ours = ["node-ping_old-node.prom", "node-ping_n1.prom", "node-ping_n1.prom.123.tmp"]
+        theirs = ["node_exporter_smartmon.prom", "node-ping.prom", "xnode-ping_a.prom", "node-ping_notes.txt"]
+        for name in ours + theirs:
+            (tmp_path / name).write_text("x 1\n")
+        removed = remove_stale(tmp_path, "node-ping_")
+        assert sorted(p.name for p in removed) == sorted(ours)
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted(theirs)
+
+    def test_refuses_empty_prefix(self, tmp_path: Path) -> None:
+        (tmp_path / "other.prom").write_text("x 1\n")
+        with pytest.raises(ValueError, match="other exporters"):
+            remove_stale(tmp_path, "")
+        assert (tmp_path / "other.prom").exists()
