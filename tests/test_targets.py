@@ -50,7 +50,7 @@ class TestNodes:
         ({"name": "x", "ipAddress": 10}, "'ipAddress' is missing or not a non-empty string"),
         ({"name": "x", "ipAddress": "10.0.0.300"}, "not a valid unicast"),
         ({"name": "x", "ipAddress": "node-x.example"}, "not a valid unicast"),
-        ({"name": "x", "ipAddress": "0.0.0.0"}, "not a valid unicast"),
+        ({"name": "x", "ipAddress": "0.0.0.0"}, "not a valid unicast"),  # noqa: S104 - a value, not a bind
         ({"name": "x", "ipAddress": "224.0.0.1"}, "not a valid unicast"),
         ({"name": "x", "ipAddress": "-f/etc/shadow"}, "starts with '-'"),
         ({"name": "-x", "ipAddress": "10.0.0.9"}, "starts with '-'"),

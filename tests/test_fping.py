@@ -1,0 +1,108 @@
+"""Running fping: the command line, exit codes, time limits and never leaving a child behind.
+
+Most tests run the real fping against loopback. Faults real fping does not produce on demand (a
+hang, death by a signal) are played by small shell scripts standing in for the fping binary.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import threading
+from pathlib import Path
+
+import pytest
+
+from node_ping import fping
+from node_ping.parse import parse_report
+
+
+def fake_fping(tmp_path: Path, body: str) -> str:
+    script = tmp_path / "fping"
+    script.write_text(f"#!/bin/sh\n{body}\n")
+    script.chmod(script.stat().st_mode | stat.S_IEXEC)
+    return str(script)
+
+
+class TestArgv:
+    """The original flags, a gap that fits the round into the period, and no way to inject options."""
+
+    def test_original_flags_and_separator(self) -> None:
+        argv = fping.build_argv(["10.0.0.1", "fd00::1"], count=30, period_ms=1000)
+        assert argv[:11] == ["fping", "-p", "1000", "-A", "-C", "30", "-B", "1", "-q", "-r", "1"]
+        assert argv[-3:] == ["--", "10.0.0.1", "fd00::1"]
+
+    @pytest.mark.parametrize("bad", ["-f/etc/passwd", "--help", ""])
+    def test_refuses_option_like_addresses(self, bad: str) -> None:
+        with pytest.raises(ValueError, match="refusing"):
+            fping.build_argv(["10.0.0.1", bad], 1, 1000)
+
+    @pytest.mark.parametrize("targets", [1, 10, 300, 2000, 5000])
+    def test_a_round_fits_in_one_period(self, targets: int) -> None:
+        gap = fping.packet_gap_ms(targets, 1000)
+        assert gap <= fping.DEFAULT_GAP_MS
+        assert targets * gap <= 1000 * 0.8 + 1e-9
+
+    def test_gap_in_argv(self) -> None:
+        argv = fping.build_argv([f"10.0.{i // 250}.{i % 250 + 1}" for i in range(300)], 30, 1000)
+        assert argv[argv.index("-i") + 1] == "2.667"
+
+
+class TestRun:
+    """Exit codes 0-2 are data; anything else is an error with a message; nothing is left running."""
+
+    def test_real_fping_on_loopback(self) -> None:
+        argv = fping.build_argv(["127.0.0.1", "::1"], count=3, period_ms=20)
+        result = fping.run(argv, timeout_s=10, stop=threading.Event())
+        assert result.returncode == 0
+        report = parse_report(result.report)
+        assert set(report) == {"127.0.0.1", "::1"} and all(len(s) == 3 for s in report.values())
+        assert result.cpu_seconds >= 0
+
+    def test_missing_binary(self) -> None:
+        with pytest.raises(fping.FpingNotFound, match="install fping"):
+            fping.run(["/nonexistent/fping", "127.0.0.1"], 5, threading.Event())
+
+    def test_exit_code_4_is_an_error_with_fpings_message(self) -> None:
+        # Binding to an address this host does not have fails before anything is sent.
+        with pytest.raises(fping.FpingFailed, match="code 4: fping: cannot bind source address"):
+            fping.run(["fping", "-C", "1", "-S", "10.255.255.254", "--", "127.0.0.1"], 5, threading.Event())
+
+    def test_exit_code_3_is_an_error(self, tmp_path: Path) -> None:
+        binary = fake_fping(tmp_path, "echo 'fping: bad option' >&2; exit 3")
+        with pytest.raises(fping.FpingFailed, match="code 3: fping: bad option"):
+            fping.run([binary], 5, threading.Event())
+
+    def test_exit_codes_1_and_2_are_data(self, tmp_path: Path) -> None:
+        for code in (1, 2):
+            binary = fake_fping(tmp_path, f"echo '10.0.0.1 : - -' >&2; exit {code}")
+            assert fping.run([binary], 5, threading.Event()).returncode == code
+
+    def test_hung_fping_is_killed_at_the_deadline(self, tmp_path: Path) -> None:
+        pidfile = tmp_path / "pid"
+        binary = fake_fping(tmp_path, f"echo $$ > {pidfile}; exec sleep 60")
+        with pytest.raises(fping.FpingTimeout, match="longer than"):
+            fping.run([binary], timeout_s=0.5, stop=threading.Event())
+        assert not Path(f"/proc/{pidfile.read_text().strip()}").exists()
+
+    def test_killed_by_a_signal(self, tmp_path: Path) -> None:
+        binary = fake_fping(tmp_path, "echo '10.0.0.1 : 0.1' >&2; kill -9 $$")
+        with pytest.raises(fping.FpingFailed, match="signal 9"):
+            fping.run([binary], 5, threading.Event())
+
+    def test_stop_request_interrupts_and_reaps(self, tmp_path: Path) -> None:
+        pidfile = tmp_path / "pid"
+        binary = fake_fping(tmp_path, f"echo $$ > {pidfile}; exec sleep 60")
+        stop = threading.Event()
+        threading.Timer(0.3, stop.set).start()
+        with pytest.raises(fping.Interrupted):
+            fping.run([binary], timeout_s=30, stop=stop)
+        assert not Path(f"/proc/{pidfile.read_text().strip()}").exists()
+
+    def test_runs_with_c_locale(self, tmp_path: Path) -> None:
+        binary = fake_fping(tmp_path, 'echo "10.0.0.1 : $LC_ALL" >&2')
+        os.environ["LC_ALL"] = "de_DE.UTF-8"
+        try:
+            assert fping.run([binary], 5, threading.Event()).report.strip() == "10.0.0.1 : C"
+        finally:
+            del os.environ["LC_ALL"]

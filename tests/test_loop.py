@@ -1,0 +1,246 @@
+"""Cycles end to end with the real fping on loopback: targets come and go, bad input never stops
+the loop, and the file on disk is always a complete, truthful one."""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from node_ping.config import Settings
+from node_ping.loop import Prober, run
+from tests.test_metrics import families
+
+
+def write_nodes(path: Path, *pairs: tuple[str, str]) -> None:
+    path.write_text(json.dumps([{"name": name, "ipAddress": address} for name, address in pairs]))
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    (tmp_path / "textfile").mkdir()
+    return tmp_path
+
+
+def settings(workdir: Path, **overrides: object) -> Settings:
+    values: dict[str, object] = {
+        "node_name": "self", "textfile_dir": workdir / "textfile", "config_path": workdir / "nodes.json",
+        "external_config_path": workdir / "external.json", "count": 3, "period_ms": 10,
+    }
+    values.update(overrides)
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+def prom(workdir: Path, node: str = "self") -> dict[str, list[tuple[dict[str, str], float]]]:
+    return families((workdir / "textfile" / f"node-ping_{node}.prom").read_text())
+
+
+def destinations(series: dict[str, list[tuple[dict[str, str], float]]], metric: str) -> dict[str, float]:
+    return {labels.get("destination_node") or labels["destination_name"]: value
+            for labels, value in series.get(metric, [])}
+
+
+class TestTargetsChange:
+    """Nodes joining and leaving apply on the next cycle, with no restart."""
+
+    def test_join_and_leave(self, workdir: Path) -> None:
+        nodes = workdir / "nodes.json"
+        write_nodes(nodes, ("self", "127.0.0.1"), ("a", "127.0.0.2"))
+        prober = Prober(settings(workdir))
+        stop = threading.Event()
+        assert prober.cycle(stop)
+        assert destinations(prom(workdir), "kube_node_ping_packets_sent_total") == {"a": 3}
+
+        write_nodes(nodes, ("self", "127.0.0.1"), ("a", "127.0.0.2"), ("b", "127.0.0.3"), ("c", "::1"))
+        assert prober.cycle(stop)
+        sent = destinations(prom(workdir), "kube_node_ping_packets_sent_total")
+        assert sent == {"a": 6, "b": 3, "c": 3}  # counters accumulate; newcomers start at one cycle
+
+        write_nodes(nodes, ("self", "127.0.0.1"), ("c", "::1"))
+        assert prober.cycle(stop)
+        series = prom(workdir)
+        assert destinations(series, "kube_node_ping_packets_sent_total") == {"c": 6}
+        assert destinations(series, "kube_node_ping_rtt_min").keys() == {"c"}
+        assert {labels["kind"]: v for labels, v in series["node_ping_targets"]} == {"node": 1, "external": 0}
+
+    def test_external_target_sharing_a_node_address_is_probed_once_reported_twice(self, workdir: Path) -> None:
+        write_nodes(workdir / "nodes.json", ("a", "127.0.0.2"))
+        (workdir / "external.json").write_text(json.dumps([{"name": "same", "host": "127.0.0.2"},
+                                                           {"name": "lo", "host": "localhost"}]))
+        prober = Prober(settings(workdir))
+        assert prober.cycle(threading.Event())
+        series = prom(workdir)
+        assert destinations(series, "kube_node_ping_packets_received_total") == {"a": 3}
+        assert destinations(series, "external_ping_packets_received_total") == {"same": 3, "lo": 3}
+
+
+class TestBadInput:
+    """Bad input: one log line, an error metric, and probing goes on with the last good list."""
+
+    def test_broken_config_keeps_last_good_list(self, workdir: Path, caplog: pytest.LogCaptureFixture) -> None:
+        nodes = workdir / "nodes.json"
+        write_nodes(nodes, ("a", "127.0.0.2"))
+        prober = Prober(settings(workdir))
+        stop = threading.Event()
+        assert prober.cycle(stop)
+        nodes.write_text('[{"name": "a", "ipAddress": ')  # a ConfigMap update cut short
+        with caplog.at_level(logging.WARNING):
+            for _ in range(3):
+                prober.cycle(stop)
+        series = prom(workdir)
+        assert destinations(series, "kube_node_ping_packets_sent_total") == {"a": 12}
+        errors = {labels["kind"]: v for labels, v in series["node_ping_errors_total"]}
+        assert errors["config"] == 3
+        warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert len(warnings) == 1, warnings  # once, not once per cycle
+        assert "not valid JSON" in warnings[0] and "last good list of 1" in warnings[0]
+
+    def test_config_flipping_every_cycle(self, workdir: Path) -> None:
+        nodes = workdir / "nodes.json"
+        prober = Prober(settings(workdir))
+        stop = threading.Event()
+        for i in range(6):
+            if i % 2:
+                nodes.write_text("{}")
+            else:
+                write_nodes(nodes, ("a", "127.0.0.2"), (f"n{i}", f"127.0.1.{i + 1}"))
+            prober.cycle(stop)
+        sent = destinations(prom(workdir), "kube_node_ping_packets_sent_total")
+        assert sent == {"a": 18, "n4": 6}
+
+    def test_bad_entries_are_skipped_the_rest_probed(self, workdir: Path) -> None:
+        (workdir / "nodes.json").write_text(json.dumps([
+            {"name": "a", "ipAddress": "127.0.0.2"}, {"name": "evil", "ipAddress": "-f/etc/passwd"},
+            {"name": "dup", "ipAddress": "127.0.0.2"}, {"name": "noaddr"}]))
+        prober = Prober(settings(workdir))
+        prober.cycle(threading.Event())
+        series = prom(workdir)
+        assert destinations(series, "kube_node_ping_packets_sent_total") == {"a": 3}
+        assert {labels["kind"]: v for labels, v in series["node_ping_errors_total"]}["config"] == 1
+
+    def test_fping_missing_then_installed(self, workdir: Path) -> None:
+        write_nodes(workdir / "nodes.json", ("a", "127.0.0.2"))
+        good = Prober(settings(workdir))
+        assert good.cycle(threading.Event())
+        before = prom(workdir)
+        broken = settings(workdir, fping="/nonexistent/fping")
+        good.settings = broken
+        assert not good.cycle(threading.Event())
+        after = prom(workdir)
+        # The ping data of the last good cycle is still there; the error is visible next to it.
+        assert after["kube_node_ping_packets_sent_total"] == before["kube_node_ping_packets_sent_total"]
+        assert {labels["kind"]: v for labels, v in after["node_ping_errors_total"]}["fping"] == 1
+        assert after["kube_node_ping_exceptions_total"][0][1] == 1
+        assert after["node_ping_last_success_timestamp_seconds"] == before["node_ping_last_success_timestamp_seconds"]
+
+    def test_dns_failure_is_counted_and_other_targets_probed(self, workdir: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+        # A resolver that fails stands in for a broken DNS server; no query leaves the machine.
+        def failing_getaddrinfo(*_args: object, **_kwargs: object) -> list[object]:
+            raise socket.gaierror(-2, "Name or service not known")
+
+        monkeypatch.setattr(socket, "getaddrinfo", failing_getaddrinfo)
+        write_nodes(workdir / "nodes.json", ("a", "127.0.0.2"))
+        (workdir / "external.json").write_text(json.dumps([{"name": "web", "host": "example.com"}]))
+        Prober(settings(workdir)).cycle(threading.Event())
+        series = prom(workdir)
+        assert destinations(series, "kube_node_ping_packets_sent_total") == {"a": 3}
+        assert "external_ping_packets_sent_total" not in series
+        assert {labels["kind"]: v for labels, v in series["node_ping_errors_total"]}["dns"] == 1
+
+
+@pytest.fixture
+def small_mount(tmp_path: Path) -> Iterator[Path]:
+    """A 64 KiB tmpfs: a textfile directory that can be filled up or made read-only."""
+    import os  # noqa: PLC0415
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount a tmpfs")
+    mount = tmp_path / "mnt"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], check=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+class TestTextfileFaults:
+    """A directory that cannot be written never loses the file that is already there."""
+
+    def test_read_only_directory(self, workdir: Path, small_mount: Path) -> None:
+        write_nodes(workdir / "nodes.json", ("a", "127.0.0.2"))
+        prober = Prober(settings(workdir, textfile_dir=small_mount))
+        assert prober.cycle(threading.Event())
+        good = (small_mount / "node-ping_self.prom").read_text()
+        subprocess.run(["mount", "-o", "remount,ro", str(small_mount)], check=True)
+        assert prober.cycle(threading.Event())  # probing itself worked
+        assert (small_mount / "node-ping_self.prom").read_text() == good
+        assert prober.snapshot.errors["write"] == 1
+        subprocess.run(["mount", "-o", "remount,rw", str(small_mount)], check=True)
+        assert prober.cycle(threading.Event())
+        series = families((small_mount / "node-ping_self.prom").read_text())
+        assert {labels["kind"]: v for labels, v in series["node_ping_errors_total"]}["write"] == 1
+        assert destinations(series, "kube_node_ping_packets_sent_total") == {"a": 9}
+
+    def test_full_directory(self, workdir: Path, small_mount: Path) -> None:
+        write_nodes(workdir / "nodes.json", ("a", "127.0.0.2"))
+        prober = Prober(settings(workdir, textfile_dir=small_mount))
+        assert prober.cycle(threading.Event())
+        good = (small_mount / "node-ping_self.prom").read_text()
+        filler = small_mount / "other-exporter.prom"
+        subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=4k", "count=64"], check=False,
+                       capture_output=True)
+        prober.cycle(threading.Event())
+        assert (small_mount / "node-ping_self.prom").read_text() == good
+        assert sorted(p.name for p in small_mount.iterdir()) == ["node-ping_self.prom", "other-exporter.prom"]
+        assert prober.snapshot.errors["write"] == 1
+        filler.unlink()
+        assert prober.cycle(threading.Event())
+        assert "node_ping_errors_total" in (small_mount / "node-ping_self.prom").read_text()
+
+    def test_directory_removed_and_recreated(self, workdir: Path) -> None:
+        write_nodes(workdir / "nodes.json", ("a", "127.0.0.2"))
+        textfile = workdir / "textfile"
+        prober = Prober(settings(workdir))
+        prober.cycle(threading.Event())
+        (textfile / "node-ping_self.prom").unlink()
+        textfile.rmdir()
+        prober.cycle(threading.Event())
+        assert prober.snapshot.errors["write"] == 1
+        textfile.mkdir()
+        prober.cycle(threading.Event())
+        assert destinations(prom(workdir), "kube_node_ping_packets_sent_total") == {"a": 9}
+
+
+class TestRun:
+    """The loop itself."""
+
+    def test_cycles_limit_and_health_callback(self, workdir: Path) -> None:
+        write_nodes(workdir / "nodes.json", ("a", "127.0.0.2"))
+        beats: list[int] = []
+        prober = Prober(settings(workdir, cycles=3))
+        assert run(prober, threading.Event(), lambda: beats.append(1)) == 0
+        assert prober.snapshot.cycles == 3 and len(beats) == 3
+
+    def test_a_bug_in_a_cycle_does_not_end_the_loop(self, workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        write_nodes(workdir / "nodes.json", ("a", "127.0.0.2"))
+        prober = Prober(settings(workdir, cycles=2, period_ms=1))
+        calls = iter([ZeroDivisionError("bug"), None])
+        original = prober.cycle
+
+        def flaky(stop: threading.Event) -> bool:
+            error = next(calls)
+            if error:
+                raise error
+            return original(stop)
+
+        monkeypatch.setattr(prober, "cycle", flaky)
+        assert run(prober, threading.Event()) == 0
+        assert prober.snapshot.exceptions == 1 and prober.snapshot.cycles == 1
