@@ -1,0 +1,184 @@
+"""The command line as an operator uses it: env vars and flags, signals, start-up clean-up, HTTP."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.test_metrics import families
+
+NODES = [{"name": "me", "ipAddress": "127.0.0.1"}, {"name": "peer", "ipAddress": "127.0.0.2"},
+         {"name": "peer6", "ipAddress": "::1"}]
+
+
+def node_ping(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    """`python -m node_ping ARGS` with only the given node-ping env vars set."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("NODE_PING", "MY_NODE", "PROMETHEUS_"))}
+    full_env.update(env or {})
+    return subprocess.Popen([sys.executable, "-m", "node_ping", *args], env=full_env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def finish(process: subprocess.Popen[str], timeout: float = 60) -> tuple[int, str, str]:
+    out, err = process.communicate(timeout=timeout)
+    return process.returncode, out, err
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> dict[str, str]:
+    (tmp_path / "textfile").mkdir()
+    (tmp_path / "nodes.json").write_text(json.dumps(NODES))
+    return {"MY_NODE_NAME": "me", "PROMETHEUS_TEXTFILE_DIR": str(tmp_path / "textfile"),
+            "NODE_PING_CONFIG": str(tmp_path / "nodes.json"),
+            "NODE_PING_EXTERNAL_CONFIG": str(tmp_path / "external.json")}
+
+
+def children(pid: int) -> list[int]:
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with open(task / "children") as handle:
+            found += [int(child) for child in handle.read().split()]
+    return found
+
+
+def wait_for(predicate: Callable[[], object], seconds: float = 20) -> None:
+    """Poll until `predicate()` is true; fail after `seconds` (a bound, not a measurement)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError("condition not reached in time")
+
+
+class TestRunCommand:
+    """`node-ping run` configured by env vars, as the DaemonSet does."""
+
+    def test_env_vars_and_cycles(self, setup: dict[str, str]) -> None:
+        code, _, err = finish(node_ping("run", "--cycles", "2", "--count", "2", "--period-ms", "10", env=setup))
+        assert code == 0, err
+        series = families((Path(setup["PROMETHEUS_TEXTFILE_DIR"]) / "node-ping_me.prom").read_text())
+        sent = {labels["destination_node"]: v for labels, v in series["kube_node_ping_packets_sent_total"]}
+        assert sent == {"peer": 4, "peer6": 4}  # itself excluded, 2 cycles x 2 pings
+
+    def test_flags_override_env(self, setup: dict[str, str]) -> None:
+        code, _, err = finish(node_ping("--cycles", "1", "--count", "1", "--period-ms", "10",
+                                        "--node-name", "peer", "--prefix", "np-", env=setup))
+        assert code == 0, err
+        assert [p.name for p in Path(setup["PROMETHEUS_TEXTFILE_DIR"]).iterdir()] == ["np-peer.prom"]
+
+    def test_count_and_period_from_env(self, setup: dict[str, str]) -> None:
+        env = {**setup, "NODE_PING_COUNT": "3", "NODE_PING_PERIOD_MS": "10"}
+        assert finish(node_ping("run", "--cycles", "1", env=env))[0] == 0
+        text = (Path(setup["PROMETHEUS_TEXTFILE_DIR"]) / "node-ping_me.prom").read_text()
+        assert 'node_ping_cycle_nominal_seconds{source_node="me"} 0.03' in text
+
+    @pytest.mark.parametrize(("drop", "extra", "message"), [
+        ("MY_NODE_NAME", [], "MY_NODE_NAME"),
+        ("PROMETHEUS_TEXTFILE_DIR", [], "PROMETHEUS_TEXTFILE_DIR"),
+        (None, ["--prefix", ""], "prefix"),
+        (None, ["--count", "0"], "--count"),
+        (None, ["--listen-address", "nonsense"], "listen address"),
+    ])
+    def test_bad_settings_exit_2_with_a_clear_message(self, setup: dict[str, str], drop: str | None,
+                                                      extra: list[str], message: str) -> None:
+        env = {k: v for k, v in setup.items() if k != drop}
+        code, _, err = finish(node_ping("run", "--cycles", "1", *extra, env=env))
+        assert code == 2 and message in err
+        assert "Traceback" not in err
+
+    def test_startup_removes_only_own_stale_files(self, setup: dict[str, str]) -> None:
+        textfile = Path(setup["PROMETHEUS_TEXTFILE_DIR"])
+        for name in ("node-ping_renamed-node.prom", "node-ping_me.prom.999.tmp", "smartmon.prom", "README"):
+            (textfile / name).write_text("x 1\n")
+        assert finish(node_ping("run", "--cycles", "1", "--count", "1", "--period-ms", "10", env=setup))[0] == 0
+        assert sorted(p.name for p in textfile.iterdir()) == ["README", "node-ping_me.prom", "smartmon.prom"]
+
+
+class TestSignals:
+    """SIGTERM/SIGINT end the program within 2 s, with no temp file and no fping child left."""
+
+    @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+    def test_stop_during_fping(self, setup: dict[str, str], signum: signal.Signals) -> None:
+        process = node_ping("run", "--count", "200", "--period-ms", "50", env=setup)
+        try:
+            wait_for(lambda: children(process.pid))
+            fping_pids = children(process.pid)
+            process.send_signal(signum)
+            code, _, err = finish(process, timeout=2)
+        finally:
+            process.kill()
+            process.wait()
+        assert code == 0, err
+        assert all(not Path(f"/proc/{pid}").exists() for pid in fping_pids)
+        assert not list(Path(setup["PROMETHEUS_TEXTFILE_DIR"]).glob("*.tmp"))
+        assert "stopping" in err
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class TestHttpAndHealth:
+    """--listen-address serves the same metrics; `health` reports liveness for the probe."""
+
+    @pytest.fixture
+    def running(self, setup: dict[str, str], tmp_path: Path) -> Iterator[tuple[int, Path]]:
+        port = free_port()
+        health = tmp_path / "health"
+        process = node_ping("run", "--count", "2", "--period-ms", "20", "--listen-address", f"127.0.0.1:{port}",
+                            "--health-file", str(health), env=setup)
+        try:
+            yield port, health
+        finally:
+            process.terminate()
+            process.wait(timeout=10)
+
+    def test_metrics_over_http_match_the_file(self, running: tuple[int, Path], setup: dict[str, str]) -> None:
+        port, health = running
+        wait_for(health.exists)
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        series = families(body)
+        assert {labels["destination_node"] for labels, _ in series["kube_node_ping_packets_sent_total"]} == {
+            "peer", "peer6"}
+        assert not [name for name in series if name.startswith(("process_", "python_")) or "created" in name]
+
+    def test_health_command(self, running: tuple[int, Path]) -> None:
+        _, health = running
+        wait_for(health.exists)
+        assert finish(node_ping("health", "--health-file", str(health), "--max-age", "30"))[0] == 0
+
+    def test_stale_health_file(self, tmp_path: Path) -> None:
+        health = tmp_path / "health"
+        health.touch()
+        os.utime(health, (time.time() - 100, time.time() - 100))
+        code, _, err = finish(node_ping("health", "--health-file", str(health), "--max-age", "30"))
+        assert code == 1 and "unhealthy: last cycle completed 100 s ago" in err
+
+    def test_health_before_first_cycle(self, tmp_path: Path) -> None:
+        code, _, err = finish(node_ping("health", "--health-file", str(tmp_path / "none"), "--max-age", "9"))
+        assert code == 1 and "no cycle has completed" in err
+
+
+class TestOnce:
+    """`node-ping once --example` is the quick start."""
+
+    def test_example_prints_metrics(self) -> None:
+        code, out, err = finish(node_ping("once", "--example"))
+        assert code == 0, err
+        series = families(out)
+        received = {labels["destination_node"]: v for labels, v in series["kube_node_ping_packets_received_total"]}
+        assert received == {"loopback-a": 5, "loopback-b": 5, "loopback-v6": 5}
+        assert series["external_ping_packets_received_total"][0][1] == 5
