@@ -1,0 +1,413 @@
+"""Name the faulty node, link or cluster from a loss and latency matrix (pure).
+
+The input is, per (source node, destination), how many pings were sent and answered over a time
+range and the sum of their round-trip times: what `increase()` of the exporter's counters gives.
+The output is a list of verdicts a person can act on. A bad destination column means a node that
+cannot receive, a bad source row one that cannot send, both an isolated node; bad cells that no
+node explains are link faults; when most pairs are bad and no small set of nodes explains them,
+the fault is cluster-wide. Latency gets the same treatment, external targets a simpler one.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+Pair = tuple[str, str]
+"""(source node, destination): a destination node, or an external target's name."""
+
+HEALTHY = "healthy"
+NODE_ISOLATED = "node-isolated"
+NODE_RECEIVE = "node-cannot-receive"
+NODE_SEND = "node-cannot-send"
+LINK = "link"
+CLUSTER = "cluster-wide"
+LATENCY_NODE = "latency-node"
+LATENCY_LINK = "latency-link"
+LATENCY_CLUSTER = "latency-cluster-wide"
+EXTERNAL_NODE = "external-node"
+EXTERNAL_TARGET = "external-target"
+EXTERNAL_CLUSTER = "external-cluster-wide"
+NODE_SILENT = "node-silent"
+
+KINDS = (HEALTHY, NODE_ISOLATED, NODE_RECEIVE, NODE_SEND, LINK, CLUSTER, LATENCY_NODE, LATENCY_LINK,
+         LATENCY_CLUSTER, EXTERNAL_NODE, EXTERNAL_TARGET, EXTERNAL_CLUSTER, NODE_SILENT)
+
+# A node verdict needs at least this many bad cells in its row or column: with one peer left, a
+# node fault and a link fault look the same, and the link is the smaller claim.
+_MIN_CELLS_FOR_NODE = 2
+
+
+@dataclass(frozen=True)
+class Counts:
+    """Pings of one pair over the range. Floats: `increase()` extrapolates to the range's edges."""
+
+    sent: float
+    received: float
+    rtt_sum_ms: float = 0.0
+
+    @property
+    def measured(self) -> bool:
+        return self.sent > 0
+
+    @property
+    def loss_ratio(self) -> float:
+        if not self.measured:
+            return 0.0
+        # Extrapolation at the range's edges can put received a hair above sent.
+        return min(1.0, max(0.0, 1.0 - self.received / self.sent))
+
+    @property
+    def rtt_avg_ms(self) -> float | None:
+        """None when nothing came back: a dead link must never read as a fast one."""
+        return self.rtt_sum_ms / self.received if self.received > 0 else None
+
+
+@dataclass(frozen=True)
+class Matrix:
+    """What Prometheus knows about the range: node pairs and (node, external target) pairs."""
+
+    nodes: Mapping[Pair, Counts]
+    external: Mapping[Pair, Counts] = field(default_factory=dict)
+
+    def node_names(self) -> list[str]:
+        return sorted({name for pair in self.nodes for name in pair})
+
+    def external_names(self) -> list[str]:
+        return sorted({target for _, target in self.external})
+
+    def measured_nodes(self) -> dict[Pair, Counts]:
+        return {pair: counts for pair, counts in self.nodes.items() if counts.measured and pair[0] != pair[1]}
+
+    def measured_external(self) -> dict[Pair, Counts]:
+        return {pair: counts for pair, counts in self.external.items() if counts.measured}
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """A cell is bad at or above these: loss as a ratio (0.05 = 5 %), average RTT in ms."""
+
+    loss_ratio: float = 0.05
+    latency_ms: float = 50.0
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """One measured cell behind a verdict."""
+
+    source: str
+    destination: str
+    loss_percent: float
+    rtt_avg_ms: float | None
+
+
+@dataclass(frozen=True)
+class Verdict:
+    kind: str
+    nodes: tuple[str, ...]
+    message: str
+    evidence: tuple[Evidence, ...] = ()
+    targets: tuple[str, ...] = ()  # external targets, for the external kinds
+    summary: Mapping[str, float] = field(default_factory=dict)
+
+    @property
+    def is_fault(self) -> bool:
+        return self.kind != HEALTHY
+
+
+@dataclass(frozen=True)
+class _Explanation:
+    """Which nodes and pairs explain a set of bad cells."""
+
+    receive: frozenset[str]  # nodes whose column is mostly bad
+    send: frozenset[str]  # nodes whose row is mostly bad
+    links: tuple[tuple[str, str], ...]  # sorted unordered pairs with bad cells no node explains
+    cluster_wide: bool
+
+
+def _explain(nodes: Sequence[str], measured: Iterable[Pair], bad: set[Pair]) -> _Explanation:
+    """Greedy: flag the node direction (row or column) with the largest share of bad cells among the
+    cells not yet explained, until none is mostly bad; leftovers are links.
+
+    Taking the worst first and then leaving its cells out is what keeps one bad node from making its
+    peers look bad too (each peer has one bad cell towards it), and keeps a bad pair elsewhere from
+    being blamed on the node.
+    """
+    cells = set(measured)
+    receive: set[str] = set()
+    send: set[str] = set()
+
+    def explained(cell: Pair) -> bool:
+        return cell[0] in send or cell[1] in receive
+
+    while True:
+        best: tuple[float, int, str, str] | None = None
+        for node in nodes:
+            for direction, flagged in (("send", send), ("receive", receive)):
+                if node in flagged:
+                    continue
+                index = 0 if direction == "send" else 1
+                mine = [cell for cell in cells if cell[index] == node and not explained(cell)]
+                n_bad = sum(cell in bad for cell in mine)
+                if n_bad < _MIN_CELLS_FOR_NODE or n_bad * 2 <= len(mine):
+                    continue
+                candidate = (n_bad / len(mine), n_bad, node, direction)
+                # Ties go to the first node in name order, so the result never depends on set order.
+                if best is None or candidate[:2] > best[:2]:
+                    best = candidate
+        if best is None:
+            break
+        (send if best[3] == "send" else receive).add(best[2])
+
+    residual = sorted({tuple(sorted(cell)) for cell in bad if not explained(cell)})
+    links = tuple((pair[0], pair[1]) for pair in residual)
+    faults = len(send | receive) + len(links)
+    # "Most pairs bad" alone is not enough: two isolated nodes out of five make 70 % of the pairs
+    # bad, and naming the two nodes is the better answer. Cluster-wide is for when the per-node and
+    # per-link story would name more faults than half the nodes.
+    cluster_wide = len(bad) * 2 > len(cells) and faults * 2 > len(nodes)
+    return _Explanation(frozenset(receive), frozenset(send), links, cluster_wide)
+
+
+def _pct(ratio: float) -> str:
+    return f"{ratio * 100:.1f}%"
+
+
+def _span(values: Sequence[float], fmt: str, unit: str) -> str:
+    low, high = min(values), max(values)
+    if f"{low:{fmt}}" == f"{high:{fmt}}":
+        return f"{low:{fmt}}{unit}"
+    return f"{low:{fmt}}-{high:{fmt}}{unit}"
+
+
+def _loss_span(ratios: Sequence[float]) -> str:
+    return _span([r * 100 for r in ratios], ".1f", "%")
+
+
+def _ms_span(values: Sequence[float]) -> str:
+    return _span(values, ".1f", " ms")
+
+
+def _evidence(cells: Mapping[Pair, Counts], pairs: Iterable[Pair]) -> tuple[Evidence, ...]:
+    out = []
+    for source, destination in sorted(pairs):
+        counts = cells[(source, destination)]
+        avg = counts.rtt_avg_ms
+        out.append(Evidence(source, destination, round(counts.loss_ratio * 100, 3),
+                            None if avg is None else round(avg, 3)))
+    return tuple(out)
+
+
+class _Analysis:
+    """One pass over one matrix; methods return the verdicts of one kind of fault."""
+
+    def __init__(self, matrix: Matrix, thresholds: Thresholds) -> None:
+        self.thresholds = thresholds
+        self.cells = matrix.measured_nodes()
+        self.nodes = matrix.node_names()
+        self.external = matrix.measured_external()
+        self.targets = matrix.external_names()
+        self.bad_loss = {pair for pair, c in self.cells.items() if c.loss_ratio >= thresholds.loss_ratio}
+        self.slow = {pair for pair, c in self.cells.items()
+                     if (avg := c.rtt_avg_ms) is not None and avg >= thresholds.latency_ms}
+
+    @staticmethod
+    def _line(node: str, index: int, universe: Iterable[Pair], bad: set[Pair]) -> tuple[list[Pair], list[Pair]]:
+        """The node's row (index 0) or column (index 1), and the bad cells in it."""
+        mine = [p for p in universe if p[index] == node]
+        return mine, [p for p in mine if p in bad]
+
+    def loss(self) -> list[Verdict]:
+        found = _explain(self.nodes, self.cells, self.bad_loss)
+        if found.cluster_wide:
+            ratios = [self.cells[p].loss_ratio for p in self.bad_loss]
+            return [Verdict(
+                CLUSTER, tuple(self.nodes),
+                f"cluster-wide: {len(self.bad_loss)} of {len(self.cells)} pairs lose packets "
+                f"(median {_pct(statistics.median(ratios))}, worst {_pct(max(ratios))}): "
+                "look at the network as a whole, not at single nodes",
+                _evidence(self.cells, self.bad_loss),
+                summary={"bad_pairs": len(self.bad_loss), "pairs": len(self.cells),
+                         "median_loss_percent": round(statistics.median(ratios) * 100, 3)},
+            )]
+        verdicts: list[Verdict] = []
+        for node in sorted(found.send | found.receive):
+            verdicts.append(self._node_loss(node, found))
+        for a, b in found.links:
+            verdicts.append(self._link_loss(a, b))
+        return verdicts
+
+    def _node_loss(self, node: str, found: _Explanation) -> Verdict:
+        row, row_bad = self._line(node, 0, self.cells, self.bad_loss)
+        column, column_bad = self._line(node, 1, self.cells, self.bad_loss)
+        sends, receives = node in found.send, node in found.receive
+        bad = (row_bad if sends else []) + (column_bad if receives else [])
+        span = _loss_span([self.cells[p].loss_ratio for p in bad])
+        if sends and receives:
+            kind = NODE_ISOLATED
+            message = (f"node {node} is isolated: it cannot send to or receive from most peers "
+                       f"({len(row_bad)} of {len(row)} outgoing and {len(column_bad)} of {len(column)} "
+                       f"incoming pairs lose {span})")
+        elif receives:
+            kind = NODE_RECEIVE
+            message = (f"node {node} cannot receive from most peers: pings to it are lost from "
+                       f"{len(column_bad)} of {len(column)} peers ({span})")
+        else:
+            kind = NODE_SEND
+            message = f"node {node} cannot send: its pings to {len(row_bad)} of {len(row)} peers are lost ({span})"
+        summary: dict[str, float] = {}
+        if sends:
+            summary |= {"send_bad_peers": len(row_bad), "send_peers": len(row)}
+        if receives:
+            summary |= {"receive_bad_peers": len(column_bad), "receive_peers": len(column)}
+        summary["worst_loss_percent"] = round(max(self.cells[p].loss_ratio for p in bad) * 100, 3)
+        return Verdict(kind, (node,), message, _evidence(self.cells, bad), summary=summary)
+
+    def _directions(self, a: str, b: str, value: str) -> tuple[list[str], list[Pair]]:
+        """Both directions of a pair in words, and the measured cells among them."""
+        words, measured = [], []
+        for pair in ((a, b), (b, a)):
+            counts = self.cells.get(pair)
+            if counts is None:
+                words.append(f"{pair[0]}->{pair[1]} not measured")
+                continue
+            measured.append(pair)
+            if value == "loss":
+                words.append(f"{pair[0]}->{pair[1]} {_pct(counts.loss_ratio)} loss")
+            else:
+                avg = counts.rtt_avg_ms
+                words.append(f"{pair[0]}->{pair[1]} " + ("no replies" if avg is None else f"{avg:.1f} ms"))
+        return words, measured
+
+    def _link_loss(self, a: str, b: str) -> Verdict:
+        words, measured = self._directions(a, b, "loss")
+        return Verdict(LINK, (a, b), f"link {a}<->{b} only: " + ", ".join(words), _evidence(self.cells, measured),
+                       summary={"worst_loss_percent": round(max(self.cells[p].loss_ratio for p in measured) * 100, 3)})
+
+    def latency(self) -> list[Verdict]:
+        # A lost pair has no RTT and is already a loss verdict; latency looks at what came back.
+        timed = [p for p, c in self.cells.items() if c.rtt_avg_ms is not None]
+        found = _explain(self.nodes, timed, self.slow)
+        averages = {p: self.cells[p].rtt_avg_ms or 0.0 for p in self.slow}
+        if found.cluster_wide:
+            return [Verdict(
+                LATENCY_CLUSTER, tuple(self.nodes),
+                f"high latency cluster-wide: {len(self.slow)} of {len(timed)} pairs average "
+                f"{self.thresholds.latency_ms:g} ms or more (median {statistics.median(averages.values()):.1f} ms)",
+                _evidence(self.cells, self.slow),
+                summary={"slow_pairs": len(self.slow), "pairs": len(timed),
+                         "median_rtt_ms": round(statistics.median(averages.values()), 3)},
+            )]
+        verdicts = []
+        for node in sorted(found.send | found.receive):
+            # RTT is a round trip, so a slow row and a slow column mean the same: a slow node.
+            row, row_slow = self._line(node, 0, timed, self.slow)
+            column, column_slow = self._line(node, 1, timed, self.slow)
+            slow = (row_slow if node in found.send else []) + (column_slow if node in found.receive else [])
+            considered = len(row if node in found.send else []) + len(column if node in found.receive else [])
+            verdicts.append(Verdict(
+                LATENCY_NODE, (node,),
+                f"high latency at node {node}: {len(slow)} of {considered} pairs with its peers average "
+                f"{_ms_span([averages[p] for p in slow])}",
+                _evidence(self.cells, slow),
+                summary={"slow_pairs": len(slow), "pairs": considered,
+                         "worst_rtt_ms": round(max(averages[p] for p in slow), 3)},
+            ))
+        for a, b in found.links:
+            words, measured = self._directions(a, b, "rtt")
+            verdicts.append(Verdict(
+                LATENCY_LINK, (a, b), f"high latency on link {a}<->{b} only: " + ", ".join(words),
+                _evidence(self.cells, measured),
+                summary={"worst_rtt_ms": round(max(averages[p] for p in measured if p in averages), 3)},
+            ))
+        return verdicts
+
+    def external_loss(self) -> list[Verdict]:
+        bad = {p for p, c in self.external.items() if c.loss_ratio >= self.thresholds.loss_ratio}
+        by_target: dict[str, list[Pair]] = {}
+        for pair in self.external:
+            by_target.setdefault(pair[1], []).append(pair)
+        down = []  # targets lost from most of the nodes that probe them
+        for target in self.targets:
+            pairs = by_target.get(target, [])
+            n_bad = sum(p in bad for p in pairs)
+            if n_bad >= _MIN_CELLS_FOR_NODE and n_bad * 2 > len(pairs):
+                down.append(target)
+        verdicts = []
+        if len(down) >= _MIN_CELLS_FOR_NODE and len(down) * 2 > len(self.targets):
+            lost = [p for p in bad if p[1] in down]
+            verdicts.append(Verdict(
+                EXTERNAL_CLUSTER, tuple(sorted({p[0] for p in lost})),
+                f"external connectivity lost cluster-wide: {len(down)} of {len(self.targets)} external targets "
+                f"are lost from most nodes ({_loss_span([self.external[p].loss_ratio for p in lost])}): "
+                "check the cluster's way out (NAT gateway, egress firewall, DNS of the targets)",
+                _evidence(self.external, lost), targets=tuple(down),
+                summary={"lost_targets": len(down), "targets": len(self.targets)},
+            ))
+        else:
+            for target in down:
+                pairs = by_target[target]
+                lost = [p for p in pairs if p in bad]
+                verdicts.append(Verdict(
+                    EXTERNAL_TARGET, tuple(sorted(p[0] for p in lost)),
+                    f"external target {target} is lost from most nodes: {len(lost)} of {len(pairs)} nodes lose "
+                    f"{_loss_span([self.external[p].loss_ratio for p in lost])} of the pings to it",
+                    _evidence(self.external, lost), targets=(target,),
+                    summary={"bad_nodes": len(lost), "nodes": len(pairs)},
+                ))
+        by_node: dict[str, list[Pair]] = {}
+        for pair in sorted(bad):
+            if pair[1] not in down:
+                by_node.setdefault(pair[0], []).append(pair)
+        for node, lost in by_node.items():
+            probed = [p for p in self.external if p[0] == node]
+            words = ", ".join(f"{t} {_pct(self.external[(node, t)].loss_ratio)}" for _, t in lost)
+            if len(lost) * 2 > len(probed):
+                message = f"external connectivity lost on node {node}: {words} loss"
+            else:
+                message = f"node {node} loses packets to some external targets: {words} loss"
+            verdicts.append(Verdict(
+                EXTERNAL_NODE, (node,), message, _evidence(self.external, lost),
+                targets=tuple(t for _, t in lost), summary={"bad_targets": len(lost), "targets": len(probed)},
+            ))
+        return verdicts
+
+    def silent(self) -> list[Verdict]:
+        """Nodes others ping that report nothing themselves: their own exporter is not running."""
+        sources = {s for s, _ in self.cells} | {s for s, _ in self.external}
+        destinations = {d for _, d in self.cells}
+        return [
+            Verdict(NODE_SILENT, (node,),
+                    f"node {node} reports no node-ping data of its own (other nodes ping it): "
+                    "check that its node-ping pod runs and that Prometheus scrapes its node-exporter")
+            for node in sorted(destinations - sources)
+        ]
+
+    def healthy(self) -> Verdict:
+        worst = max(self.cells.items(), key=lambda item: item[1].loss_ratio, default=None)
+        slowest = max(((p, c.rtt_avg_ms) for p, c in self.cells.items() if c.rtt_avg_ms is not None),
+                      key=lambda item: item[1], default=None)
+        parts = [f"healthy: {len(self.nodes)} nodes ({len(self.cells)} pairs)"]
+        if self.targets:
+            parts.append(f" and {len(self.targets)} external targets")
+        parts.append(f" below {_pct(self.thresholds.loss_ratio)} loss and "
+                     f"{self.thresholds.latency_ms:g} ms average RTT")
+        summary: dict[str, float] = {"pairs": len(self.cells)}
+        if worst is not None:
+            parts.append(f"; worst loss {_pct(worst[1].loss_ratio)} ({worst[0][0]}->{worst[0][1]})")
+            summary["worst_loss_percent"] = round(worst[1].loss_ratio * 100, 3)
+        if slowest is not None:
+            parts.append(f", highest average RTT {slowest[1]:.1f} ms ({slowest[0][0]}->{slowest[0][1]})")
+            summary["worst_rtt_ms"] = round(slowest[1], 3)
+        return Verdict(HEALTHY, tuple(self.nodes), "".join(parts), summary=summary)
+
+
+def diagnose(matrix: Matrix, thresholds: Thresholds | None = None) -> list[Verdict]:
+    """Every independent fault the matrix shows, or a single `healthy` verdict.
+
+    Order: loss (cluster, nodes, links), latency, external targets, silent nodes.
+    """
+    analysis = _Analysis(matrix, thresholds or Thresholds())
+    verdicts = analysis.loss() + analysis.latency() + analysis.external_loss() + analysis.silent()
+    return verdicts or [analysis.healthy()]
