@@ -54,7 +54,6 @@ class Host:
 
     def nft(self, ruleset: str) -> None:
         """Load an nftables ruleset inside this host (replacing our table if present)."""
-        self.run("nft", "-f", "-", check=False)  # no-op to make sure nft runs in the namespace
         subprocess.run(self.cmd("nft", "-f", "-"), input=ruleset, check=True, capture_output=True, text=True,
                        timeout=30)
 
@@ -62,14 +61,16 @@ class Host:
         """Drop `percent`% of incoming echo requests (optionally only from one source)."""
         match = f"ip saddr {from_address} " if from_address and ":" not in from_address else (
             f"ip6 saddr {from_address} " if from_address else "")
+        # numgen's range is 0..99, so 100% is a plain drop.
+        chance = "" if percent >= 100 else f"numgen random mod 100 < {percent} "
         self.nft(f"""
 table inet nodeping_test
 delete table inet nodeping_test
 table inet nodeping_test {{
   chain input {{
     type filter hook input priority 0; policy accept;
-    {match}icmp type echo-request numgen random mod 100 < {percent} drop
-    {match}icmpv6 type echo-request numgen random mod 100 < {percent} drop
+    {match}icmp type echo-request {chance}drop
+    {match}icmpv6 type echo-request {chance}drop
   }}
 }}
 """)

@@ -1,0 +1,120 @@
+"""End to end on real hosts: node-ping in one network namespace probes others on a bridge, faults
+are injected with nftables and link-down, and a real node-exporter serves the file over HTTP."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests import netlab
+from tests.exporters import get, node_exporter
+from tests.test_metrics import families
+
+Series = dict[str, list[tuple[dict[str, str], float]]]
+
+
+def binomial_bounds(n: int, p: float, z: float = 5.0) -> tuple[float, float]:
+    """Range of the lost count that a correct prober falls outside with probability < 1e-6."""
+    sd = math.sqrt(n * p * (1 - p))
+    return n * p - z * sd - 1, n * p + z * sd + 1
+
+
+def run_node_ping(host: netlab.Host, workdir: Path, nodes: list[dict[str, str]], *, count: int, period_ms: int,
+                  cycles: int = 1, external: list[dict[str, str]] | None = None) -> Series:
+    textfile = workdir / "textfile"
+    textfile.mkdir(exist_ok=True)
+    (workdir / "nodes.json").write_text(json.dumps(nodes))
+    (workdir / "external.json").write_text(json.dumps(external or []))
+    result = subprocess.run(
+        host.cmd(sys.executable, "-m", "node_ping", "run", "--node-name", "a", "--textfile-dir", str(textfile),
+                 "--config", str(workdir / "nodes.json"), "--external-config", str(workdir / "external.json"),
+                 "--count", str(count), "--period-ms", str(period_ms), "--cycles", str(cycles)),
+        capture_output=True, text=True, timeout=120, check=False, cwd=Path(__file__).parents[1])
+    assert result.returncode == 0, result.stderr
+    return families((textfile / "node-ping_a.prom").read_text())
+
+
+def by_destination(series: Series, metric: str) -> dict[str, float]:
+    return {labels.get("destination_node", labels.get("destination_name", "")): value
+            for labels, value in series.get(metric, [])}
+
+
+@pytest.mark.netns
+class TestFaults:
+    """Loss, a down host and IPv6, measured by node-ping across a real bridge."""
+
+    def test_loss_down_host_and_ipv6(self, lab_factory: Callable[[list[str]], netlab.Lab], tmp_path: Path) -> None:
+        lab = lab_factory(["a", "b", "c", "d"])
+        a, b, c, d = lab.hosts
+        b.drop_incoming_icmp(30)
+        c.link(up=False)
+        nodes = [{"name": "a", "ipAddress": a.ipv4}, {"name": "b", "ipAddress": b.ipv4},
+                 {"name": "c", "ipAddress": c.ipv4}, {"name": "d6", "ipAddress": d.ipv6}]
+        count = 200
+        series = run_node_ping(a, tmp_path, nodes, count=count, period_ms=10)
+        sent = by_destination(series, "kube_node_ping_packets_sent_total")
+        received = by_destination(series, "kube_node_ping_packets_received_total")
+        assert sent == {"b": count, "c": count, "d6": count}
+
+        low, high = binomial_bounds(count, 0.30)
+        assert low <= count - received["b"] <= high, f"lost {count - received['b']} of {count} at 30% drop"
+        assert received["c"] == 0 and received["d6"] == count
+
+        # The down host has no RTT gauges (never a false 0 ms); the others have real ones.
+        for gauge in ("kube_node_ping_rtt_min", "kube_node_ping_rtt_max", "kube_node_ping_rtt_mdev"):
+            assert set(by_destination(series, gauge)) == {"b", "d6"}
+        rtt_min, rtt_max = by_destination(series, "kube_node_ping_rtt_min"), by_destination(
+            series, "kube_node_ping_rtt_max")
+        assert 0 < rtt_min["d6"] <= rtt_max["d6"]
+        avg = by_destination(series, "kube_node_ping_rtt_milliseconds_total")["d6"] / received["d6"]
+        assert rtt_min["d6"] <= avg <= rtt_max["d6"]
+        (labels, _), = [item for item in series["kube_node_ping_packets_sent_total"]
+                        if item[0]["destination_node"] == "d6"]
+        assert labels == {"source_node": "a", "destination_node": "d6", "destination_node_ip_address": d.ipv6}
+
+    @pytest.mark.parametrize("percent", [0, 1, 10, 50, 100])
+    def test_reported_loss_matches_injected_loss(self, lab_factory: Callable[[list[str]], netlab.Lab],
+                                                 tmp_path: Path, percent: int) -> None:
+        lab = lab_factory(["a", "b"])
+        a, b = lab.hosts
+        b.drop_incoming_icmp(percent)
+        count = 400
+        series = run_node_ping(a, tmp_path, [{"name": "b", "ipAddress": b.ipv4}, {"name": "b6", "ipAddress": b.ipv6}],
+                               count=count, period_ms=5)
+        low, high = binomial_bounds(count, percent / 100)
+        for name, received in by_destination(series, "kube_node_ping_packets_received_total").items():
+            lost = count - received
+            assert max(0, low) <= lost <= high, f"{name}: lost {lost} of {count} at {percent}% drop"
+
+
+@pytest.mark.netns
+class TestNodeExporter:
+    """The written file is served by a real node-exporter without scrape errors."""
+
+    def test_scrape(self, lab_factory: Callable[[list[str]], netlab.Lab], tmp_path: Path) -> None:
+        lab = lab_factory(["a", "b", "c"])
+        a, b, c = lab.hosts
+        c.link(up=False)
+        (tmp_path / "textfile").mkdir()
+        (tmp_path / "textfile" / "other_exporter.prom").write_text("other_metric 1\n")
+        nodes = [{"name": "a", "ipAddress": a.ipv4}, {"name": "b", "ipAddress": b.ipv4},
+                 {"name": 'c "quoted"', "ipAddress": c.ipv6}]
+        run_node_ping(a, tmp_path, nodes, count=5, period_ms=10, cycles=2,
+                      external=[{"name": "b-as-external", "host": b.ipv6}])
+        with node_exporter(tmp_path / "textfile") as url:
+            series = families(get(url))
+        assert series["node_textfile_scrape_error"] == [({}, 0.0)]
+        assert by_destination(series, "kube_node_ping_packets_sent_total") == {"b": 10, 'c "quoted"': 10}
+        assert by_destination(series, "kube_node_ping_packets_received_total") == {"b": 10, 'c "quoted"': 0}
+        assert by_destination(series, "external_ping_packets_received_total") == {"b-as-external": 10}
+        assert ("other_metric", [({}, 1.0)]) in series.items()
+        mtimes = {labels["file"] for labels, _ in series["node_textfile_mtime_seconds"]}
+        assert any(f.endswith("node-ping_a.prom") for f in mtimes)
+        assert time.time() - series["node_ping_last_success_timestamp_seconds"][0][1] < 60
