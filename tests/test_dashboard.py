@@ -1,0 +1,288 @@
+"""Tests of monitoring/node-ping-dashboard.json: the node-mixin conventions (datasource variable,
+stable uid, tags, a unit on every panel), PromQL that promtool parses and that uses only the metric
+contract, and the numbers the main panels show for a made-up cluster.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.promtools import (
+    GRAFANA_DEFAULTS,
+    METRIC_CONTRACT,
+    check_expressions,
+    dashboard_queries,
+    dashboard_targets,
+    iter_panels,
+    load_dashboard,
+    metric_names,
+    promql_test,
+    substitute,
+)
+
+DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
+# Grafana unit ids the dashboard may use; a typo here would show raw numbers without a unit.
+KNOWN_UNITS = {"percentunit", "ms", "s", "short", "cps"}
+
+
+def panels() -> list[dict[str, Any]]:
+    return list(iter_panels(load_dashboard()["panels"]))
+
+
+def data_panels() -> list[dict[str, Any]]:
+    return [panel for panel in panels() if panel["type"] != "row"]
+
+
+def panel(title: str) -> dict[str, Any]:
+    (found,) = [p for p in panels() if p["title"] == title]
+    return found
+
+
+def variable(name: str) -> dict[str, Any]:
+    variables: list[dict[str, Any]] = load_dashboard()["templating"]["list"]
+    (found,) = [v for v in variables if v["name"] == name]
+    return found
+
+
+class TestDashboardModel:
+    """The dashboard follows the node-mixin conventions and its layout is sound."""
+
+    def test_identity(self) -> None:
+        board = load_dashboard()
+        assert board["uid"] == "node-ping"
+        assert board["title"] == "node-ping"
+        assert "node-ping" in board["tags"]
+        assert board["time"]["from"].startswith("now-")
+
+    def test_datasource_variable(self) -> None:
+        ds = variable("datasource")
+        assert ds["type"] == "datasource"
+        assert ds["query"] == "prometheus"
+
+    def test_every_panel_and_query_uses_the_datasource_variable(self) -> None:
+        for p in data_panels():
+            assert p["datasource"] == DATASOURCE, p["title"]
+            for target in p["targets"]:
+                assert target["datasource"] == DATASOURCE, p["title"]
+        for name in ("source", "destination", "external"):
+            assert variable(name)["datasource"] == DATASOURCE
+
+    @pytest.mark.parametrize("name", ["source", "destination", "external"])
+    def test_node_variables_are_multi_with_all(self, name: str) -> None:
+        var = variable(name)
+        assert var["type"] == "query"
+        assert var["multi"] is True
+        assert var["includeAll"] is True
+        assert var["allValue"] == ".*"
+        match = re.fullmatch(r"label_values\((\w+)(?:\{.*\})?, *(\w+)\)", var["query"]["query"])
+        assert match, var["query"]
+        assert match.group(1) in METRIC_CONTRACT
+
+    def test_every_panel_has_a_unit(self) -> None:
+        for p in data_panels():
+            unit = p["fieldConfig"]["defaults"].get("unit")
+            assert unit in KNOWN_UNITS, f"panel {p['title']!r} has unit {unit!r}"
+            for override in p["fieldConfig"]["overrides"]:
+                for prop in override["properties"]:
+                    if prop["id"] == "unit":
+                        assert prop["value"] in KNOWN_UNITS, p["title"]
+
+    def test_ids_and_titles_are_unique(self) -> None:
+        ids = [p["id"] for p in panels()]
+        assert len(ids) == len(set(ids))
+        titles = [p["title"] for p in data_panels()]
+        assert len(titles) == len(set(titles))
+
+    def test_panels_fit_the_grid_without_overlapping(self) -> None:
+        def check(group: list[dict[str, Any]]) -> None:
+            boxes = [(p["title"], p["gridPos"]) for p in group]
+            for title, g in boxes:
+                assert g["x"] >= 0 and g["w"] > 0 and g["x"] + g["w"] <= 24, title
+            for i, (t1, a) in enumerate(boxes):
+                for t2, b in boxes[i + 1:]:
+                    apart = (a["x"] + a["w"] <= b["x"] or b["x"] + b["w"] <= a["x"]
+                             or a["y"] + a["h"] <= b["y"] or b["y"] + b["h"] <= a["y"])
+                    assert apart, f"{t1!r} overlaps {t2!r}"
+
+        top = load_dashboard()["panels"]
+        check(top)
+        for row in top:
+            if row["type"] == "row" and row["collapsed"]:
+                check(row["panels"])
+
+
+class TestSections:
+    """The panels a user looks for are there and set up to show what they promise."""
+
+    def test_pair_table_is_sorted_worst_first(self) -> None:
+        for title in ("Pairs, worst first", "External targets, worst first"):
+            table = panel(title)
+            assert table["type"] == "table"
+            assert table["options"]["sortBy"] == [{"displayName": "Loss", "desc": True}]
+            renamed = table["transformations"][1]["options"]["renameByName"]
+            assert {"Loss", "Average RTT", "Max RTT"} <= set(renamed.values())
+            assert all(t["instant"] and "$__range" in t["expr"] for t in table["targets"])
+
+    @pytest.mark.parametrize(("title", "column"), [
+        ("Packet loss matrix (source → destination)", "destination_node"),
+        ("Average RTT matrix (source → destination)", "destination_node"),
+        ("External packet loss matrix (source → target)", "destination_name"),
+    ])
+    def test_matrices_put_sources_in_rows_and_destinations_in_columns(self, title: str, column: str) -> None:
+        matrix = panel(title)
+        (grouping,) = [t for t in matrix["transformations"] if t["id"] == "groupingToMatrix"]
+        assert grouping["options"]["rowField"] == "source_node"
+        assert grouping["options"]["columnField"] == column
+        defaults = matrix["fieldConfig"]["defaults"]
+        assert defaults["custom"]["cellOptions"]["type"] == "color-background"
+        assert len(defaults["thresholds"]["steps"]) >= 3
+
+    def test_a_row_repeats_per_source_node(self) -> None:
+        top = load_dashboard()["panels"]
+        (index,) = [i for i, p in enumerate(top) if p.get("repeat") == "source"]
+        assert top[index]["type"] == "row"
+        following = []
+        for p in top[index + 1:]:
+            if p["type"] == "row":
+                break
+            following.append(p)
+        assert len(following) >= 2
+        for p in following:
+            assert all('source_node=~"$source"' in t["expr"] for t in p["targets"]), p["title"]
+
+    def test_external_targets_section(self) -> None:
+        external = [t for t in dashboard_targets() if "external_ping_" in t.expr]
+        assert len(external) >= 5
+        assert all('destination_name=~"$external"' in t.expr for t in external)
+
+
+class TestQueries:
+    """Every query parses, uses the metric contract, and works from counters over Grafana's windows."""
+
+    def test_promtool_parses_every_query(self, tmp_path: Path) -> None:
+        queries = dashboard_queries()
+        assert len(queries) >= 20
+        result = check_expressions(queries, tmp_path)
+        assert result.returncode == 0, result.stdout + result.stderr
+
+    def test_only_contract_metrics(self) -> None:
+        for key, expr in dashboard_queries().items():
+            used = metric_names(expr)
+            assert used, f"found no metric in {key}"
+            assert used <= METRIC_CONTRACT, f"{key} uses metrics outside the contract: {used - METRIC_CONTRACT}"
+
+    def test_every_variable_has_a_value(self) -> None:
+        for target in dashboard_targets():
+            assert "$" not in substitute(target.expr), target.key
+        with pytest.raises(KeyError, match=r"\$nosuch"):
+            substitute("up{node=~\"$nosuch\"}")
+        assert substitute('label_replace(up, "a", "$1", "b", "(.*)")') == 'label_replace(up, "a", "$1", "b", "(.*)")'
+
+    def test_windows_follow_the_dashboard(self) -> None:
+        """No hard-coded window: tables cover $__range, graphs use $__rate_interval."""
+        for target in dashboard_targets():
+            for window in re.findall(r"\[([^\]]*)\]", target.expr):
+                expected = "$__range" if target.instant else "$__rate_interval"
+                assert window == expected, target.key
+
+    def test_counters_are_only_read_through_rate_or_increase(self) -> None:
+        """Raw counter values jump back on every exporter restart; only their rate means anything."""
+        for target in dashboard_targets():
+            for match in re.finditer(r"(\w+)\(\s*\w+_total\b", target.expr):
+                assert match.group(1) in {"rate", "increase"}, target.key
+            assert len(re.findall(r"\w+_total\b", target.expr)) == len(
+                re.findall(r"(?:rate|increase)\(\s*\w+_total\b", target.expr)), target.key
+
+
+# A made-up cluster, scraped every minute for 10 minutes (60 pings a minute per pair):
+# a->b loses 25% at 2 ms, b->a loses nothing at 1 ms, c->b loses everything (sending half as many),
+# a->c loses 50% and its exporter restarted at 6m (counters back to 0), a->gone is no longer probed
+# (flat counters), and node a loses half of its pings to the external target "dns".
+CLUSTER = {
+    'kube_node_ping_packets_sent_total{source_node="a", destination_node="b"}': "0+60x10",
+    'kube_node_ping_packets_received_total{source_node="a", destination_node="b"}': "0+45x10",
+    'kube_node_ping_rtt_milliseconds_total{source_node="a", destination_node="b"}': "0+90x10",
+    'kube_node_ping_rtt_max{source_node="a", destination_node="b"}': "2 3 9 2 2 2 2 2 2 2 2",
+    'kube_node_ping_packets_sent_total{source_node="b", destination_node="a"}': "0+60x10",
+    'kube_node_ping_packets_received_total{source_node="b", destination_node="a"}': "0+60x10",
+    'kube_node_ping_rtt_milliseconds_total{source_node="b", destination_node="a"}': "0+60x10",
+    'kube_node_ping_rtt_max{source_node="b", destination_node="a"}': "1x10",
+    'kube_node_ping_packets_sent_total{source_node="c", destination_node="b"}': "0+30x10",
+    'kube_node_ping_packets_received_total{source_node="c", destination_node="b"}': "0+0x10",
+    'kube_node_ping_rtt_milliseconds_total{source_node="c", destination_node="b"}': "0+0x10",
+    'kube_node_ping_packets_sent_total{source_node="a", destination_node="c"}': "0+60x5 0+60x4",
+    'kube_node_ping_packets_received_total{source_node="a", destination_node="c"}': "0+30x5 0+30x4",
+    'kube_node_ping_rtt_milliseconds_total{source_node="a", destination_node="c"}': "0+30x5 0+30x4",
+    'kube_node_ping_packets_sent_total{source_node="a", destination_node="gone"}': "600+0x10",
+    'kube_node_ping_packets_received_total{source_node="a", destination_node="gone"}': "600+0x10",
+    'external_ping_packets_sent_total{source_node="a", destination_name="dns", destination_host="192.0.2.53"}':
+        "0+60x10",
+    'external_ping_packets_received_total{source_node="a", destination_name="dns", destination_host="192.0.2.53"}':
+        "0+30x10",
+    'external_ping_packets_sent_total{source_node="b", destination_name="dns", destination_host="192.0.2.53"}':
+        "0+60x10",
+    'external_ping_packets_received_total{source_node="b", destination_name="dns", destination_host="192.0.2.53"}':
+        "0+60x10",
+}
+WHOLE_RUN = {**GRAFANA_DEFAULTS, "__range": "10m", "__rate_interval": "10m"}
+
+
+def pairs(values: dict[tuple[str, str], float], dest_label: str = "destination_node") -> list[dict[str, Any]]:
+    return [{"labels": f'{{source_node="{s}", {dest_label}="{d}"}}', "value": v} for (s, d), v in values.items()]
+
+
+class TestPanelValues:
+    """The numbers a user reads off the main panels, computed by promtool on a made-up cluster."""
+
+    def check(self, tmp_path: Path, expected: dict[str, list[dict[str, Any]]],
+              values: dict[str, str] = WHOLE_RUN) -> None:
+        queries = dashboard_queries(values)
+        cases = [{"expr": queries[key], "eval_time": "10m", "exp_samples": samples}
+                 for key, samples in expected.items()]
+        result = promql_test(tmp_path, CLUSTER, cases)
+        assert result.returncode == 0, result.stdout + result.stderr
+
+    def test_pair_table(self, tmp_path: Path) -> None:
+        """Loss and average RTT per pair survive a restart; an unprobed pair has no row."""
+        loss = pairs({("a", "b"): 0.25, ("b", "a"): 0, ("c", "b"): 1, ("a", "c"): 0.5})
+        self.check(tmp_path, {
+            "Pairs, worst first [A]": loss,
+            "Pairs, worst first [B]": pairs({("a", "b"): 2, ("b", "a"): 1, ("a", "c"): 1}),
+            "Pairs, worst first [C]": pairs({("a", "b"): 9, ("b", "a"): 1}),
+            "Pairs, worst first [D]": pairs({("a", "b"): 600, ("b", "a"): 600, ("c", "b"): 300,
+                                             ("a", "c"): 540}),
+            "Packet loss matrix (source → destination) [A]": loss,
+            "Average RTT matrix (source → destination) [A]": pairs({("a", "b"): 2, ("b", "a"): 1,
+                                                                     ("a", "c"): 1}),
+        })
+
+    def test_overview_stats(self, tmp_path: Path) -> None:
+        self.check(tmp_path, {
+            "Pairs with loss over 5% [A]": [{"labels": "{}", "value": 3}],
+            "Worst pair loss [A]": [{"labels": "{}", "value": 1}],
+            "Firing node-ping alerts [A]": [{"labels": "{}", "value": 0}],
+        })
+
+    def test_loss_to_each_destination_adds_up_packets(self, tmp_path: Path) -> None:
+        """b answers 450 of the 900 pings from a and c together: 50% loss (the mean of 25% and 100% is not it)."""
+        self.check(tmp_path, {
+            "Packet loss to each destination [A]": [
+                {"labels": '{destination_node="a"}', "value": 0},
+                {"labels": '{destination_node="b"}', "value": 0.5},
+                {"labels": '{destination_node="c"}', "value": 0.5},
+            ],
+        })
+
+    def test_source_variable_filters_the_table(self, tmp_path: Path) -> None:
+        self.check(tmp_path, {
+            "Pairs, worst first [A]": pairs({("a", "b"): 0.25, ("a", "c"): 0.5}),
+        }, values={**WHOLE_RUN, "source": "a"})
+
+    def test_external_table(self, tmp_path: Path) -> None:
+        self.check(tmp_path, {
+            "External targets, worst first [A]": pairs({("a", "dns"): 0.5, ("b", "dns"): 0}, "destination_name"),
+        })

@@ -1,0 +1,133 @@
+"""Tests of monitoring/node-ping.rules.yaml: promtool accepts it, its unit tests pass, and every
+alert carries what an on-call person needs (severity, summary, description, a runbook that exists).
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.promtools import (
+    METRIC_CONTRACT,
+    MONITORING_README,
+    RULES_FILE,
+    RULES_TEST_FILE,
+    alert_expressions,
+    alert_rules,
+    load_rules,
+    metric_names,
+    run_promtool,
+)
+
+SEVERITIES = {"critical", "warning", "info"}
+
+
+def github_anchor(heading: str) -> str:
+    """The anchor GitHub gives a markdown heading: lower case, punctuation dropped, spaces to dashes."""
+    slug = re.sub(r"[^\w\- ]", "", heading.strip().lower())
+    return slug.replace(" ", "-")
+
+
+def readme_anchors() -> set[str]:
+    text = MONITORING_README.read_text(encoding="utf-8")
+    return {github_anchor(m.group(1)) for m in re.finditer(r"^#+\s+(.+)$", text, re.MULTILINE)}
+
+
+class TestPromtool:
+    """promtool accepts the rules file and every unit test of the alerts passes."""
+
+    def test_check_rules(self) -> None:
+        result = run_promtool("check", "rules", str(RULES_FILE))
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "SUCCESS" in result.stdout
+
+    def test_unit_tests_pass(self) -> None:
+        result = run_promtool("test", "rules", RULES_TEST_FILE.name, cwd=RULES_TEST_FILE.parent)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "SUCCESS" in result.stdout
+
+    def test_unit_tests_catch_a_missing_silence(self, tmp_path: Path) -> None:
+        """Without the `unless ... ALERTS` lines, a cut-off node raises pair alerts and a test fails."""
+        shutil.copy(RULES_TEST_FILE, tmp_path)
+        text = RULES_FILE.read_text(encoding="utf-8")
+        unsilenced = re.sub(r"^\s*unless on \(\w+\) ALERTS\{.*\}\n", "", text, flags=re.MULTILINE)
+        assert unsilenced != text
+        (tmp_path / RULES_FILE.name).write_text(unsilenced, encoding="utf-8")
+        result = run_promtool("test", "rules", RULES_TEST_FILE.name, cwd=tmp_path)
+        assert result.returncode != 0
+        assert "alertname: NodePingPacketLoss" in result.stdout + result.stderr
+
+
+class TestAlertConventions:
+    """Every alert follows the mixin conventions: CamelCase name with one prefix, severity,
+    summary, description, and a runbook_url that points at a heading of monitoring/README.md."""
+
+    def test_rules_file_is_a_plain_groups_file(self) -> None:
+        rules = load_rules()
+        assert set(rules) == {"groups"}
+        assert all(group["name"].startswith("node-ping.") for group in rules["groups"])
+
+    def test_there_are_alerts_for_every_failure_the_project_watches(self) -> None:
+        assert set(alert_rules()) >= {
+            "NodePingPacketLoss", "NodePingNodeUnreachable", "NodePingNodeCannotReachPeers",
+            "NodePingHighLatency", "NodePingExternalTargetUnreachable", "NodePingTextfileStale",
+            "NodePingNoRecentSuccess", "NodePingErrors",
+        }
+
+    @pytest.mark.parametrize("name", sorted(alert_rules()))
+    def test_name_labels_and_annotations(self, name: str) -> None:
+        rule = alert_rules()[name]
+        assert re.fullmatch(r"NodePing(?:[A-Z][a-z0-9]*)+", name), name
+        assert rule["labels"]["severity"] in SEVERITIES
+        for key in ("summary", "description", "runbook_url"):
+            assert str(rule["annotations"].get(key, "")).strip(), f"{name} has no {key}"
+        assert re.fullmatch(r"\d+[smh]", rule.get("for", "")), f"{name} fires without a `for` duration"
+
+    @pytest.mark.parametrize("name", sorted(alert_rules()))
+    def test_runbook_is_a_readme_heading(self, name: str) -> None:
+        url = alert_rules()[name]["annotations"]["runbook_url"]
+        path, _, anchor = url.partition("#")
+        assert path == "monitoring/README.md"
+        assert anchor == github_anchor(name), "the runbook heading is the alert's name"
+        assert anchor in readme_anchors(), f"monitoring/README.md has no heading '### {name}'"
+
+    @pytest.mark.parametrize("name", sorted(alert_rules()))
+    def test_only_contract_metrics(self, name: str) -> None:
+        used = metric_names(alert_expressions()[name])
+        assert used, f"found no metric in {name}"
+        assert used <= METRIC_CONTRACT, f"{name} uses metrics outside the contract: {used - METRIC_CONTRACT}"
+
+    def test_silencing_alerts_come_first_in_the_same_group(self) -> None:
+        """A rule sees another rule's ALERTS in the same evaluation only if that rule is earlier in the group."""
+        checked = 0
+        for group in load_rules()["groups"]:
+            seen: list[str] = []
+            for rule in group["rules"]:
+                for silencer in re.findall(r'ALERTS\{alertname="(\w+)"', rule["expr"]):
+                    assert silencer in seen, f"{rule['alert']} reads ALERTS of {silencer}, which must come first"
+                    checked += 1
+                seen.append(rule["alert"])
+        assert checked >= 3
+
+
+class TestUnitTestCoverage:
+    """The promtool unit tests check every alert both firing and staying quiet."""
+
+    @staticmethod
+    def _cases() -> list[dict[str, Any]]:
+        tests = yaml.safe_load(RULES_TEST_FILE.read_text(encoding="utf-8"))["tests"]
+        return [case for test in tests for case in test.get("alert_rule_test", [])]
+
+    @pytest.mark.parametrize("name", sorted(alert_rules()))
+    def test_alert_is_tested_firing_and_not_firing(self, name: str) -> None:
+        cases = [case for case in self._cases() if case["alertname"] == name]
+        assert any(case.get("exp_alerts") for case in cases), f"no test where {name} fires"
+        assert any(not case.get("exp_alerts") for case in cases), f"no test where {name} stays quiet"
+
+    def test_tests_only_name_existing_alerts(self) -> None:
+        assert {case["alertname"] for case in self._cases()} <= set(alert_rules())
