@@ -1,0 +1,702 @@
+"""The Helm chart charts/node-ping, rendered by Helm's own engine (helm-python-sdk, Helm's Go SDK
+without a binary) for the default values and every ci/*-values.yaml scenario.
+
+Checked: what `helm install` and `helm lint` say, every object against the Kubernetes API schemas
+of each version the chart's kubeVersion claims, the values schema, that the DaemonSet hands
+`node-ping run` the env, files and paths it reads, least-privilege RBAC, the security context, the
+liveness probe, the monitors, and that values.yaml and README.md document every value.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+import tomllib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import helm_python as helm
+import kubernetes_validate
+import pytest
+import yaml
+from kubernetes_validate import utils as kv_utils
+
+REPO = Path(__file__).resolve().parents[1]
+CHART = REPO / "charts" / "node-ping"
+CI_VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
+RELEASE = "node-ping"
+NAMESPACE = "monitoring"
+
+#: Scenario name -> user-supplied values, as `helm install -f ci/<name>` would pass them.
+SCENARIOS: dict[str, dict[str, Any]] = {
+    "defaults": {},
+    **{path.name: yaml.safe_load(path.read_text()) or {} for path in CI_VALUES},
+}
+
+#: Kinds that come from CRDs (Prometheus Operator): no schema in kubernetes-validate, checked by
+#: structure in TestMonitors instead.
+CRD_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule"}
+
+#: The fixed interface of `node-ping run` (see the project context and node_ping/cli.py): the env
+#: variables the DaemonSet may set. The chart sets all of them; NODE_PING_LISTEN_ADDRESS only when
+#: metrics are served over HTTP.
+RUN_ENV = {
+    "MY_NODE_NAME", "PROMETHEUS_TEXTFILE_DIR", "PROMETHEUS_TEXTFILE_PREFIX", "NODE_PING_CONFIG",
+    "NODE_PING_EXTERNAL_CONFIG", "NODE_PING_COUNT", "NODE_PING_PERIOD_MS", "NODE_PING_HEALTH_FILE",
+    "NODE_PING_TOPOLOGY", "NODE_PING_PEERS_PER_ZONE",
+}
+#: The env of `node-ping discover` that the chart sets.
+DISCOVER_ENV = {"POD_NAMESPACE", "NODE_PING_CONFIGMAP", "NODE_PING_ADDRESS_TYPES"}
+
+DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """One `helm template`: the objects, the NOTES.txt text and the values Helm used."""
+
+    objects: list[dict[str, Any]]
+    notes: str
+    values: dict[str, Any]
+
+    def all(self, kind: str) -> list[dict[str, Any]]:
+        return [obj for obj in self.objects if obj["kind"] == kind]
+
+    def one(self, kind: str, name: str | None = None) -> dict[str, Any]:
+        matches = [obj for obj in self.all(kind) if name is None or obj["metadata"]["name"] == name]
+        assert len(matches) == 1, f"expected one {kind} {name or ''}, found {len(matches)}"
+        return matches[0]
+
+    def has(self, kind: str) -> bool:
+        return bool(self.all(kind))
+
+    @property
+    def daemonset(self) -> dict[str, Any]:
+        return self.one("DaemonSet")
+
+    @property
+    def exporter(self) -> dict[str, Any]:
+        (container,) = self.daemonset["spec"]["template"]["spec"]["containers"]
+        assert isinstance(container, dict)
+        return container
+
+    @property
+    def exporter_env(self) -> dict[str, dict[str, Any]]:
+        return {var["name"]: var for var in self.exporter["env"]}
+
+    @property
+    def discovery(self) -> dict[str, Any]:
+        return self.one("Deployment")
+
+
+@pytest.fixture(scope="module")
+def chart() -> Iterator[helm.Chart]:
+    with helm.Chart.load(CHART) as loaded:
+        yield loaded
+
+
+def render(chart: helm.Chart, values: dict[str, Any] | None = None, *,
+           release: str = RELEASE, namespace: str = NAMESPACE) -> Rendered:
+    manifests = chart.render(values or {}, name=release, namespace=namespace)
+    objects = [obj for path, text in sorted(manifests.items()) if path.endswith((".yaml", ".yml"))
+               for obj in yaml.safe_load_all(text) if obj]
+    notes = next((text for path, text in manifests.items() if path.endswith("NOTES.txt")), "")
+    return Rendered(objects, notes, chart.merge_values(values or {}))
+
+
+@pytest.fixture(scope="module", params=sorted(SCENARIOS))
+def scenario(request: pytest.FixtureRequest, chart: helm.Chart) -> Rendered:
+    return render(chart, SCENARIOS[request.param])
+
+
+@pytest.fixture(scope="module")
+def defaults(chart: helm.Chart) -> Rendered:
+    return render(chart)
+
+
+def claimed_kube_versions() -> list[str]:
+    """The Kubernetes versions kubernetes-validate ships schemas for that Chart.yaml's kubeVersion
+    admits. Only the simple forms `>=1.X.0-0` and `>=1.X.0-0 <1.Y.0-0` are understood: a richer
+    constraint fails here loudly rather than being misread."""
+    constraint = yaml.safe_load((CHART / "Chart.yaml").read_text())["kubeVersion"]
+    match = re.fullmatch(r">=\s*v?1\.(\d+)\.0(?:-0)?(?:\s*,?\s*<\s*v?1\.(\d+)\.0(?:-0)?)?", constraint.strip())
+    assert match, f"kubeVersion {constraint!r} is not a form this test understands"
+    low = int(match.group(1))
+    high = int(match.group(2)) if match.group(2) else math.inf
+    shipped = {version for version in kv_utils.all_versions() if version.startswith("1.")}
+    return sorted((v for v in shipped if low <= int(v.split(".")[1]) < high), key=lambda v: int(v.split(".")[1]))
+
+
+KUBE_VERSIONS = claimed_kube_versions()
+
+
+class TestInstall:
+    """`helm install node-ping charts/node-ping` and `helm lint`, through Helm's Go SDK."""
+
+    def test_install_with_defaults(self) -> None:
+        with helm.Config(namespace=NAMESPACE, storage_driver="memory") as config:
+            release = config.install(CHART, RELEASE, dry_run="client")
+        assert release["name"] == RELEASE and release["chart_name"] == "node-ping"
+        manifest = [obj for obj in yaml.safe_load_all(release["manifest"]) if obj]
+        kinds = sorted(obj["kind"] for obj in manifest)
+        assert kinds == sorted(["ConfigMap", "DaemonSet", "Deployment", "ServiceAccount", "ServiceAccount",
+                                "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"])
+        assert f"kubectl -n {NAMESPACE} get daemonset node-ping" in release["notes"]
+
+    def test_install_rejects_values_the_schema_forbids(self) -> None:
+        with helm.Config(namespace=NAMESPACE, storage_driver="memory") as config, \
+                pytest.raises(helm.HelmError, match="hostNetwrok"):
+            config.install(CHART, RELEASE, {"hostNetwrok": False}, dry_run="client")
+
+    @pytest.mark.parametrize("name", sorted(SCENARIOS))
+    def test_lint_is_clean(self, name: str) -> None:
+        report = helm.lint(CHART, SCENARIOS[name], strict=True, namespace=NAMESPACE,
+                           kube_version=f"v{KUBE_VERSIONS[0]}")
+        assert report["errors"] == []
+        # Severity 1 is info ("icon is recommended"); warnings (2) and errors (3) must not occur.
+        assert [m for m in report["messages"] if m["severity"] >= 2] == []
+
+    def test_every_scenario_file_is_used(self) -> None:
+        """Each ci file names one scenario and changes something compared to the defaults."""
+        assert len(CI_VALUES) >= 7
+        for path in CI_VALUES:
+            assert SCENARIOS[path.name], f"{path.name} sets no value"
+
+    def test_chart_metadata(self, chart: helm.Chart) -> None:
+        metadata = chart.metadata
+        assert metadata["apiVersion"] == "v2"
+        assert metadata["type"] == "application"
+        # The default image tag is appVersion, which must be the version the wheel is built as.
+        project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+        assert metadata["appVersion"] == project["version"]
+
+
+class TestKubernetesSchemas:
+    """Every rendered object is valid for every Kubernetes version the chart claims to support."""
+
+    def test_claimed_versions_are_covered(self) -> None:
+        assert KUBE_VERSIONS, "kubernetes-validate ships no schema for the claimed kubeVersion"
+        assert KUBE_VERSIONS[0] == "1.27.0"
+
+    @pytest.mark.parametrize("version", KUBE_VERSIONS)
+    def test_objects_validate(self, scenario: Rendered, version: str) -> None:
+        for obj in scenario.objects:
+            if obj["kind"] in CRD_KINDS:
+                continue
+            try:
+                kubernetes_validate.validate(obj, version, strict=True)
+            except kubernetes_validate.ValidationError as err:
+                path = ".".join(str(part) for part in err.path)
+                pytest.fail(f"{obj['kind']}/{obj['metadata']['name']} invalid for {version}: {path}: {err.message}")
+
+    def test_names_fit_kubernetes_limits(self, chart: helm.Chart) -> None:
+        """A 53-character release name (Helm's maximum) and a long nameOverride still give valid
+        names and labels: the full name is cut to 63 characters."""
+        release = "r" * 44 + "-prod-eu1"
+        assert len(release) == 53
+        rendered = render(chart, {"serviceMonitor": {"enabled": True}, "nameOverride": "network-latency-probe"},
+                          release=release)
+        for obj in rendered.objects:
+            name = obj["metadata"]["name"]
+            assert DNS_SUBDOMAIN.match(name) and len(name) <= 253, name
+            for value in obj["metadata"].get("labels", {}).values():
+                assert len(str(value)) <= 63, value
+        service = rendered.one("Service")["metadata"]["name"]
+        assert DNS_LABEL.match(service) and len(service) <= 63
+        assert len(rendered.daemonset["metadata"]["name"]) == 63
+
+    def test_fullname(self, chart: helm.Chart) -> None:
+        assert render(chart).daemonset["metadata"]["name"] == "node-ping"
+        assert render(chart, release="edge").daemonset["metadata"]["name"] == "edge-node-ping"
+        overridden = render(chart, {"fullnameOverride": "np"})
+        assert overridden.daemonset["metadata"]["name"] == "np"
+        assert overridden.one("ConfigMap")["metadata"]["name"] == "np-config"
+
+
+class TestValuesSchema:
+    """values.schema.json rejects what would otherwise render a broken or surprising release."""
+
+    @pytest.mark.parametrize(("values", "where"), [
+        ({"nodeSlector": {"a": "b"}}, "nodeSlector"),  # unknown top-level key (a typo)
+        ({"ping": {"count": "30"}}, "/ping/count"),  # wrong type
+        ({"ping": {"count": 0}}, "/ping/count"),
+        ({"ping": {"cont": 3}}, "cont"),  # unknown key inside a chart section
+        ({"hostNetwork": "yes"}, "/hostNetwork"),
+        ({"image": {"tag": 1.0}}, "/image/tag"),  # an unquoted version number
+        ({"topology": {"mode": "ring"}}, "/topology/mode"),
+        ({"nodes": [{"name": "a"}]}, "ipAddress"),
+        ({"externalTargets": [{"name": "dns", "ip": "192.0.2.1"}]}, "/externalTargets/0"),
+        ({"textfile": {"hostPath": "relative/dir"}}, "/textfile/hostPath"),
+        ({"metrics": {"port": 70000}}, "/metrics/port"),
+        ({"discovery": {"addressTypes": ["Hostname"]}}, "/discovery/addressTypes/0"),
+        ({"tolerations": {"operator": "Exists"}}, "/tolerations"),
+        ({"serviceMonitor": {"interval": "30"}}, "/serviceMonitor/interval"),
+    ])
+    def test_rejects(self, chart: helm.Chart, values: dict[str, Any], where: str) -> None:
+        with pytest.raises(helm.HelmValuesError) as info:
+            chart.validate_schema(chart.merge_values(values))
+        assert where in str(info.value)
+
+    def test_render_enforces_the_schema(self, chart: helm.Chart) -> None:
+        with pytest.raises(helm.HelmValuesError, match="additional properties 'bogus' not allowed"):
+            render(chart, {"bogus": True})
+
+    def test_top_level_is_closed(self, chart: helm.Chart) -> None:
+        schema = chart.schema
+        assert schema is not None
+        assert schema["additionalProperties"] is False
+        # Every top-level value has a schema entry, and the schema describes nothing that is not a value
+        # (except `global`, which a parent chart may pass).
+        assert set(schema["properties"]) - {"global"} == set(chart.values)
+
+    def test_reserved_sections_for_rules_and_dashboard(self, chart: helm.Chart) -> None:
+        """prometheusRule and grafanaDashboard are accepted now, for templates that come later."""
+        assert chart.values["prometheusRule"]["enabled"] is False
+        assert chart.values["prometheusRule"]["labels"] == {}
+        assert chart.values["grafanaDashboard"]["enabled"] is False
+        assert chart.values["grafanaDashboard"]["labels"] == {"grafana_dashboard": "1"}
+        chart.validate_schema(chart.merge_values(
+            {"prometheusRule": {"enabled": True, "labels": {"release": "kps"}},
+             "grafanaDashboard": {"enabled": True, "namespace": "grafana"}}))
+
+
+class TestContainerContract:
+    """The DaemonSet gives `node-ping run` exactly the env, files and paths it reads."""
+
+    def test_env_names(self, scenario: Rendered) -> None:
+        env = set(scenario.exporter_env)
+        serving = scenario.values["metrics"]["enabled"] or scenario.values["serviceMonitor"]["enabled"] \
+            or scenario.values["podMonitor"]["enabled"]
+        assert env == RUN_ENV | ({"NODE_PING_LISTEN_ADDRESS"} if serving else set())
+        assert scenario.exporter["args"] == ["run"]
+
+    def test_env_values(self, scenario: Rendered) -> None:
+        env = scenario.exporter_env
+        values = scenario.values
+        assert env["MY_NODE_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
+        assert env["PROMETHEUS_TEXTFILE_PREFIX"]["value"] == values["textfile"]["prefix"]
+        assert env["NODE_PING_COUNT"]["value"] == str(values["ping"]["count"])
+        assert env["NODE_PING_PERIOD_MS"]["value"] == str(values["ping"]["periodMs"])
+        assert env["NODE_PING_TOPOLOGY"]["value"] == values["topology"]["mode"]
+        assert env["NODE_PING_PEERS_PER_ZONE"]["value"] == str(values["topology"]["peersPerZone"])
+        assert env["NODE_PING_HEALTH_FILE"]["value"] == "/tmp/node-ping.health"
+        if "NODE_PING_LISTEN_ADDRESS" in env:
+            assert env["NODE_PING_LISTEN_ADDRESS"]["value"] == f":{values['metrics']['port']}"
+
+    def test_config_files_come_from_the_configmaps(self, scenario: Rendered) -> None:
+        """NODE_PING_CONFIG and NODE_PING_EXTERNAL_CONFIG point into /config, where the projected
+        volume puts ConfigMap keys of the same file names."""
+        env = scenario.exporter_env
+        mounts = {m["name"]: m for m in scenario.exporter["volumeMounts"]}
+        volumes = {v["name"]: v for v in scenario.daemonset["spec"]["template"]["spec"]["volumes"]}
+        fullname = scenario.daemonset["metadata"]["name"]
+        sources = {item["path"]: source["configMap"] for source in volumes["config"]["projected"]["sources"]
+                   for item in source["configMap"]["items"]}
+        for var, key in (("NODE_PING_CONFIG", "nodes.json"), ("NODE_PING_EXTERNAL_CONFIG", "external.json")):
+            path = Path(env[var]["value"])
+            assert path == Path(mounts["config"]["mountPath"]) / key
+            (item,) = [i for s in volumes["config"]["projected"]["sources"] for i in s["configMap"]["items"]
+                       if i["path"] == key]
+            assert item["key"] == key
+        assert mounts["config"]["readOnly"] is True
+
+        assert sources["external.json"]["name"] == f"{fullname}-config"
+        if scenario.values["discovery"]["enabled"]:
+            # Discovery creates this ConfigMap itself, so the pod must start before it exists.
+            assert sources["nodes.json"]["name"] == f"{fullname}-nodes"
+            assert sources["nodes.json"]["optional"] is True
+            discovery_env = {v["name"]: v for v in scenario.discovery["spec"]["template"]["spec"]["containers"][0]["env"]}
+            assert discovery_env["NODE_PING_CONFIGMAP"]["value"] == f"{fullname}-nodes"
+        else:
+            assert sources["nodes.json"]["name"] == f"{fullname}-config"
+            assert not scenario.has("Deployment")
+
+    def test_configmap_data(self, scenario: Rendered) -> None:
+        fullname = scenario.daemonset["metadata"]["name"]
+        data = scenario.one("ConfigMap", f"{fullname}-config")["data"]
+        assert json.loads(data["external.json"]) == scenario.values["externalTargets"]
+        if scenario.values["discovery"]["enabled"]:
+            assert "nodes.json" not in data
+        else:
+            assert json.loads(data["nodes.json"]) == scenario.values["nodes"]
+
+    def test_textfile_dir_is_the_hostpath(self, scenario: Rendered) -> None:
+        env = scenario.exporter_env
+        mounts = {m["name"]: m for m in scenario.exporter["volumeMounts"]}
+        volumes = {v["name"]: v for v in scenario.daemonset["spec"]["template"]["spec"]["volumes"]}
+        host_path = scenario.values["textfile"]["hostPath"]
+        assert volumes["textfile"]["hostPath"]["path"] == host_path
+        assert env["PROMETHEUS_TEXTFILE_DIR"]["value"] == mounts["textfile"]["mountPath"]
+        assert not mounts["textfile"].get("readOnly", False)
+
+    def test_health_file_is_on_a_writable_emptydir(self, scenario: Rendered) -> None:
+        env = scenario.exporter_env
+        mounts = {m["mountPath"]: m["name"] for m in scenario.exporter["volumeMounts"]}
+        volumes = {v["name"]: v for v in scenario.daemonset["spec"]["template"]["spec"]["volumes"]}
+        health = Path(env["NODE_PING_HEALTH_FILE"]["value"])
+        assert "emptyDir" in volumes[mounts[str(health.parent)]]
+
+    def test_discovery_env(self, defaults: Rendered) -> None:
+        (container,) = defaults.discovery["spec"]["template"]["spec"]["containers"]
+        env = {var["name"]: var for var in container["env"]}
+        assert set(env) == DISCOVER_ENV
+        assert container["args"] == ["discover"]
+        assert env["POD_NAMESPACE"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+        assert env["NODE_PING_ADDRESS_TYPES"]["value"] == "InternalIP,ExternalIP"
+
+    def test_running_the_container_as_rendered(self, chart: helm.Chart, tmp_path: Path) -> None:
+        """Play kubelet: materialise the DaemonSet pod's volumes from the rendered ConfigMaps under
+        tmp_path, resolve the env, run one cycle of the container's command against loopback
+        addresses, then run the liveness probe's command as rendered."""
+        values = {
+            "discovery": {"enabled": False},
+            "nodes": [{"name": "node-a", "ipAddress": "127.0.0.1"}, {"name": "node-b", "ipAddress": "127.0.0.2"}],
+            "externalTargets": [{"name": "loopback", "host": "127.0.0.1"}],
+            "ping": {"count": 2, "periodMs": 20},
+        }
+        rendered = render(chart, values)
+        pod = rendered.daemonset["spec"]["template"]["spec"]
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        configmaps = {cm["metadata"]["name"]: cm["data"] for cm in rendered.all("ConfigMap")}
+
+        def host_dir(mount_path: str) -> Path:
+            return tmp_path / mount_path.strip("/").replace("/", "_")
+
+        def on_host(path: str) -> str:
+            """The tmp_path location of an in-container path, through the container's mounts."""
+            for mount in rendered.exporter["volumeMounts"]:
+                relative = os.path.relpath(path, mount["mountPath"])
+                if not relative.startswith(".."):
+                    return str(host_dir(mount["mountPath"]) / relative)
+            raise AssertionError(f"{path} is on no volume: the root filesystem is read-only")
+
+        for mount in rendered.exporter["volumeMounts"]:
+            directory = host_dir(mount["mountPath"])
+            directory.mkdir(parents=True)
+            for source in volumes[mount["name"]].get("projected", {}).get("sources", []):
+                for item in source["configMap"]["items"]:
+                    (directory / item["path"]).write_text(configmaps[source["configMap"]["name"]][item["key"]])
+
+        env = {"PATH": os.environ["PATH"], "LC_ALL": "C"}
+        for var in rendered.exporter["env"]:
+            if "valueFrom" in var:
+                assert var["valueFrom"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
+                env[var["name"]] = "node-a"
+            elif var["value"].startswith("/"):
+                env[var["name"]] = on_host(var["value"])
+            else:
+                env[var["name"]] = var["value"]
+        node_ping = [sys.executable, "-m", "node_ping"]
+        # `--cycles 1` is the only addition: the container itself runs forever.
+        run = subprocess.run([*node_ping, *rendered.exporter["args"], "--cycles", "1"], env=env,
+                             capture_output=True, text=True, timeout=60, check=False)
+        assert run.returncode == 0, run.stderr
+
+        prom = host_dir(rendered.values["textfile"]["hostPath"]) / "node-ping_node-a.prom"
+        text = prom.read_text()
+        # node-a pings the other node (not itself) and the external target, twice each.
+        assert ('kube_node_ping_packets_sent_total{destination_node="node-b",'
+                'destination_node_ip_address="127.0.0.2",source_node="node-a"} 2.0') in text
+        assert 'destination_node="node-a"' not in text
+        assert ('external_ping_packets_sent_total{destination_host="127.0.0.1",destination_name="loopback",'
+                'source_node="node-a"} 2.0') in text
+
+        probe = rendered.exporter["livenessProbe"]["exec"]["command"]
+        assert probe[0] == "node-ping"
+        command = [*node_ping] + [on_host(arg) if arg.startswith("/") else arg for arg in probe[1:]]
+        fresh = subprocess.run(command, env=env, capture_output=True, text=True, timeout=30, check=False)
+        assert fresh.returncode == 0, fresh.stderr
+        max_age = float(probe[probe.index("--max-age") + 1])
+        health = Path(env["NODE_PING_HEALTH_FILE"])
+        stale = health.stat().st_mtime - max_age - 5
+        os.utime(health, (stale, stale))
+        old = subprocess.run(command, env=env, capture_output=True, text=True, timeout=30, check=False)
+        assert old.returncode == 1, old.stdout
+
+
+class TestRBAC:
+    """Least privilege: the exporter has no API access, discovery only what it uses."""
+
+    def test_exporter_has_no_api_access(self, scenario: Rendered) -> None:
+        fullname = scenario.daemonset["metadata"]["name"]
+        pod = scenario.daemonset["spec"]["template"]["spec"]
+        assert pod["serviceAccountName"] == fullname
+        assert pod["automountServiceAccountToken"] is False
+        assert scenario.one("ServiceAccount", fullname)["automountServiceAccountToken"] is False
+        for binding in scenario.all("RoleBinding") + scenario.all("ClusterRoleBinding"):
+            assert all(subject["name"] != fullname for subject in binding["subjects"])
+
+    def test_discovery_cluster_role(self, defaults: Rendered) -> None:
+        role = defaults.one("ClusterRole", "node-ping-discovery")
+        assert role["rules"] == [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["list", "watch"]}]
+
+    def test_discovery_role_is_limited_to_its_configmap(self, defaults: Rendered) -> None:
+        role = defaults.one("Role", "node-ping-discovery")
+        assert role["metadata"]["namespace"] == NAMESPACE
+        assert role["rules"] == [
+            {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": ["node-ping-nodes"],
+             "verbs": ["get", "update", "watch"]},
+            # create cannot be limited by resourceNames; discovery creates node-ping-nodes.
+            {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["create"]},
+        ]
+
+    def test_bindings_grant_the_roles_to_discovery_only(self, defaults: Rendered) -> None:
+        subject = [{"kind": "ServiceAccount", "name": "node-ping-discovery", "namespace": NAMESPACE}]
+        cluster_binding = defaults.one("ClusterRoleBinding")
+        assert cluster_binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                                              "name": "node-ping-discovery"}
+        assert cluster_binding["subjects"] == subject
+        binding = defaults.one("RoleBinding")
+        assert binding["metadata"]["namespace"] == NAMESPACE
+        assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                                      "name": "node-ping-discovery"}
+        assert binding["subjects"] == subject
+        pod = defaults.discovery["spec"]["template"]["spec"]
+        assert pod["serviceAccountName"] == "node-ping-discovery"
+        assert pod["automountServiceAccountToken"] is True
+
+    def test_no_rbac_without_discovery(self, chart: helm.Chart) -> None:
+        rendered = render(chart, SCENARIOS["static-nodes-values.yaml"])
+        for kind in ("ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding", "Deployment"):
+            assert not rendered.has(kind), kind
+        assert [sa["metadata"]["name"] for sa in rendered.all("ServiceAccount")] == ["node-ping"]
+
+    def test_one_discovery_replica(self, defaults: Rendered) -> None:
+        spec = defaults.discovery["spec"]
+        assert spec["replicas"] == 1
+        # Never two writers of the ConfigMap, not even during a rollout.
+        assert spec["strategy"] == {"type": "Recreate"}
+
+
+class TestSecurityContext:
+    """Exporter: root with NET_RAW only; discovery: the image's non-root user, no capabilities."""
+
+    def test_exporter(self, scenario: Rendered) -> None:
+        pod = scenario.daemonset["spec"]["template"]["spec"]
+        container = scenario.exporter["securityContext"]
+        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+        assert pod["securityContext"]["runAsUser"] == 0
+        assert container["capabilities"] == {"drop": ["ALL"], "add": ["NET_RAW"]}
+        assert container["readOnlyRootFilesystem"] is True
+        assert container["allowPrivilegeEscalation"] is False
+        assert container.get("privileged", False) is False
+
+    def test_discovery(self, defaults: Rendered) -> None:
+        pod = defaults.discovery["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["securityContext"]["runAsUser"] == 10001
+        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+        assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+        assert container["securityContext"]["readOnlyRootFilesystem"] is True
+        assert container["securityContext"]["allowPrivilegeEscalation"] is False
+
+    def test_host_network(self, scenario: Rendered) -> None:
+        pod = scenario.daemonset["spec"]["template"]["spec"]
+        host_network = scenario.values["hostNetwork"]
+        assert pod["hostNetwork"] is host_network
+        assert pod["dnsPolicy"] == ("ClusterFirstWithHostNet" if host_network else "ClusterFirst")
+
+    def test_host_network_is_the_default(self, defaults: Rendered) -> None:
+        assert defaults.daemonset["spec"]["template"]["spec"]["hostNetwork"] is True
+
+
+class TestScheduling:
+    """The DaemonSet reaches every node, tainted ones included."""
+
+    def test_tolerates_every_taint(self, defaults: Rendered) -> None:
+        pod = defaults.daemonset["spec"]["template"]["spec"]
+        assert pod["tolerations"] == [{"operator": "Exists"}]
+        assert "affinity" not in pod
+
+    def test_options_reach_the_pod(self, chart: helm.Chart) -> None:
+        rendered = render(chart, SCENARIOS["zone-topology-values.yaml"])
+        template = rendered.daemonset["spec"]["template"]
+        assert template["spec"]["priorityClassName"] == "system-node-critical"
+        assert template["metadata"]["annotations"]["example.com/owner"] == "network"
+        for obj in rendered.objects:
+            assert obj["metadata"]["labels"]["team"] == "network", obj["kind"]
+
+    def test_selectors_do_not_overlap(self, defaults: Rendered) -> None:
+        exporter = defaults.daemonset["spec"]["selector"]["matchLabels"]
+        discovery = defaults.discovery["spec"]["selector"]["matchLabels"]
+        assert exporter["app.kubernetes.io/component"] == "exporter"
+        assert discovery["app.kubernetes.io/component"] == "discovery"
+        for workload in (defaults.daemonset, defaults.discovery):
+            labels = workload["spec"]["template"]["metadata"]["labels"]
+            selector = workload["spec"]["selector"]["matchLabels"]
+            assert selector.items() <= labels.items()
+
+    def test_config_change_rolls_the_pods(self, chart: helm.Chart) -> None:
+        def checksum(values: dict[str, Any]) -> str:
+            annotations = render(chart, values).daemonset["spec"]["template"]["metadata"]["annotations"]
+            return str(annotations["checksum/config"])
+
+        assert checksum({}) != checksum(SCENARIOS["external-targets-values.yaml"])
+
+
+def cycle_seconds(values: dict[str, Any]) -> int:
+    return math.ceil(values["ping"]["count"] * values["ping"]["periodMs"] / 1000) \
+        + values["livenessProbe"]["cycleSlackSeconds"]
+
+
+class TestLivenessProbe:
+    """`node-ping health` restarts a stuck exporter, never a healthy one."""
+
+    @pytest.mark.parametrize(("ping", "max_age"), [
+        ({}, 120),  # 30 pings 1 s apart + 10 s slack, 3 cycles
+        ({"count": 20, "periodMs": 500}, 60),
+        ({"count": 7, "periodMs": 333}, 39),  # 2.331 s rounds up to 3 s
+        ({"count": 100, "periodMs": 2000}, 630),
+    ])
+    def test_command(self, chart: helm.Chart, ping: dict[str, int], max_age: int) -> None:
+        rendered = render(chart, {"ping": ping})
+        probe = rendered.exporter["livenessProbe"]
+        health_file = rendered.exporter_env["NODE_PING_HEALTH_FILE"]["value"]
+        assert probe["exec"]["command"] == ["node-ping", "health", "--health-file", health_file,
+                                            "--max-age", str(max_age)]
+        assert max_age == 3 * cycle_seconds(rendered.values)
+        # The health file appears after the first cycle: no check before one cycle has had time.
+        assert probe["initialDelaySeconds"] > cycle_seconds(rendered.values)
+
+    def test_can_be_turned_off(self, chart: helm.Chart) -> None:
+        assert "livenessProbe" not in render(chart, {"livenessProbe": {"enabled": False}}).exporter
+
+
+class TestMonitors:
+    """ServiceMonitor and PodMonitor (CRDs, checked by structure) find the exporter's metrics port."""
+
+    def test_off_by_default(self, defaults: Rendered) -> None:
+        for kind in ("ServiceMonitor", "PodMonitor", "Service"):
+            assert not defaults.has(kind)
+        assert "ports" not in defaults.exporter
+
+    def test_service_monitor(self, chart: helm.Chart) -> None:
+        rendered = render(chart, SCENARIOS["servicemonitor-values.yaml"])
+        monitor = rendered.one("ServiceMonitor")
+        service = rendered.one("Service")
+        assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+        assert monitor["metadata"]["labels"]["release"] == "kps"  # what kube-prometheus-stack selects
+        assert monitor["metadata"]["namespace"] == NAMESPACE
+        assert monitor["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
+        assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+        (endpoint,) = monitor["spec"]["endpoints"]
+        assert endpoint["interval"] == "30s" and endpoint["path"] == "/metrics"
+        assert endpoint["metricRelabelings"][0]["action"] == "drop"
+        (port,) = service["spec"]["ports"]
+        assert endpoint["port"] == port["name"]
+        assert service["spec"]["clusterIP"] == "None"
+        pod_labels = rendered.daemonset["spec"]["template"]["metadata"]["labels"]
+        assert service["spec"]["selector"].items() <= pod_labels.items()
+        assert port["targetPort"] in [p["name"] for p in rendered.exporter["ports"]]
+        assert rendered.exporter_env["NODE_PING_LISTEN_ADDRESS"]["value"] == ":9797"
+
+    def test_pod_monitor(self, chart: helm.Chart) -> None:
+        rendered = render(chart, SCENARIOS["podmonitor-values.yaml"])
+        monitor = rendered.one("PodMonitor")
+        assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+        assert monitor["metadata"]["labels"]["release"] == "kps"
+        selector = monitor["spec"]["selector"]["matchLabels"]
+        assert selector.items() <= rendered.daemonset["spec"]["template"]["metadata"]["labels"].items()
+        assert not selector.items() <= rendered.discovery["spec"]["template"]["metadata"]["labels"].items()
+        (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+        assert (endpoint["interval"], endpoint["scrapeTimeout"]) == ("1m", "10s")
+        assert rendered.exporter["ports"] == [{"name": endpoint["port"], "containerPort": 9798, "protocol": "TCP"}]
+        assert rendered.exporter_env["NODE_PING_LISTEN_ADDRESS"]["value"] == ":9798"
+        assert not rendered.has("Service")
+
+    def test_monitor_in_another_namespace(self, chart: helm.Chart) -> None:
+        rendered = render(chart, {"podMonitor": {"enabled": True, "namespace": "prometheus"}})
+        monitor = rendered.one("PodMonitor")
+        assert monitor["metadata"]["namespace"] == "prometheus"
+        assert monitor["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
+
+
+class TestNotes:
+    """NOTES.txt tells the user how to see that it works."""
+
+    def test_defaults(self, defaults: Rendered) -> None:
+        notes = defaults.notes
+        assert f"kubectl -n {NAMESPACE} get daemonset node-ping" in notes
+        assert "node-ping_<node name>.prom" in notes
+        assert "/var/run/node-exporter-textfile" in notes
+        assert "kube_node_ping_packets_sent_total" in notes
+        assert "node-ping-nodes" in notes
+
+    def test_static_nodes_without_nodes_warns(self, chart: helm.Chart) -> None:
+        assert "WARNING" in render(chart, {"discovery": {"enabled": False}}).notes
+        assert "WARNING" not in render(chart, SCENARIOS["static-nodes-values.yaml"]).notes
+
+    def test_metrics_port(self, chart: helm.Chart) -> None:
+        notes = render(chart, SCENARIOS["podmonitor-values.yaml"]).notes
+        assert "curl -s http://localhost:9798/metrics" in notes
+
+
+def documented_keys() -> tuple[list[str], list[str]]:
+    """(documented, undocumented) dotted keys of values.yaml. A key is documented by a `# --`
+    comment in the comment block right above it (helm-docs); a mapping without one is fine when all
+    its children are documented."""
+    text = (CHART / "values.yaml").read_text()
+    lines = text.splitlines()
+
+    def has_doc(line: int) -> bool:
+        index = line - 1
+        while index >= 0 and lines[index].lstrip().startswith("#"):
+            if lines[index].lstrip().startswith("# --"):
+                return True
+            index -= 1
+        return False
+
+    documented: list[str] = []
+    undocumented: list[str] = []
+
+    def walk(node: yaml.MappingNode, prefix: str) -> None:
+        for key, value in node.value:
+            dotted = f"{prefix}{key.value}"
+            if has_doc(key.start_mark.line):
+                documented.append(dotted)
+            elif isinstance(value, yaml.MappingNode) and value.value:
+                walk(value, dotted + ".")
+            else:
+                undocumented.append(dotted)
+
+    root = yaml.compose(text)
+    assert isinstance(root, yaml.MappingNode)
+    walk(root, "")
+    return documented, undocumented
+
+
+class TestDocumentation:
+    """values.yaml documents every value, and README.md lists each one."""
+
+    def test_every_value_has_a_comment(self) -> None:
+        documented, undocumented = documented_keys()
+        assert undocumented == []
+        assert {"image.tag", "hostNetwork", "textfile.hostPath", "discovery.enabled",
+                "prometheusRule.enabled", "grafanaDashboard.labels"} <= set(documented)
+
+    def test_readme_values_table(self, chart: helm.Chart) -> None:
+        """Each documented value has a row `| `key` | type | `default` | description |` whose default
+        is the value in values.yaml, written as compact JSON."""
+        readme = (CHART / "README.md").read_text()
+        rows = {match.group(1): match.group(2) for match in
+                re.finditer(r"^\| `([^`]+)` \| \w+ \| `([^`]*)` \|", readme, re.MULTILINE)}
+        documented, _ = documented_keys()
+        assert sorted(rows) == sorted(documented)
+        for key in documented:
+            default: Any = chart.values
+            for part in key.split("."):
+                default = default[part]
+            assert json.loads(rows[key]) == default, key
+
+    def test_readme_commands(self) -> None:
+        readme = (CHART / "README.md").read_text()
+        for command in ("helm install node-ping charts/node-ping", "helm upgrade", "helm uninstall node-ping"):
+            assert command in readme
