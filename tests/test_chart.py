@@ -312,7 +312,8 @@ class TestContainerContract:
             # Discovery creates this ConfigMap itself, so the pod must start before it exists.
             assert sources["nodes.json"]["name"] == f"{fullname}-nodes"
             assert sources["nodes.json"]["optional"] is True
-            discovery_env = {v["name"]: v for v in scenario.discovery["spec"]["template"]["spec"]["containers"][0]["env"]}
+            (discovery,) = scenario.discovery["spec"]["template"]["spec"]["containers"]
+            discovery_env = {var["name"]: var for var in discovery["env"]}
             assert discovery_env["NODE_PING_CONFIGMAP"]["value"] == f"{fullname}-nodes"
         else:
             assert sources["nodes.json"]["name"] == f"{fullname}-config"
@@ -543,8 +544,9 @@ class TestScheduling:
 
 
 def cycle_seconds(values: dict[str, Any]) -> int:
-    return math.ceil(values["ping"]["count"] * values["ping"]["periodMs"] / 1000) \
-        + values["livenessProbe"]["cycleSlackSeconds"]
+    ping: dict[str, int] = values["ping"]
+    slack: int = values["livenessProbe"]["cycleSlackSeconds"]
+    return math.ceil(ping["count"] * ping["periodMs"] / 1000) + slack
 
 
 class TestLivenessProbe:
