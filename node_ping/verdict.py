@@ -390,7 +390,7 @@ class _Analysis:
                       key=lambda item: item[1], default=None)
         parts = [f"healthy: {len(self.nodes)} nodes ({len(self.cells)} pairs)"]
         if self.targets:
-            parts.append(f" and {len(self.targets)} external targets")
+            parts.append(f" and {len(self.targets)} external target" + ("s" if len(self.targets) > 1 else ""))
         parts.append(f" below {_pct(self.thresholds.loss_ratio)} loss and "
                      f"{self.thresholds.latency_ms:g} ms average RTT")
         summary: dict[str, float] = {"pairs": len(self.cells)}

@@ -1,0 +1,385 @@
+"""`node-ping diagnose`: read the loss and latency matrix from Prometheus and name what is broken.
+
+The HTTP part is thin: six instant queries over the range, at one evaluation time so they agree.
+The analysis is `node_ping.verdict.diagnose`, a pure function of the matrix; this module turns its
+verdicts into text for people (verdicts, then the matrices as evidence) or JSON for scripts.
+Exit codes: 0 healthy, 1 faults found, 2 Prometheus unreachable, not Prometheus, or no data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import math
+import os
+import re
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from node_ping import __version__
+from node_ping.verdict import Counts, Matrix, Pair, Thresholds, Verdict, diagnose
+
+EXIT_HEALTHY, EXIT_FAULTS, EXIT_ERROR = 0, 1, 2
+
+NODE_PREFIX, EXTERNAL_PREFIX = "kube_node_ping", "external_ping"
+NODE_LABELS, EXTERNAL_LABELS = ("source_node", "destination_node"), ("source_node", "destination_name")
+
+_DURATION = re.compile(r"^(\d+(ms|s|m|h|d|w|y))+$")
+# Longer names are shortened in the matrices (with a legend), so a row of a 20-node cluster still
+# fits a terminal; 12 characters hold "ip-10-0-1-23" and most cloud short names.
+_LABEL_WIDTH = 12
+
+
+class DiagnoseError(Exception):
+    """Why no diagnosis could be made; the message says what to check."""
+
+
+# ---------------------------------------------------------------------------------------- Prometheus
+
+
+class Prometheus:
+    """Instant queries against Prometheus's HTTP API (or anything that speaks it: Thanos, Mimir)."""
+
+    def __init__(self, url: str, timeout: float) -> None:
+        if "://" not in url:
+            url = f"http://{url}"
+        parsed = urllib.parse.urlsplit(url)
+        if parsed.scheme not in ("http", "https") or not parsed.netloc:
+            raise DiagnoseError(f"--prometheus {url!r} is not an http(s) URL; give e.g. http://prometheus:9090")
+        self.url = url.rstrip("/")
+        self.timeout = timeout
+
+    def query(self, promql: str, at: float) -> list[tuple[dict[str, str], float]]:
+        """The instant vector of `promql` at unix time `at`, as (labels, value) pairs."""
+        address = f"{self.url}/api/v1/query?" + urllib.parse.urlencode({"query": promql, "time": f"{at:.3f}"})
+        request = urllib.request.Request(  # noqa: S310 -- the scheme is checked to be http(s) in __init__
+            address, headers={"Accept": "application/json", "User-Agent": f"node-ping/{__version__}"})
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:  # noqa: S310 -- as above
+                body = response.read()
+        except urllib.error.HTTPError as err:
+            raise DiagnoseError(self._http_error(err)) from None
+        except urllib.error.URLError as err:
+            raise DiagnoseError(f"cannot reach Prometheus at {self.url}: {self._reason(err.reason)}") from None
+        except http.client.HTTPException as err:
+            raise DiagnoseError(f"the server at {self.url} does not answer like an HTTP server "
+                                f"({type(err).__name__}); is --prometheus the right address?") from None
+        except OSError as err:  # timeouts and resets while reading the answer
+            raise DiagnoseError(f"cannot reach Prometheus at {self.url}: {self._reason(err)}") from None
+        return self._vector(body)
+
+    def _reason(self, reason: object) -> str:
+        if isinstance(reason, ConnectionRefusedError):
+            return "connection refused (is Prometheus running there, and is the port right?)"
+        if isinstance(reason, TimeoutError) or "timed out" in str(reason):
+            return f"no answer within {self.timeout:g} s (raise --timeout, or check the address)"
+        return str(reason)
+
+    def _http_error(self, err: urllib.error.HTTPError) -> str:
+        try:
+            detail = json.loads(err.read()).get("error")
+        except (ValueError, AttributeError, OSError):
+            detail = None
+        if detail:  # Prometheus itself, refusing the query
+            return f"Prometheus at {self.url} rejected the query (HTTP {err.code}): {detail}"
+        return (f"the server at {self.url} answered HTTP {err.code} {err.reason} to /api/v1/query: "
+                "is --prometheus Prometheus's base URL (e.g. http://prometheus.monitoring:9090)?")
+
+    def _vector(self, body: bytes) -> list[tuple[dict[str, str], float]]:
+        not_prometheus = (f"the server at {self.url} answered /api/v1/query, but not like Prometheus; "
+                          "is --prometheus Prometheus's base URL (e.g. http://prometheus.monitoring:9090)?")
+        try:
+            reply = json.loads(body)
+        except ValueError:
+            raise DiagnoseError(not_prometheus) from None
+        if not isinstance(reply, dict) or not isinstance(reply.get("data"), dict):
+            raise DiagnoseError(not_prometheus)
+        if reply.get("status") != "success":
+            raise DiagnoseError(f"Prometheus at {self.url} refused the query: {reply.get('error', reply)}")
+        data = reply["data"]
+        if data.get("resultType") != "vector" or not isinstance(data.get("result"), list):
+            raise DiagnoseError(not_prometheus)
+        samples = []
+        for item in data["result"]:
+            try:
+                labels = {str(k): str(v) for k, v in item["metric"].items()}
+                value = float(item["value"][1])
+            except (KeyError, IndexError, TypeError, ValueError, AttributeError):
+                raise DiagnoseError(not_prometheus) from None
+            if math.isfinite(value):
+                samples.append((labels, value))
+        return samples
+
+
+def queries(prefix: str, labels: tuple[str, str], window: str) -> dict[str, str]:
+    """PromQL for sent, received and RTT sum of one family over the window, per pair."""
+    by = ", ".join(labels)
+    return {
+        name: f"sum by ({by}) (increase({prefix}_{metric}_total[{window}]))"
+        for name, metric in (("sent", "packets_sent"), ("received", "packets_received"),
+                             ("rtt", "rtt_milliseconds"))
+    }
+
+
+def _family(prometheus: Prometheus, prefix: str, labels: tuple[str, str], window: str,
+            at: float) -> dict[Pair, Counts]:
+    values: dict[str, dict[Pair, float]] = {}
+    for name, promql in queries(prefix, labels, window).items():
+        values[name] = {}
+        for sample_labels, value in prometheus.query(promql, at):
+            pair = (sample_labels.get(labels[0]), sample_labels.get(labels[1]))
+            if pair[0] and pair[1]:
+                values[name][(pair[0], pair[1])] = value
+    # The exporter always writes sent and received together; a pair with only one of them (a
+    # scrape cut short) cannot give a loss figure, so it is left out rather than read as 100 % loss.
+    return {
+        pair: Counts(sent, values["received"][pair], values["rtt"].get(pair, 0.0))
+        for pair, sent in values["sent"].items() if pair in values["received"]
+    }
+
+
+def fetch_matrix(prometheus: Prometheus, window: str, at: float) -> Matrix:
+    return Matrix(_family(prometheus, NODE_PREFIX, NODE_LABELS, window, at),
+                  _family(prometheus, EXTERNAL_PREFIX, EXTERNAL_LABELS, window, at))
+
+
+def check_data(matrix: Matrix, prometheus: Prometheus, window: str, at: float) -> None:
+    """Raise unless the matrix has at least one pair with pings in the window."""
+    when = f"the {window} before {_iso(at)}"
+    if not matrix.nodes and not matrix.external:
+        raise DiagnoseError(
+            f"Prometheus at {prometheus.url} has no node-ping data for {when}: no "
+            f"{NODE_PREFIX}_packets_sent_total or {EXTERNAL_PREFIX}_packets_sent_total series. Check that the "
+            "node-ping DaemonSet runs and that Prometheus scrapes node-exporter on every node, or widen --range.")
+    if not matrix.measured_nodes() and not matrix.measured_external():
+        raise DiagnoseError(
+            f"node-ping's counters in Prometheus at {prometheus.url} did not grow during {when}: the exporters "
+            "have not completed a cycle in that time. Check the node-ping pods' logs, or widen --range.")
+
+
+# ------------------------------------------------------------------------------------------ output
+
+
+def _iso(at: float) -> str:
+    return datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _common_affixes(names: Sequence[str]) -> tuple[int, int]:
+    """Lengths of the prefix and suffix all names share, cut at a separator so labels stay words."""
+    def cut(common: str) -> int:
+        return max((common.rfind(sep) + 1 for sep in "-._"), default=0)
+
+    def shared(texts: Sequence[str]) -> str:
+        length = 0
+        for chars in zip(*texts, strict=False):
+            if len(set(chars)) > 1:
+                break
+            length += 1
+        return texts[0][:length]
+
+    return cut(shared(names)), cut(shared([name[::-1] for name in names]))
+
+
+def abbreviate(names: Sequence[str], letter: str = "n", width: int = _LABEL_WIDTH) -> dict[str, str]:
+    """Short, unique labels: the names themselves if short, else what tells them apart (the shared
+    prefix and suffix dropped), else letter + number. The caller prints a legend for changed ones."""
+    if all(len(name) <= width for name in names):
+        return {name: name for name in names}
+    if len(names) > 1:
+        prefix, suffix = _common_affixes(names)
+        short = {name: name[prefix:len(name) - suffix] for name in names}
+        labels = list(short.values())
+        if all(0 < len(label) <= width for label in labels) and len(set(labels)) == len(labels):
+            return short
+    return {name: f"{letter}{index}" for index, name in enumerate(names, 1)}
+
+
+def _table(title: str, rows: Mapping[str, str], columns: Mapping[str, str],
+           cell: Callable[[str, str], str]) -> list[str]:
+    """A matrix with rows and columns given as {name: label}, right-aligned, with a marker column
+    kept free in every cell so the numbers line up."""
+    texts = {(r, c): cell(r, c) for r in rows for c in columns}
+    row_width = max(len(label) for label in rows.values())
+    widths = {c: max([len(columns[c])] + [len(texts[(r, c)]) for r in rows]) for c in columns}
+    lines = [title, " " * row_width + "".join(f"  {columns[c]:>{widths[c]}}" for c in columns)]
+    lines += [f"{rows[r]:<{row_width}}" + "".join(f"  {texts[(r, c)]:>{widths[c]}}" for c in columns)
+              for r in rows]
+    return lines
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" + ("" if count == 1 else "s")
+
+
+def _marked(value: float, bad: bool) -> str:
+    return f"{value:.1f}" + ("!" if bad else " ")
+
+
+@dataclass(frozen=True)
+class Report:
+    """A diagnosis and what it was made from."""
+
+    matrix: Matrix
+    verdicts: Sequence[Verdict]
+    thresholds: Thresholds
+    window: str
+    at: float
+    url: str
+
+    @property
+    def healthy(self) -> bool:
+        return not any(verdict.is_fault for verdict in self.verdicts)
+
+
+def render_text(report: Report) -> str:
+    """Verdicts first, then the matrices they were read from, then a legend of shortened names."""
+    matrix, thresholds = report.matrix, report.thresholds
+    nodes, targets = matrix.node_names(), matrix.external_names()
+    lines = [f"node-ping diagnose: {_plural(len(nodes), 'node')}, {_plural(len(targets), 'external target')}, "
+             f"{report.window} up to {_iso(report.at)}, from {report.url}", ""]
+    lines += [f"* [{verdict.kind}] {verdict.message}" for verdict in report.verdicts]
+    loss_pct = thresholds.loss_ratio * 100
+    labels = abbreviate(nodes)
+    cells = matrix.measured_nodes()
+
+    def loss_cell(source: str, destination: str) -> str:
+        if source == destination:
+            return ". "
+        counts = cells.get((source, destination))
+        if counts is None:
+            return "- "
+        return _marked(counts.loss_ratio * 100, counts.loss_ratio >= thresholds.loss_ratio)
+
+    def rtt_cell(source: str, destination: str) -> str:
+        if source == destination:
+            return ". "
+        counts = cells.get((source, destination))
+        avg = None if counts is None else counts.rtt_avg_ms
+        return "- " if avg is None else _marked(avg, avg >= thresholds.latency_ms)
+
+    if nodes:
+        lines += ["", *_table(f"Packet loss % (rows: from, columns: to; ! = {loss_pct:g}% or more, - = no data)",
+                              labels, labels, loss_cell)]
+        lines += ["", *_table(f"Average RTT ms (! = {thresholds.latency_ms:g} ms or more, - = no reply or no data)",
+                              labels, labels, rtt_cell)]
+    target_labels = abbreviate(targets, letter="t")
+    if targets:
+        external = matrix.measured_external()
+        sources = {source: labels.get(source, source) for source in sorted({s for s, _ in matrix.external})}
+
+        def external_cell(source: str, target: str) -> str:
+            counts = external.get((source, target))
+            if counts is None:
+                return "- "
+            return _marked(counts.loss_ratio * 100, counts.loss_ratio >= thresholds.loss_ratio)
+
+        lines += ["", *_table(f"External packet loss % (rows: node, columns: external target; ! = {loss_pct:g}% "
+                              "or more)", sources, target_labels, external_cell)]
+    legend = [f"  {label} = {name}" for mapping in (labels, target_labels) for name, label in mapping.items()
+              if label != name]
+    if legend:
+        lines += ["", "Names:", *legend]
+    return "".join(f"{line.rstrip()}\n" for line in lines)
+
+
+def _cell_json(source: str, destination: str, counts: Counts, key: str) -> dict[str, Any]:
+    avg = counts.rtt_avg_ms
+    return {"source": source, key: destination, "sent": round(counts.sent, 3), "received": round(counts.received, 3),
+            "loss_percent": round(counts.loss_ratio * 100, 3), "rtt_avg_ms": None if avg is None else round(avg, 3)}
+
+
+def render_json(report: Report) -> str:
+    """The verdicts with their evidence numbers, and the whole matrix, for scripts."""
+    matrix, thresholds = report.matrix, report.thresholds
+    document = {
+        "healthy": report.healthy,
+        "prometheus": report.url,
+        "range": report.window,
+        "time": report.at,
+        "thresholds": {"loss_percent": round(thresholds.loss_ratio * 100, 6), "latency_ms": thresholds.latency_ms},
+        "verdicts": [
+            {"kind": v.kind, "nodes": list(v.nodes), "targets": list(v.targets), "message": v.message,
+             "summary": dict(v.summary),
+             "evidence": [{"source": e.source, "destination": e.destination, "loss_percent": e.loss_percent,
+                           "rtt_avg_ms": e.rtt_avg_ms} for e in v.evidence]}
+            for v in report.verdicts
+        ],
+        "nodes": matrix.node_names(),
+        "external_targets": matrix.external_names(),
+        "matrix": [_cell_json(s, d, c, "destination") for (s, d), c in sorted(matrix.measured_nodes().items())],
+        "external": [_cell_json(s, t, c, "target") for (s, t), c in sorted(matrix.measured_external().items())],
+    }
+    return json.dumps(document, indent=2) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+
+
+def _duration(text: str) -> str:
+    if not _DURATION.match(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a Prometheus duration such as 15m, 1h or 1h30m")
+    return text
+
+
+def _timestamp(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is neither unix seconds nor an RFC 3339 time such as 2024-05-01T12:00:00Z") from None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be above 0")
+    return value
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    url = os.environ.get("NODE_PING_PROMETHEUS_URL") or None
+    add = parser.add_argument
+    add("--prometheus", default=url, required=url is None, metavar="URL",
+        help="Prometheus base URL, e.g. http://prometheus.monitoring:9090 (env NODE_PING_PROMETHEUS_URL)")
+    add("--range", dest="window", type=_duration, default="15m", metavar="DURATION",
+        help="look at this much time up to --time (default %(default)s)")
+    add("--time", type=_timestamp, default=None, metavar="TIME",
+        help="end of the range: unix seconds or RFC 3339 (default: now)")
+    add("--output", choices=("text", "json"), default="text", help="text for people, json for scripts")
+    add("--loss-threshold", type=_positive, default=5.0, metavar="PERCENT",
+        help="a pair losing this share of pings or more is bad (default %(default)g)")
+    add("--latency-threshold", type=_positive, default=50.0, metavar="MS",
+        help="a pair whose average RTT is this or more is slow (default %(default)g)")
+    add("--timeout", type=_positive, default=10.0, metavar="SECONDS",
+        help="for each HTTP request to Prometheus (default %(default)g)")
+
+
+def run(args: argparse.Namespace) -> int:
+    at = args.time if args.time is not None else time.time()
+    thresholds = Thresholds(loss_ratio=min(args.loss_threshold, 100.0) / 100, latency_ms=args.latency_threshold)
+    try:
+        prometheus = Prometheus(args.prometheus, args.timeout)
+        matrix = fetch_matrix(prometheus, args.window, at)
+        check_data(matrix, prometheus, args.window, at)
+    except DiagnoseError as err:
+        sys.stderr.write(f"node-ping diagnose: {err}\n")
+        return EXIT_ERROR
+    report = Report(matrix, diagnose(matrix, thresholds), thresholds, args.window, at, prometheus.url)
+    sys.stdout.write(render_json(report) if args.output == "json" else render_text(report))
+    return EXIT_HEALTHY if report.healthy else EXIT_FAULTS

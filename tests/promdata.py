@@ -1,0 +1,189 @@
+"""A real Prometheus with made-up node-ping history, for tests that query it.
+
+`openmetrics()` writes the counters a mesh of exporters would have produced over the last half
+hour (one sample per 15 s scrape, 30 pings per target per scrape), with chosen loss and RTT per
+pair; `backfill()` turns that into TSDB blocks with `promtool tsdb create-blocks-from openmetrics`;
+`running_prometheus()` starts `prometheus` on a free loopback port over that directory and stops it
+afterwards. The last one takes any config, so end-to-end tests that scrape node-exporter reuse it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+Pair = tuple[str, str]
+
+STEP_S = 15
+PINGS_PER_STEP = 30
+DEFAULT_RTT_MS = 0.4
+
+# No scrape jobs: the test's data is all the TSDB holds, and nothing is fetched from anywhere.
+MINIMAL_CONFIG = "global:\n  scrape_interval: 15s\n  evaluation_interval: 15s\n"
+
+_READY_TIMEOUT_S = 60
+
+
+def available() -> str | None:
+    """None if prometheus and promtool are installed, else the reason (for pytest.skip)."""
+    for tool in ("prometheus", "promtool"):
+        if shutil.which(tool) is None:
+            return f"{tool} is not installed (Debian package prometheus)"
+    return None
+
+
+@dataclass(frozen=True)
+class Mesh:
+    """Who pings whom, and how badly. Loss is the share of pings lost (0.3 = 30 %) per
+    (source, destination); pairs not named lose nothing and answer in DEFAULT_RTT_MS."""
+
+    nodes: Sequence[str]
+    loss: Mapping[Pair, float] = field(default_factory=dict)
+    rtt_ms: Mapping[Pair, float] = field(default_factory=dict)
+    external: Sequence[str] = ()  # external target names; every node pings each
+    external_loss: Mapping[Pair, float] = field(default_factory=dict)  # (node, target)
+
+    def node_pairs(self) -> list[Pair]:
+        return [(s, d) for s in self.nodes for d in self.nodes if s != d]
+
+    def external_pairs(self) -> list[Pair]:
+        return [(s, t) for s in self.nodes for t in self.external]
+
+
+def receive_loss(nodes: Sequence[str], node: str, ratio: float) -> dict[Pair, float]:
+    """Pings to `node` from every peer lose `ratio`: its column is bad."""
+    return {(peer, node): ratio for peer in nodes if peer != node}
+
+
+def send_loss(nodes: Sequence[str], node: str, ratio: float) -> dict[Pair, float]:
+    """Pings from `node` to every peer lose `ratio`: its row is bad."""
+    return {(node, peer): ratio for peer in nodes if peer != node}
+
+
+def _labels(**labels: str) -> str:
+    return "{" + ",".join(f'{key}="{value}"' for key, value in labels.items()) + "}"
+
+
+def _series(name: str, labels: str, per_step: float, steps: int, end: int) -> list[str]:
+    start = end - (steps - 1) * STEP_S
+    return [f"{name}{labels} {per_step * i:g} {start + i * STEP_S}" for i in range(steps)]
+
+
+def _family(prefix: str, label_sets: Sequence[tuple[str, float, float]], steps: int, end: int) -> list[str]:
+    """sent, received and RTT-sum counters for (labels, loss, rtt) per target. OpenMetrics wants each
+    family in one block and each series' samples together in time order."""
+    lines = []
+    for metric, what in (("packets_sent", "sent"), ("packets_received", "received"),
+                         ("rtt_milliseconds", "rtt")):
+        lines.append(f"# TYPE {prefix}_{metric} counter")
+        for labels, loss, rtt in label_sets:
+            received = PINGS_PER_STEP - round(PINGS_PER_STEP * loss)
+            per_step = {"sent": PINGS_PER_STEP, "received": received, "rtt": received * rtt}[what]
+            lines += _series(f"{prefix}_{metric}_total", labels, per_step, steps, end)
+    return lines
+
+
+def node_ip(mesh: Mesh, node: str) -> str:
+    return f"10.0.0.{mesh.nodes.index(node) + 1}"
+
+
+def openmetrics(mesh: Mesh, end: int, minutes: int = 30) -> str:
+    """The counters Prometheus would have scraped from the mesh's exporters, up to unix time `end`."""
+    steps = minutes * 60 // STEP_S + 1
+    node_sets = [
+        (_labels(source_node=s, destination_node=d, destination_node_ip_address=node_ip(mesh, d)),
+         mesh.loss.get((s, d), 0.0), mesh.rtt_ms.get((s, d), DEFAULT_RTT_MS))
+        for s, d in mesh.node_pairs()
+    ]
+    external_sets = [
+        (_labels(source_node=s, destination_name=t, destination_host=f"{t}.example"),
+         mesh.external_loss.get((s, t), 0.0), 12.0)
+        for s, t in mesh.external_pairs()
+    ]
+    lines = _family("kube_node_ping", node_sets, steps, end)
+    if external_sets:
+        lines += _family("external_ping", external_sets, steps, end)
+    return "\n".join([*lines, "# EOF"]) + "\n"
+
+
+def unrelated_openmetrics(end: int, minutes: int = 30) -> str:
+    """Some other exporter's data: a Prometheus that is fine but knows nothing of node-ping."""
+    steps = minutes * 60 // STEP_S + 1
+    lines = ["# TYPE node_load1 gauge", *_series("node_load1", _labels(instance="a:9100"), 0.0, steps, end)]
+    return "\n".join([*lines, "# EOF"]) + "\n"
+
+
+def backfill(text: str, data_dir: Path) -> None:
+    """Write `text` (OpenMetrics) as TSDB blocks into `data_dir`, where prometheus will load them."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    source = data_dir.parent / f"{data_dir.name}.om"
+    source.write_text(text)
+    try:
+        subprocess.run(["promtool", "tsdb", "create-blocks-from", "openmetrics", "-q", str(source), str(data_dir)],
+                       check=True, capture_output=True, text=True, timeout=120)
+    finally:
+        source.unlink()
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _ready(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/-/ready", timeout=2) as response:
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=15)
+
+
+@contextlib.contextmanager
+def running_prometheus(data_dir: Path, config: str = MINIMAL_CONFIG) -> Iterator[str]:
+    """Run prometheus on 127.0.0.1 over `data_dir` until the block ends; yields its base URL.
+
+    The config file and log go next to `data_dir`. The process is stopped however the block ends.
+    """
+    data_dir.mkdir(parents=True, exist_ok=True)
+    config_file = data_dir.parent / f"{data_dir.name}.prometheus.yml"
+    config_file.write_text(config)
+    log_file = data_dir.parent / f"{data_dir.name}.prometheus.log"
+    for _attempt in range(3):  # another process may take the free port before prometheus binds it
+        url = f"http://127.0.0.1:{free_port()}"
+        with log_file.open("wb") as log:
+            process = subprocess.Popen(
+                ["prometheus", f"--config.file={config_file}", f"--storage.tsdb.path={data_dir}",
+                 f"--web.listen-address={url.removeprefix('http://')}", "--log.level=warn"],
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            deadline = time.monotonic() + _READY_TIMEOUT_S
+            while process.poll() is None and time.monotonic() < deadline and not _ready(url):
+                time.sleep(0.1)
+            if process.poll() is None and _ready(url):
+                yield url
+                return
+            if "address already in use" in log_file.read_text(errors="replace"):
+                continue
+            raise RuntimeError(f"prometheus did not become ready; its log:\n{log_file.read_text(errors='replace')}")
+        finally:
+            _stop(process)
+    raise RuntimeError("prometheus found no free port in three tries")

@@ -1,0 +1,454 @@
+"""`node-ping diagnose`: the verdicts a person reads, the evidence, and the errors around Prometheus.
+
+The analysis is tested as a pure function of made-up matrices; the whole command against a real
+Prometheus whose history was backfilled with promtool (see tests/promdata.py), and against servers
+that are down, slow or not Prometheus at all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.server
+import json
+import re
+import socket
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+
+import pytest
+
+from node_ping import cli
+from node_ping.diagnose import abbreviate
+from node_ping.verdict import (
+    CLUSTER,
+    EXTERNAL_CLUSTER,
+    EXTERNAL_NODE,
+    EXTERNAL_TARGET,
+    HEALTHY,
+    LATENCY_CLUSTER,
+    LATENCY_LINK,
+    LATENCY_NODE,
+    LINK,
+    NODE_ISOLATED,
+    NODE_RECEIVE,
+    NODE_SEND,
+    NODE_SILENT,
+    Counts,
+    Matrix,
+    Thresholds,
+    Verdict,
+    diagnose,
+)
+from tests import promdata
+from tests.promdata import Mesh, receive_loss, send_loss
+
+NODES = ["n1", "n2", "n3", "n4", "n5"]
+STEPS_IN_15M = 60  # what increase(...[15m]) sees of promdata's 15 s samples
+
+Pair = tuple[str, str]
+
+
+def matrix_of(mesh: Mesh, drop: Callable[[Pair], bool] = lambda _pair: False) -> Matrix:
+    """The matrix Prometheus gives for promdata's mesh over 15 minutes, cells `drop` names left out."""
+    def counts(loss: float, rtt: float) -> Counts:
+        received = promdata.PINGS_PER_STEP - round(promdata.PINGS_PER_STEP * loss)
+        return Counts(promdata.PINGS_PER_STEP * STEPS_IN_15M, received * STEPS_IN_15M,
+                      received * STEPS_IN_15M * rtt)
+
+    nodes = {pair: counts(mesh.loss.get(pair, 0.0), mesh.rtt_ms.get(pair, promdata.DEFAULT_RTT_MS))
+             for pair in mesh.node_pairs() if not drop(pair)}
+    external = {pair: counts(mesh.external_loss.get(pair, 0.0), 12.0) for pair in mesh.external_pairs()}
+    return Matrix(nodes, external)
+
+
+def isolated(nodes: list[str], node: str) -> dict[Pair, float]:
+    return {**send_loss(nodes, node, 1.0), **receive_loss(nodes, node, 1.0)}
+
+
+def kinds(verdicts: list[Verdict]) -> list[tuple[str, tuple[str, ...]]]:
+    return [(v.kind, v.nodes) for v in verdicts]
+
+
+def everywhere(nodes: list[str], ratio: float) -> dict[Pair, float]:
+    return {(s, d): ratio for s in nodes for d in nodes if s != d}
+
+
+# (name, mesh, expected (kind, nodes) in order). Names say the fault a person would have.
+LOSS_CASES: list[tuple[str, Mesh, list[tuple[str, tuple[str, ...]]]]] = [
+    ("healthy mesh", Mesh(NODES), [(HEALTHY, tuple(NODES))]),
+    ("loss just below the threshold", Mesh(NODES, loss=everywhere(NODES, 0.04)), [(HEALTHY, tuple(NODES))]),
+    ("one node drops 30% of what it receives", Mesh(NODES, loss=receive_loss(NODES, "n3", 0.3)),
+     [(NODE_RECEIVE, ("n3",))]),
+    ("one node loses 20% of what it sends", Mesh(NODES, loss=send_loss(NODES, "n2", 0.2)),
+     [(NODE_SEND, ("n2",))]),
+    ("one node cut off", Mesh(NODES, loss=isolated(NODES, "n4")), [(NODE_ISOLATED, ("n4",))]),
+    ("one pair, both directions", Mesh(NODES, loss={("n1", "n2"): 0.4, ("n2", "n1"): 0.35}), [(LINK, ("n1", "n2"))]),
+    ("one pair, one direction", Mesh(NODES, loss={("n5", "n2"): 0.1}), [(LINK, ("n2", "n5"))]),
+    ("bad node plus a bad pair elsewhere",
+     Mesh(NODES, loss={**receive_loss(NODES, "n3", 0.3), ("n1", "n5"): 0.4, ("n5", "n1"): 0.2}),
+     [(NODE_RECEIVE, ("n3",)), (LINK, ("n1", "n5"))]),
+    ("bad node plus a bad pair from it the other way",
+     Mesh(NODES, loss={**receive_loss(NODES, "n3", 0.3), ("n3", "n1"): 0.5}),
+     [(NODE_RECEIVE, ("n3",)), (LINK, ("n1", "n3"))]),
+    ("two of five nodes cut off: two nodes, not cluster-wide",
+     Mesh(NODES, loss={**isolated(NODES, "n2"), **isolated(NODES, "n4")}),
+     [(NODE_ISOLATED, ("n2",)), (NODE_ISOLATED, ("n4",))]),
+    ("two bad pairs sharing no node", Mesh(NODES, loss={("n1", "n2"): 0.5, ("n3", "n4"): 0.5}),
+     [(LINK, ("n1", "n2")), (LINK, ("n3", "n4"))]),
+    ("every pair loses 20%", Mesh(NODES, loss=everywhere(NODES, 0.2)), [(CLUSTER, tuple(NODES))]),
+    ("three nodes, all pairs lost", Mesh(NODES[:3], loss=everywhere(NODES[:3], 1.0)),
+     [(CLUSTER, tuple(NODES[:3]))]),
+    ("two nodes: a bad pair is a link, never a node", Mesh(NODES[:2], loss=everywhere(NODES[:2], 1.0)),
+     [(LINK, ("n1", "n2"))]),
+    ("three nodes, one cannot receive", Mesh(NODES[:3], loss=receive_loss(NODES[:3], "n1", 0.5)),
+     [(NODE_RECEIVE, ("n1",))]),
+]
+
+
+class TestLossVerdicts:
+    """Which node, link or cluster gets the blame for packet loss, and nothing more."""
+
+    @pytest.mark.parametrize(("mesh", "expected"), [case[1:] for case in LOSS_CASES],
+                             ids=[case[0] for case in LOSS_CASES])
+    def test_verdicts(self, mesh: Mesh, expected: list[tuple[str, tuple[str, ...]]]) -> None:
+        assert kinds(diagnose(matrix_of(mesh))) == expected
+
+    def test_receive_message_and_evidence(self) -> None:
+        [verdict] = diagnose(matrix_of(Mesh(NODES, loss=receive_loss(NODES, "n3", 0.3))))
+        assert verdict.message == ("node n3 cannot receive from most peers: "
+                                   "pings to it are lost from 4 of 4 peers (30.0%)")
+        assert sorted((e.source, e.destination, e.loss_percent) for e in verdict.evidence) == [
+            (peer, "n3", 30.0) for peer in ("n1", "n2", "n4", "n5")]
+        assert verdict.summary == {"receive_bad_peers": 4, "receive_peers": 4, "worst_loss_percent": 30.0}
+
+    def test_send_message(self) -> None:
+        [verdict] = diagnose(matrix_of(Mesh(NODES, loss=send_loss(NODES, "n2", 0.2))))
+        assert verdict.message == "node n2 cannot send: its pings to 4 of 4 peers are lost (20.0%)"
+
+    def test_isolated_message_counts_all_its_peers(self) -> None:
+        """Even when another cut-off node explains one of its cells, the counts are of all its peers."""
+        verdicts = diagnose(matrix_of(Mesh(NODES, loss={**isolated(NODES, "n2"), **isolated(NODES, "n4")})))
+        assert verdicts[0].message == ("node n2 is isolated: it cannot send to or receive from most peers "
+                                       "(4 of 4 outgoing and 4 of 4 incoming pairs lose 100.0%)")
+
+    def test_link_message_names_both_directions(self) -> None:
+        [verdict] = diagnose(matrix_of(Mesh(NODES, loss={("n5", "n2"): 0.1})))
+        assert verdict.message == "link n2<->n5 only: n2->n5 0.0% loss, n5->n2 10.0% loss"
+        assert [(e.source, e.destination, e.loss_percent) for e in verdict.evidence] == [
+            ("n2", "n5", 0.0), ("n5", "n2", 10.0)]
+
+    def test_bad_node_is_not_also_reported_as_pairs(self) -> None:
+        verdicts = diagnose(matrix_of(Mesh(NODES, loss={**receive_loss(NODES, "n3", 0.3), ("n1", "n5"): 0.4})))
+        assert [v.kind for v in verdicts].count(LINK) == 1
+        assert verdicts[1].nodes == ("n1", "n5")
+
+    def test_cluster_wide_message(self) -> None:
+        [verdict] = diagnose(matrix_of(Mesh(NODES, loss=everywhere(NODES, 0.2))))
+        assert verdict.message.startswith("cluster-wide: 20 of 20 pairs lose packets (median 20.0%")
+
+    def test_threshold_is_a_setting(self) -> None:
+        mesh = Mesh(NODES, loss=receive_loss(NODES, "n3", 0.1))
+        assert kinds(diagnose(matrix_of(mesh), Thresholds(loss_ratio=0.15))) == [(HEALTHY, tuple(NODES))]
+        assert kinds(diagnose(matrix_of(mesh), Thresholds(loss_ratio=0.05))) == [(NODE_RECEIVE, ("n3",))]
+
+    def test_zone_topology_counts_only_measured_pairs(self) -> None:
+        """With --topology zone not every pair is probed; 'most peers' means most of those that probe."""
+        nodes = [f"z{i}" for i in range(1, 7)]
+        probed = {("z1", "z2"), ("z2", "z1"), ("z3", "z1"), ("z4", "z1")}
+        mesh = Mesh(nodes, loss=receive_loss(nodes, "z1", 0.5))
+        verdicts = diagnose(matrix_of(mesh, drop=lambda pair: "z1" in pair and pair not in probed))
+        assert kinds(verdicts) == [(NODE_RECEIVE, ("z1",))]
+        assert "3 of 3 peers" in verdicts[0].message
+
+
+class TestLatencyVerdicts:
+    """Slow pairs and nodes: average RTT at or above the latency threshold."""
+
+    def test_slow_node(self) -> None:
+        slow = {pair: 120.0 for pair in {**send_loss(NODES, "n3", 0), **receive_loss(NODES, "n3", 0)}}
+        [verdict] = diagnose(matrix_of(Mesh(NODES, rtt_ms=slow)))
+        assert (verdict.kind, verdict.nodes) == (LATENCY_NODE, ("n3",))
+        assert verdict.message == "high latency at node n3: 8 of 8 pairs with its peers average 120.0 ms"
+
+    def test_slow_pair(self) -> None:
+        [verdict] = diagnose(matrix_of(Mesh(NODES, rtt_ms={("n1", "n4"): 80.0, ("n4", "n1"): 79.0})))
+        assert (verdict.kind, verdict.nodes) == (LATENCY_LINK, ("n1", "n4"))
+        assert verdict.message == "high latency on link n1<->n4 only: n1->n4 80.0 ms, n4->n1 79.0 ms"
+
+    def test_slow_everywhere(self) -> None:
+        verdicts = diagnose(matrix_of(Mesh(NODES, rtt_ms=dict.fromkeys(everywhere(NODES, 0), 70.0))))
+        assert kinds(verdicts) == [(LATENCY_CLUSTER, tuple(NODES))]
+
+    def test_threshold_is_a_setting(self) -> None:
+        mesh = Mesh(NODES, rtt_ms={("n1", "n4"): 30.0})
+        assert kinds(diagnose(matrix_of(mesh))) == [(HEALTHY, tuple(NODES))]
+        assert kinds(diagnose(matrix_of(mesh), Thresholds(latency_ms=20))) == [(LATENCY_LINK, ("n1", "n4"))]
+
+    def test_lost_pair_is_not_a_fast_or_slow_one(self) -> None:
+        """A pair with no replies has no RTT: it is a loss fault, never read as 0 ms or as slow."""
+        verdicts = diagnose(matrix_of(Mesh(NODES, loss={("n1", "n2"): 1.0}, rtt_ms={("n1", "n2"): 500.0})))
+        assert kinds(verdicts) == [(LINK, ("n1", "n2"))]
+
+
+class TestExternalVerdicts:
+    """External targets: one node's way out, one target, or the whole cluster's way out."""
+
+    def test_one_node_loses_external(self) -> None:
+        mesh = Mesh(NODES, external=["dns", "web"], external_loss={("n2", "dns"): 1.0, ("n2", "web"): 1.0})
+        [verdict] = diagnose(matrix_of(mesh))
+        assert (verdict.kind, verdict.nodes, verdict.targets) == (EXTERNAL_NODE, ("n2",), ("dns", "web"))
+        assert verdict.message == "external connectivity lost on node n2: dns 100.0%, web 100.0% loss"
+
+    def test_one_node_loses_one_of_several_targets(self) -> None:
+        mesh = Mesh(NODES, external=["dns", "web", "ntp"], external_loss={("n2", "web"): 0.3})
+        [verdict] = diagnose(matrix_of(mesh))
+        assert verdict.message == "node n2 loses packets to some external targets: web 30.0% loss"
+
+    def test_one_target_down(self) -> None:
+        mesh = Mesh(NODES, external=["dns", "web"], external_loss={(n, "web"): 1.0 for n in NODES})
+        assert [(v.kind, v.targets) for v in diagnose(matrix_of(mesh))] == [(EXTERNAL_TARGET, ("web",))]
+
+    def test_all_targets_down(self) -> None:
+        mesh = Mesh(NODES, external=["dns", "web"],
+                    external_loss={(n, t): 1.0 for n in NODES for t in ("dns", "web")})
+        assert [(v.kind, v.targets) for v in diagnose(matrix_of(mesh))] == [(EXTERNAL_CLUSTER, ("dns", "web"))]
+
+
+class TestCombinedAndMissing:
+    """Several independent faults at once, and nodes that report nothing."""
+
+    def test_independent_faults_all_reported(self) -> None:
+        mesh = Mesh(NODES, loss={**isolated(NODES, "n1"), ("n3", "n4"): 0.5},
+                    rtt_ms={("n2", "n5"): 90.0}, external=["dns"], external_loss={("n5", "dns"): 0.5})
+        assert kinds(diagnose(matrix_of(mesh))) == [
+            (NODE_ISOLATED, ("n1",)), (LINK, ("n3", "n4")), (LATENCY_LINK, ("n2", "n5")), (EXTERNAL_NODE, ("n5",))]
+
+    def test_node_without_its_own_data(self) -> None:
+        matrix = matrix_of(Mesh(NODES), drop=lambda pair: pair[0] == "n4")
+        assert kinds(diagnose(matrix)) == [(NODE_SILENT, ("n4",))]
+
+    def test_counts_are_clamped(self) -> None:
+        """increase() extrapolates, so received can come out a hair above sent: that is no loss."""
+        assert Counts(sent=900.0, received=900.4).loss_ratio == 0.0
+        assert Counts(sent=900.0, received=0.0, rtt_sum_ms=0.0).rtt_avg_ms is None
+
+
+class TestAbbreviate:
+    """Long node names are shortened in the matrix and spelled out in a legend."""
+
+    def test_short_names_stay(self) -> None:
+        assert abbreviate(["n1", "worker-2"]) == {"n1": "n1", "worker-2": "worker-2"}
+
+    def test_shared_prefix_and_suffix_are_dropped(self) -> None:
+        names = ["ip-10-0-1-23.eu-west-1.compute.internal", "ip-10-0-2-7.eu-west-1.compute.internal"]
+        assert abbreviate(names) == {names[0]: "1-23", names[1]: "2-7"}
+
+    def test_numbers_when_nothing_short_tells_them_apart(self) -> None:
+        names = ["a-very-long-node-name-one", "another-long-node-name-two"]
+        assert abbreviate(names) == {names[0]: "n1", names[1]: "n2"}
+
+
+# ------------------------------------------------------------------------------------ the command
+
+
+def diagnose_cmd(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = cli.main(["diagnose", *argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture
+def prometheus_with() -> Iterator[Callable[[str], str]]:
+    """`prometheus_with(openmetrics_text)` backfills the text into a fresh TSDB, starts a real
+    Prometheus on it and returns its URL. Processes and directories go at teardown."""
+    reason = promdata.available()
+    if reason:
+        pytest.skip(reason)
+    with contextlib.ExitStack() as stack:
+        root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="node-ping-diagnose-")))
+
+        def start(text: str) -> str:
+            data = root / f"tsdb{len(list(root.iterdir()))}"
+            promdata.backfill(text, data)
+            return stack.enter_context(promdata.running_prometheus(data))
+
+        yield start
+
+
+NAMES = [f"worker-{i}" for i in range(1, 6)]
+
+
+class TestAgainstPrometheus:
+    """The whole command against a real Prometheus holding half an hour of synthetic node-ping history."""
+
+    def run(self, capsys: pytest.CaptureFixture[str], prometheus_with: Callable[[str], str], mesh: Mesh,
+            *argv: str) -> tuple[int, str, str]:
+        end = int(time.time())
+        url = prometheus_with(promdata.openmetrics(mesh, end))
+        return diagnose_cmd(capsys, "--prometheus", url, "--time", str(end), *argv)
+
+    def test_healthy(self, capsys: pytest.CaptureFixture[str], prometheus_with: Callable[[str], str]) -> None:
+        end = int(time.time())
+        url = prometheus_with(promdata.openmetrics(Mesh(NAMES, external=["dns"]), end))
+        code, out, _ = diagnose_cmd(capsys, "--prometheus", url)  # no --time: now, as a person runs it
+        assert code == 0
+        assert "* [healthy] healthy: 5 nodes (20 pairs) and 1 external target below 5.0% loss" in out
+        assert not re.search(r"\d!", out)  # no cell marked bad
+
+    def test_node_dropping_incoming(self, capsys: pytest.CaptureFixture[str],
+                                    prometheus_with: Callable[[str], str]) -> None:
+        code, out, _ = self.run(capsys, prometheus_with, Mesh(NAMES, loss=receive_loss(NAMES, "worker-3", 0.3)))
+        assert code == 1
+        lines = out.splitlines()
+        assert lines[2] == ("* [node-cannot-receive] node worker-3 cannot receive from most peers: "
+                            "pings to it are lost from 4 of 4 peers (30.0%)")
+        assert len([line for line in lines if line.startswith("* ")]) == 1
+        # The evidence: worker-3's column is marked in every row but its own.
+        header = lines.index("Packet loss % (rows: from, columns: to; ! = 5% or more, - = no data)")
+        columns = lines[header + 1].split()
+        assert columns == NAMES
+        for row in lines[header + 2:header + 7]:
+            name, *cells = row.split()
+            assert cells[2] == ("." if name == "worker-3" else "30.0!")
+            assert all("!" not in cell for i, cell in enumerate(cells) if i != 2)
+
+    def test_node_cut_off(self, capsys: pytest.CaptureFixture[str], prometheus_with: Callable[[str], str]) -> None:
+        code, out, _ = self.run(capsys, prometheus_with, Mesh(NAMES, loss=isolated(NAMES, "worker-5")))
+        assert code == 1
+        assert "* [node-isolated] node worker-5 is isolated: it cannot send to or receive from most peers" in out
+        assert out.count("* [") == 1
+
+    def test_bad_pair(self, capsys: pytest.CaptureFixture[str], prometheus_with: Callable[[str], str]) -> None:
+        mesh = Mesh(NAMES, loss={("worker-1", "worker-4"): 0.2, ("worker-4", "worker-1"): 0.1})
+        code, out, _ = self.run(capsys, prometheus_with, mesh)
+        assert code == 1
+        assert ("* [link] link worker-1<->worker-4 only: worker-1->worker-4 20.0% loss, "
+                "worker-4->worker-1 10.0% loss\n") in out
+        assert out.count("* [") == 1
+
+    def test_external_loss_on_one_node(self, capsys: pytest.CaptureFixture[str],
+                                       prometheus_with: Callable[[str], str]) -> None:
+        mesh = Mesh(NAMES, external=["dns", "web"],
+                    external_loss={("worker-2", "dns"): 1.0, ("worker-2", "web"): 1.0})
+        code, out, _ = self.run(capsys, prometheus_with, mesh)
+        assert code == 1
+        assert "* [external-node] external connectivity lost on node worker-2: dns 100.0%, web 100.0% loss" in out
+
+    def test_json_for_scripts(self, capsys: pytest.CaptureFixture[str],
+                              prometheus_with: Callable[[str], str]) -> None:
+        mesh = Mesh(NAMES, loss={**receive_loss(NAMES, "worker-3", 0.3), ("worker-1", "worker-5"): 0.5})
+        code, out, _ = self.run(capsys, prometheus_with, mesh, "--output", "json")
+        assert code == 1
+        document = json.loads(out)
+        assert document["healthy"] is False
+        assert [(v["kind"], v["nodes"]) for v in document["verdicts"]] == [
+            ("node-cannot-receive", ["worker-3"]), ("link", ["worker-1", "worker-5"])]
+        evidence = document["verdicts"][0]["evidence"]
+        assert {e["source"] for e in evidence} == {"worker-1", "worker-2", "worker-4", "worker-5"}
+        assert {e["loss_percent"] for e in evidence} == {30.0}
+        cells: Mapping[tuple[str, str], dict[str, object]] = {
+            (c["source"], c["destination"]): c for c in document["matrix"]}
+        assert len(cells) == 20
+        assert cells[("worker-1", "worker-5")]["loss_percent"] == 50.0
+        assert cells[("worker-1", "worker-5")]["sent"] == 1800  # 60 scrapes of 30 pings in 15 minutes
+        assert cells[("worker-2", "worker-1")]["rtt_avg_ms"] == pytest.approx(promdata.DEFAULT_RTT_MS)
+
+    def test_thresholds_from_flags(self, capsys: pytest.CaptureFixture[str],
+                                   prometheus_with: Callable[[str], str]) -> None:
+        mesh = Mesh(NAMES, loss={("worker-1", "worker-4"): 0.1}, rtt_ms={("worker-2", "worker-3"): 30.0})
+        code, out, _ = self.run(capsys, prometheus_with, mesh, "--loss-threshold", "20", "--latency-threshold", "40")
+        assert (code, out.count("* [healthy]")) == (0, 1)
+
+    def test_no_node_ping_data(self, capsys: pytest.CaptureFixture[str],
+                               prometheus_with: Callable[[str], str]) -> None:
+        url = prometheus_with(promdata.unrelated_openmetrics(int(time.time())))
+        code, out, err = diagnose_cmd(capsys, "--prometheus", url)
+        assert (code, out) == (2, "")
+        assert f"Prometheus at {url} has no node-ping data for the 15m before" in err
+        assert "kube_node_ping_packets_sent_total" in err
+
+    def test_data_outside_the_range(self, capsys: pytest.CaptureFixture[str],
+                                    prometheus_with: Callable[[str], str]) -> None:
+        end = int(time.time())
+        url = prometheus_with(promdata.openmetrics(Mesh(NAMES), end))
+        code, _, err = diagnose_cmd(capsys, "--prometheus", url, "--time", str(end - 3 * 3600))
+        assert code == 2
+        assert "has no node-ping data for the 15m before" in err
+
+
+# ---------------------------------------------------------------------- servers that are not Prometheus
+
+
+@contextlib.contextmanager
+def http_server(status: int, body: bytes, content_type: str) -> Iterator[str]:
+    """A loopback HTTP server answering every GET the same way."""
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+class TestPrometheusUnreachable:
+    """Exit code 2 and a message that says what to check, whatever is wrong at the other end."""
+
+    def test_nothing_listening(self, capsys: pytest.CaptureFixture[str]) -> None:
+        url = f"http://127.0.0.1:{promdata.free_port()}"
+        code, out, err = diagnose_cmd(capsys, "--prometheus", url)
+        assert (code, out) == (2, "")
+        assert err == (f"node-ping diagnose: cannot reach Prometheus at {url}: connection refused "
+                       "(is Prometheus running there, and is the port right?)\n")
+
+    def test_no_answer(self, capsys: pytest.CaptureFixture[str]) -> None:
+        with socket.socket() as listener:  # accepts connections (the kernel does) but never answers
+            listener.bind(("127.0.0.1", 0))
+            listener.listen(4)
+            url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+            code, _, err = diagnose_cmd(capsys, "--prometheus", url, "--timeout", "0.3")
+        assert code == 2
+        assert f"cannot reach Prometheus at {url}: no answer within 0.3 s" in err
+
+    def test_not_found(self, capsys: pytest.CaptureFixture[str]) -> None:
+        with http_server(404, b"404 page not found", "text/plain") as url:
+            code, _, err = diagnose_cmd(capsys, "--prometheus", url + "/wrong/")
+        assert code == 2
+        assert f"the server at {url}/wrong answered HTTP 404 Not Found to /api/v1/query" in err
+
+    def test_not_prometheus(self, capsys: pytest.CaptureFixture[str]) -> None:
+        with http_server(200, b"<html><body>Grafana</body></html>", "text/html") as url:
+            code, _, err = diagnose_cmd(capsys, "--prometheus", url)
+        assert code == 2
+        assert f"the server at {url} answered /api/v1/query, but not like Prometheus" in err
+
+    def test_prometheus_rejects_the_query(self, capsys: pytest.CaptureFixture[str]) -> None:
+        body = json.dumps({"status": "error", "errorType": "bad_data", "error": "invalid parameter"}).encode()
+        with http_server(400, body, "application/json") as url:
+            code, _, err = diagnose_cmd(capsys, "--prometheus", url)
+        assert code == 2
+        assert f"Prometheus at {url} rejected the query (HTTP 400): invalid parameter" in err
+
+    @pytest.mark.parametrize("argv", [["--range", "15 minutes"], ["--time", "yesterday"],
+                                      ["--loss-threshold", "-1"]])
+    def test_bad_flags(self, capsys: pytest.CaptureFixture[str], argv: list[str]) -> None:
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main(["diagnose", "--prometheus", "http://127.0.0.1:1", *argv])
+        assert exit_info.value.code == 2
+        assert argv[1] in capsys.readouterr().err
