@@ -264,25 +264,36 @@ class _Analysis:
         summary["worst_loss_percent"] = round(max(self.cells[p].loss_ratio for p in bad) * 100, 3)
         return Verdict(kind, (node,), message, _evidence(self.cells, bad), summary=summary)
 
-    def _directions(self, a: str, b: str, value: str) -> tuple[list[str], list[Pair]]:
-        """Both directions of a pair in words, and the measured cells among them."""
-        words, measured = [], []
-        for pair in ((a, b), (b, a)):
+    def _directions(self, a: str, b: str, value: str) -> tuple[str, list[Pair]]:
+        """Both directions of a pair in words, the worse first ("pings from b lose 40.0%, from a 0.0%"),
+        each name once since real node names are long; and the measured cells among the two."""
+        words: list[str] = []
+        measured: list[Pair] = []
+        verb = "lose" if value == "loss" else "average"
+
+        def badness(pair: Pair) -> float:
             counts = self.cells.get(pair)
             if counts is None:
-                words.append(f"{pair[0]}->{pair[1]} not measured")
+                return -1.0
+            return counts.loss_ratio if value == "loss" else (counts.rtt_avg_ms or 0.0)
+
+        for pair in sorted(((a, b), (b, a)), key=badness, reverse=True):
+            lead = f"pings from {pair[0]} {verb}" if not words else f"from {pair[0]}"
+            counts = self.cells.get(pair)
+            if counts is None:
+                words.append(f"{lead} not measured" if words else f"pings from {pair[0]} not measured")
                 continue
             measured.append(pair)
+            avg = counts.rtt_avg_ms
             if value == "loss":
-                words.append(f"{pair[0]}->{pair[1]} {_pct(counts.loss_ratio)} loss")
+                words.append(f"{lead} {_pct(counts.loss_ratio)}")
             else:
-                avg = counts.rtt_avg_ms
-                words.append(f"{pair[0]}->{pair[1]} " + ("no replies" if avg is None else f"{avg:.1f} ms"))
-        return words, measured
+                words.append(f"{lead} " + ("no replies" if avg is None else f"{avg:.1f} ms"))
+        return ", ".join(words), measured
 
     def _link_loss(self, a: str, b: str) -> Verdict:
         words, measured = self._directions(a, b, "loss")
-        return Verdict(LINK, (a, b), f"link {a}<->{b} only: " + ", ".join(words), _evidence(self.cells, measured),
+        return Verdict(LINK, (a, b), f"link {a}<->{b} only: {words}", _evidence(self.cells, measured),
                        summary={"worst_loss_percent": round(max(self.cells[p].loss_ratio for p in measured) * 100, 3)})
 
     def latency(self) -> list[Verdict]:
@@ -317,7 +328,7 @@ class _Analysis:
         for a, b in found.links:
             words, measured = self._directions(a, b, "rtt")
             verdicts.append(Verdict(
-                LATENCY_LINK, (a, b), f"high latency on link {a}<->{b} only: " + ", ".join(words),
+                LATENCY_LINK, (a, b), f"high latency on link {a}<->{b} only: {words}",
                 _evidence(self.cells, measured),
                 summary={"worst_rtt_ms": round(max(averages[p] for p in measured if p in averages), 3)},
             ))

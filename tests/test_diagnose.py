@@ -136,7 +136,7 @@ class TestLossVerdicts:
 
     def test_link_message_names_both_directions(self) -> None:
         [verdict] = diagnose(matrix_of(Mesh(NODES, loss={("n5", "n2"): 0.1})))
-        assert verdict.message == "link n2<->n5 only: n2->n5 0.0% loss, n5->n2 10.0% loss"
+        assert verdict.message == "link n2<->n5 only: pings from n5 lose 10.0%, from n2 0.0%"
         assert [(e.source, e.destination, e.loss_percent) for e in verdict.evidence] == [
             ("n2", "n5", 0.0), ("n5", "n2", 10.0)]
 
@@ -176,7 +176,7 @@ class TestLatencyVerdicts:
     def test_slow_pair(self) -> None:
         [verdict] = diagnose(matrix_of(Mesh(NODES, rtt_ms={("n1", "n4"): 80.0, ("n4", "n1"): 79.0})))
         assert (verdict.kind, verdict.nodes) == (LATENCY_LINK, ("n1", "n4"))
-        assert verdict.message == "high latency on link n1<->n4 only: n1->n4 80.0 ms, n4->n1 79.0 ms"
+        assert verdict.message == "high latency on link n1<->n4 only: pings from n1 average 80.0 ms, from n4 79.0 ms"
 
     def test_slow_everywhere(self) -> None:
         verdicts = diagnose(matrix_of(Mesh(NODES, rtt_ms=dict.fromkeys(everywhere(NODES, 0), 70.0))))
@@ -325,8 +325,7 @@ class TestAgainstPrometheus:
         mesh = Mesh(NAMES, loss={("worker-1", "worker-4"): 0.2, ("worker-4", "worker-1"): 0.1})
         code, out, _ = self.run(capsys, prometheus_with, mesh)
         assert code == 1
-        assert ("* [link] link worker-1<->worker-4 only: worker-1->worker-4 20.0% loss, "
-                "worker-4->worker-1 10.0% loss\n") in out
+        assert "* [link] link worker-1<->worker-4 only: pings from worker-1 lose 20.0%, from worker-4 10.0%\n" in out
         assert out.count("* [") == 1
 
     def test_external_loss_on_one_node(self, capsys: pytest.CaptureFixture[str],
