@@ -36,7 +36,10 @@ def parse_report(text: str) -> dict[str, tuple[Sample, ...]]:
             continue
         address = match["address"]
         if is_ip(address):
-            address = normalise_ip(address)
+            try:
+                address = normalise_ip(address)
+            except ValueError:
+                continue  # a multicast or unspecified address is never one of our targets
         if address in reports:
             continue
         reports[address] = tuple(None if field == "-" else float(field)

@@ -75,8 +75,13 @@ def _text_field(entry: dict[str, Any], key: str, where: str) -> str:
     value = entry.get(key)
     if not isinstance(value, str) or not value.strip():
         raise ValueError(f"{where}: field {key!r} is missing or not a non-empty string")
-    if value.startswith("-"):
+    if value.strip().startswith("-"):  # checked on what is returned: " -f" must not slip through
         raise ValueError(f"{where}: {key} {value!r} starts with '-'; rename it")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        # JSON allows a lone surrogate ("\ud800"); as a label value it would make every write fail.
+        raise ValueError(f"{where}: {key} {value!r} is not valid Unicode text; rename it") from None
     return value.strip()
 
 
@@ -116,6 +121,9 @@ def _parse(text: str, source: str, example: str, make: Callable[[dict[str, Any],
     except json.JSONDecodeError as err:
         raise ConfigError(f"{source} is not valid JSON ({err.msg} at line {err.lineno} column "
                           f"{err.colno}); it must hold a JSON list like {example}") from None
+    except (ValueError, RecursionError) as err:
+        # The decoder's limits: numbers of more than 4300 digits, nesting deeper than the stack.
+        raise ConfigError(f"{source} cannot be decoded ({err}); it must hold a JSON list like {example}") from None
     if not isinstance(data, list):
         raise ConfigError(f"{source} holds a JSON {type(data).__name__}, not a list; "
                           f"it must look like {example}")
