@@ -1,0 +1,139 @@
+"""`node-ping discover`: settings, command line and start-up of the node-discovery controller.
+
+One replica for the whole cluster watches the Node objects and keeps the `nodes.json` key of one
+ConfigMap equal to the exporter's target list (see `discover_controller` for how, and
+`discover_nodes` for what it writes). The `kubernetes` package is imported only when the command
+runs, so `node-ping --help` stays fast and the exporter image does not need it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from node_ping import __version__
+from node_ping.config import SettingsError
+from node_ping.discover_nodes import DEFAULT_ADDRESS_TYPES, parse_address_types
+
+log = logging.getLogger(__name__)
+
+# Where Kubernetes mounts the pod's own namespace, next to its service account token.
+NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+# A ConfigMap name is a DNS subdomain (RFC 1123): what the API server would reject, we reject first.
+_MAX_NAME = 253
+
+
+@dataclass(frozen=True)
+class DiscoverSettings:
+    """What the controller needs; the timing fields have production defaults and exist for tests."""
+
+    namespace: str
+    configmap: str
+    address_types: tuple[str, ...] = DEFAULT_ADDRESS_TYPES
+    # The API server ends each watch after this long; the controller resumes from the last
+    # resourceVersion, so a silently dead connection is noticed within this time.
+    watch_timeout_seconds: int = 300
+    # (connect, read) for every call that is not a watch.
+    request_timeout: tuple[float, float] = (5.0, 30.0)
+    backoff_initial_seconds: float = 0.5
+    backoff_max_seconds: float = 30.0
+    # Re-read the ConfigMap this often even without a watch event: a safety net if its watch is broken.
+    resync_seconds: float = 600.0
+    # Gather a burst of node events (a node pool scaling up) into one write.
+    settle_seconds: float = 0.5
+    # Nodes per list request; large clusters are listed in pages like kubectl and client-go do.
+    page_size: int = 500
+
+    def __post_init__(self) -> None:
+        for value, flag in ((self.namespace, "--namespace / POD_NAMESPACE"),
+                            (self.configmap, "--configmap / NODE_PING_CONFIGMAP")):
+            if not value or len(value) > _MAX_NAME or value != value.strip() or "/" in value:
+                raise SettingsError(f"{flag} {value!r} is not a valid Kubernetes object name")
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    value = os.environ.get(name)
+    return value if value not in (None, "") else default
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    add = parser.add_argument
+    add("--namespace", default=_env("POD_NAMESPACE"),
+        help="namespace of the ConfigMap (env POD_NAMESPACE; default: the pod's own namespace)")
+    add("--configmap", default=_env("NODE_PING_CONFIGMAP"),
+        help="name of the ConfigMap whose nodes.json key this keeps up to date; created if missing "
+             "(env NODE_PING_CONFIGMAP; required)")
+    add("--address-types", default=_env("NODE_PING_ADDRESS_TYPES", ",".join(DEFAULT_ADDRESS_TYPES)),
+        help="node address types to use, most preferred first (env NODE_PING_ADDRESS_TYPES; default %(default)s)")
+    add("--kubeconfig", type=Path, default=None,
+        help="kubeconfig file, for running it by hand (default: the pod's service account)")
+    add("-v", "--verbose", action="store_true", help="log every retry and every ConfigMap event")
+
+
+def settings_from_args(args: argparse.Namespace, namespace_file: Path = NAMESPACE_FILE) -> DiscoverSettings:
+    """Validate the command line once; SettingsError names the flag and the fix."""
+    if not args.configmap:
+        raise SettingsError("set the ConfigMap to keep up to date: --configmap or NODE_PING_CONFIGMAP")
+    namespace = args.namespace
+    if not namespace:
+        try:
+            namespace = namespace_file.read_text(encoding="utf-8").strip()
+        except OSError:
+            raise SettingsError(f"set the namespace: --namespace or POD_NAMESPACE (outside a pod, "
+                                f"{namespace_file} does not exist to fall back on)") from None
+    return DiscoverSettings(namespace=namespace, configmap=args.configmap,
+                            address_types=parse_address_types(args.address_types))
+
+
+def core_api(kubeconfig: Path | None) -> Any:
+    """A CoreV1Api for the kubeconfig file, or for the pod's service account when there is none."""
+    from kubernetes import client, config  # noqa: PLC0415  (see the module docstring)
+
+    configuration = client.Configuration()
+    if kubeconfig is not None:
+        config.load_kube_config(config_file=str(kubeconfig), client_configuration=configuration,  # type: ignore[no-untyped-call]
+                                persist_config=False)
+    else:
+        config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+    return client.CoreV1Api(client.ApiClient(configuration))
+
+
+def _install_signal_handlers(stop: threading.Event) -> None:
+    def handle(signum: int, _frame: FrameType | None) -> None:
+        log.info("received %s, stopping", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handle)
+    signal.signal(signal.SIGINT, handle)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        settings = settings_from_args(args)
+    except SettingsError as err:
+        log.error("node-ping discover: %s", err)
+        return 2
+    try:
+        from node_ping.discover_controller import Discovery  # noqa: PLC0415  (see the module docstring)
+    except ImportError as err:
+        log.error("node-ping discover needs the kubernetes package (%s): pip install 'node-ping[discover]'", err)
+        return 2
+    try:
+        api = core_api(args.kubeconfig)
+    except Exception as err:  # ConfigException, OSError, YAML errors: all mean "fix the config"
+        source = args.kubeconfig or "the pod's service account (not running in a pod? use --kubeconfig)"
+        log.error("node-ping discover: cannot load the Kubernetes client configuration from %s: %s", source, err)
+        return 2
+    stop = threading.Event()
+    _install_signal_handlers(stop)
+    log.info("node-ping %s discover starting: %s", __version__, settings)
+    Discovery(api, settings, stop).run()
+    log.info("node-ping discover stopped")
+    return 0

@@ -1,0 +1,121 @@
+"""Pure part of `node-ping discover`: Node objects -> nodes.json entries -> the exact nodes.json text.
+
+Nothing here talks to the API server. Nodes arrive as the JSON dicts the API server sends (the
+`status.addresses[].type` a reader knows from `kubectl get node -o yaml`), so the tests can write
+them as literals and the controller never has to deserialize whole Node models.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from node_ping.config import SettingsError
+from node_ping.targets import ConfigError, NodeTarget, normalise_ip, parse_nodes
+
+ZONE_LABEL = "topology.kubernetes.io/zone"
+DEFAULT_ADDRESS_TYPES = ("InternalIP", "ExternalIP")
+# Hostname, InternalDNS and ExternalDNS hold names, but nodes.json needs IP addresses (fping -A
+# reports by address), so only the two IP address types can be chosen.
+ADDRESS_TYPES = ("InternalIP", "ExternalIP")
+
+
+def parse_address_types(text: str, source: str = "--address-types") -> tuple[str, ...]:
+    """`"InternalIP,ExternalIP"` -> ("InternalIP", "ExternalIP"); SettingsError with the fix if unusable."""
+    canonical = {name.lower(): name for name in ADDRESS_TYPES}
+    chosen: list[str] = []
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        name = canonical.get(item.lower())
+        if name is None:
+            raise SettingsError(f"{source}: {item!r} is not an address type node-ping can use; "
+                                f"list one or more of {', '.join(ADDRESS_TYPES)}, most preferred first")
+        if name not in chosen:
+            chosen.append(name)
+    if not chosen:
+        raise SettingsError(f"{source} is empty; list one or more of {', '.join(ADDRESS_TYPES)}, "
+                            "most preferred first")
+    return tuple(chosen)
+
+
+def node_name(node: Mapping[str, Any]) -> str:
+    name = (node.get("metadata") or {}).get("name")
+    if not isinstance(name, str) or not name:
+        raise ValueError("Node object without metadata.name")
+    return name
+
+
+def pick_address(node: Mapping[str, Any], address_types: Sequence[str]) -> str | None:
+    """The node's address of the most preferred type, normalised; None if it has none yet.
+
+    Within one type the first usable address wins: on dual-stack nodes the kubelet lists the
+    primary IP family first.
+    """
+    addresses = (node.get("status") or {}).get("addresses") or []
+    for wanted in address_types:
+        for entry in addresses:
+            if not isinstance(entry, Mapping) or entry.get("type") != wanted:
+                continue
+            try:
+                return normalise_ip(str(entry.get("address", "")))
+            except ValueError:
+                continue  # a malformed address of this type; another one may still do
+    return None
+
+
+def node_target(node: Mapping[str, Any], address_types: Sequence[str]) -> NodeTarget | None:
+    """One Node object -> its nodes.json entry, or None while it has no usable address.
+
+    Readiness is deliberately ignored: a NotReady node is exactly the one worth probing.
+    """
+    address = pick_address(node, address_types)
+    if address is None:
+        return None
+    labels = (node.get("metadata") or {}).get("labels") or {}
+    zone = labels.get(ZONE_LABEL)
+    return NodeTarget(name=node_name(node), address=address,
+                      zone=zone if isinstance(zone, str) and zone else None)
+
+
+def render_nodes_json(targets: Iterable[NodeTarget]) -> str:
+    """The nodes.json text for these targets: sorted by name, fixed layout, so equal sets give equal bytes."""
+    entries: list[dict[str, str]] = []
+    for target in sorted(targets, key=lambda t: t.name):
+        entry = {"name": target.name, "ipAddress": target.address}
+        if target.zone is not None:
+            entry["zone"] = target.zone
+        entries.append(entry)
+    return json.dumps(entries, sort_keys=True, indent=2) + "\n"
+
+
+def validate_nodes_json(text: str) -> tuple[str, ...]:
+    """Read `text` back with the exporter's own loader; the entries it would skip, as sentences."""
+    return parse_nodes(text, "nodes.json").problems
+
+
+def needs_write(stored: str | None, desired: str) -> bool:
+    """True when the ConfigMap (None: missing, or without nodes.json) does not already hold `desired`.
+
+    Compared byte for byte: every write makes the kubelet rewrite the volume in every exporter pod,
+    so an unchanged node set must never cause one, and a hand-edited copy must be put back.
+    """
+    return stored != desired
+
+
+def summarize_change(stored: str | None, desired: str) -> str:
+    """One phrase for the log line of a write: how the node list changes, e.g. "1 added, 1 changed"."""
+    new = {t.name: t for t in parse_nodes(desired).targets}
+    if stored is None:
+        return "new"
+    try:
+        old = {t.name: t for t in parse_nodes(stored).targets}
+    except ConfigError:
+        return "replacing unreadable content"
+    added = len(new.keys() - old.keys())
+    removed = len(old.keys() - new.keys())
+    changed = sum(1 for name in new.keys() & old.keys() if new[name] != old[name])
+    parts = [f"{count} {what}" for count, what in ((added, "added"), (removed, "removed"), (changed, "changed"))
+             if count]
+    return ", ".join(parts) or "same nodes, layout restored"

@@ -1,0 +1,501 @@
+"""A stand-in for the Kubernetes API server, for tests: Nodes and ConfigMaps over real HTTP on 127.0.0.1.
+
+No API server can run on the test machine, so this speaks just enough of the REST API for the real
+`kubernetes` client to use it unchanged, with the behaviour a controller has to survive:
+  - one resourceVersion counter for every change, as etcd keeps it;
+  - list (with limit/continue pages; a continue token goes stale, 410, once anything changed);
+  - watch (?watch=1): chunked JSON lines ADDED/MODIFIED/DELETED/BOOKMARK, from a resourceVersion,
+    or, without one, first the current objects as synthetic ADDED events; timeoutSeconds ends it;
+    a resourceVersion older than the kept history (see `compact`) is answered the way real servers
+    do it, an ERROR event with code 410 in a 200 stream, or (`expired_as_http`) a plain HTTP 410;
+  - ConfigMaps: get, create (409 AlreadyExists), replace (409 Conflict on a stale resourceVersion),
+    delete, and a watch filtered by fieldSelector=metadata.name=<name>;
+  - faults: every request answered with an error status, connections dropped or left hanging
+    (`fault`), open watches cut (`drop_watches`), and another writer slipping in just before the
+    next ConfigMap update (`edit_before_next_put`).
+Every request is recorded in `requests` so tests can count, for instance, ConfigMap writes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+Obj = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Request:
+    method: str
+    path: str
+    query: dict[str, str]
+    status: int  # 0: the connection was dropped without an answer
+
+
+@dataclass(frozen=True)
+class _Event:
+    resource_version: int
+    collection: str  # "nodes" or "configmaps/<namespace>"
+    type: str
+    object: Obj
+
+
+def make_node(name: str, internal_ip: str | None = None, external_ip: str | None = None, *,
+              zone: str | None = None, ready: bool = True, hostname: bool = True,
+              addresses: list[tuple[str, str]] | None = None) -> Obj:
+    """A Node object as an API server returns it (only the fields that matter here)."""
+    listed = list(addresses or [])
+    if internal_ip:
+        listed.append(("InternalIP", internal_ip))
+    if external_ip:
+        listed.append(("ExternalIP", external_ip))
+    if hostname:
+        listed.append(("Hostname", name))
+    labels = {"kubernetes.io/hostname": name}
+    if zone is not None:
+        labels["topology.kubernetes.io/zone"] = zone
+    return {
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": name, "labels": labels},
+        "spec": {},
+        "status": {
+            "addresses": [{"type": kind, "address": address} for kind, address in listed],
+            "conditions": [{"type": "Ready", "status": "True" if ready else "Unknown",
+                            "reason": "KubeletReady" if ready else "NodeStatusUnknown"}],
+        },
+    }
+
+
+def _status(code: int, reason: str, message: str) -> Obj:
+    return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+            "message": message, "reason": reason, "code": code}
+
+
+class FakeKubeAPI:
+    """The fake API server. Use as a context manager; `url` is what a client's `host` should be."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._rv = 1
+        self._nodes: dict[str, Obj] = {}
+        self._configmaps: dict[tuple[str, str], Obj] = {}
+        self._history: list[_Event] = []
+        self._compacted = 0  # watches from a resourceVersion older than this get 410
+        self._closing = False
+        self._fault: str | int | None = None  # None, an HTTP status, "drop" or "hang"
+        self._before_put: Callable[[], None] | None = None
+        self._connections: set[socket.socket] = set()
+        self._watch_connections: set[socket.socket] = set()
+        self.expired_as_http = False
+        self.requests: list[Request] = []
+        self._server = _Server(("127.0.0.1", 0), _Handler)
+        self._server.api = self
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
+                                        name="fake-kube-api", daemon=True)
+
+    # -- life cycle ----------------------------------------------------------------------------
+
+    def __enter__(self) -> FakeKubeAPI:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+        self._server.shutdown()
+        self._shut(set(self._connections))
+        self._server.server_close()  # joins every handler thread
+        self._thread.join()
+
+    @property
+    def url(self) -> str:
+        port = self._server.server_address[1]
+        return f"http://127.0.0.1:{port}"
+
+    # -- the cluster, as seen and changed by everyone else ---------------------------------------
+
+    @property
+    def resource_version(self) -> str:
+        with self._cond:
+            return str(self._rv)
+
+    def put_node(self, node: Obj) -> None:
+        """Add a Node or change it (as the kubelet does when it reports status)."""
+        name = node["metadata"]["name"]
+        with self._cond:
+            self._store("nodes", self._nodes, name, copy.deepcopy(node))
+
+    def delete_node(self, name: str) -> None:
+        with self._cond:
+            self._remove("nodes", self._nodes, name)
+
+    def node_names(self) -> list[str]:
+        with self._cond:
+            return sorted(self._nodes)
+
+    def configmap(self, namespace: str, name: str) -> Obj | None:
+        with self._cond:
+            found = self._configmaps.get((namespace, name))
+            return copy.deepcopy(found) if found is not None else None
+
+    def put_configmap(self, configmap: Obj) -> None:
+        """Create or overwrite a ConfigMap regardless of its resourceVersion, like someone's `kubectl apply`."""
+        metadata = configmap["metadata"]
+        key = (metadata["namespace"], metadata["name"])
+        with self._cond:
+            self._store(f"configmaps/{key[0]}", self._configmaps, key, copy.deepcopy(configmap))
+
+    def delete_configmap(self, namespace: str, name: str) -> None:
+        with self._cond:
+            self._remove(f"configmaps/{namespace}", self._configmaps, (namespace, name))
+
+    def compact(self) -> None:
+        """Forget the change history, like etcd compaction: watches from an older resourceVersion get 410."""
+        with self._cond:
+            self._history.clear()
+            self._compacted = self._rv
+            self._cond.notify_all()
+
+    # -- faults --------------------------------------------------------------------------------
+
+    def fault(self, kind: str | int | None) -> None:
+        """Answer every request with HTTP `kind`, or "drop" the connection, or "hang"; None heals.
+
+        Starting a fault also cuts the open watches, as a restarting API server does.
+        """
+        with self._cond:
+            self._fault = kind
+            self._cond.notify_all()
+        if kind is not None:
+            self.drop_watches()
+
+    @contextmanager
+    def outage(self, kind: str | int) -> Iterator[None]:
+        self.fault(kind)
+        try:
+            yield
+        finally:
+            self.fault(None)
+
+    def drop_watches(self) -> None:
+        """Cut every open watch connection mid-stream."""
+        with self._cond:
+            connections = set(self._watch_connections)
+            self._watch_connections.clear()  # tells their handlers to give up
+            self._cond.notify_all()
+        self._shut(connections)
+
+    def edit_before_next_put(self, edit: Callable[[FakeKubeAPI], None]) -> None:
+        """Run `edit(self)` just before the next ConfigMap update is applied, as a concurrent writer would."""
+        with self._cond:
+            self._before_put = lambda: edit(self)
+
+    def count(self, method: str, path: str, status: int | None = None, watch: bool | None = None) -> int:
+        with self._cond:
+            return sum(1 for r in self.requests
+                       if r.method == method and r.path == path and (status is None or r.status == status)
+                       and (watch is None or (r.query.get("watch") in ("1", "true")) == watch))
+
+    # -- internals (called with self._cond held) -------------------------------------------------
+
+    def _next_rv(self) -> int:
+        self._rv += 1
+        return self._rv
+
+    def _store(self, collection: str, objects: dict[Any, Obj], key: Any, obj: Obj) -> Obj:
+        metadata = obj.setdefault("metadata", {})
+        existing = objects.get(key)
+        metadata["uid"] = existing["metadata"]["uid"] if existing else str(uuid.uuid4())
+        metadata["creationTimestamp"] = (existing["metadata"]["creationTimestamp"] if existing
+                                         else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+        metadata["resourceVersion"] = str(self._next_rv())
+        objects[key] = obj
+        self._record(collection, "MODIFIED" if existing else "ADDED", obj)
+        return obj
+
+    def _remove(self, collection: str, objects: dict[Any, Obj], key: Any) -> Obj | None:
+        obj = objects.pop(key, None)
+        if obj is not None:
+            obj = copy.deepcopy(obj)
+            obj["metadata"]["resourceVersion"] = str(self._next_rv())
+            self._record(collection, "DELETED", obj)
+        return obj
+
+    def _record(self, collection: str, kind: str, obj: Obj) -> None:
+        self._history.append(_Event(self._rv, collection, kind, copy.deepcopy(obj)))
+        self._cond.notify_all()
+
+    @staticmethod
+    def _shut(connections: set[socket.socket]) -> None:
+        for connection in connections:
+            with contextlib.suppress(OSError):  # already closed by the other side
+                connection.shutdown(socket.SHUT_RDWR)
+
+
+class _Server(ThreadingHTTPServer):
+    # Handler threads are joined by server_close(), so a test leaves none behind.
+    daemon_threads = False
+    block_on_close = True
+    api: FakeKubeAPI
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive and chunked watches, like the real API server
+    server: _Server
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # the test output stays readable; `api.requests` has the record
+
+    def setup(self) -> None:
+        super().setup()
+        with self.server.api._cond:
+            self.server.api._connections.add(self.connection)
+
+    def finish(self) -> None:
+        with self.server.api._cond:
+            self.server.api._connections.discard(self.connection)
+            self.server.api._watch_connections.discard(self.connection)
+        with contextlib.suppress(OSError):  # the connection was cut on purpose
+            super().finish()
+
+    def do_GET(self) -> None:
+        self._dispatch("GET")
+
+    def do_POST(self) -> None:
+        self._dispatch("POST")
+
+    def do_PUT(self) -> None:
+        self._dispatch("PUT")
+
+    def do_DELETE(self) -> None:
+        self._dispatch("DELETE")
+
+    # -- plumbing ------------------------------------------------------------------------------
+
+    @property
+    def api(self) -> FakeKubeAPI:
+        return self.server.api
+
+    def _dispatch(self, method: str) -> None:
+        url = urlsplit(self.path)
+        query = {key: values[-1] for key, values in parse_qs(url.query).items()}
+        self._method, self._path, self._query = method, url.path, query
+        length = int(self.headers.get("Content-Length") or 0)
+        body = json.loads(self.rfile.read(length)) if length else None
+        with self.api._cond:
+            fault = self.api._fault
+        if fault in ("drop", "hang"):
+            self._log(0)
+            if fault == "hang":
+                with self.api._cond:
+                    self.api._cond.wait_for(lambda: self.api._fault != "hang" or self.api._closing)
+            self.close_connection = True
+            FakeKubeAPI._shut({self.connection})
+            return
+        if isinstance(fault, int):
+            self._send(fault, _status(fault, "InternalError", "fake outage"))
+            return
+        parts = url.path.strip("/").split("/")
+        try:
+            if parts == ["api", "v1", "nodes"] and method == "GET":
+                self._collection("nodes")
+            elif len(parts) == 5 and parts[:3] == ["api", "v1", "namespaces"] and parts[4] == "configmaps":
+                if method == "GET":
+                    self._collection(f"configmaps/{parts[3]}")
+                elif method == "POST":
+                    self._create_configmap(parts[3], body or {})
+                else:
+                    self._send(405, _status(405, "MethodNotAllowed", method))
+            elif len(parts) == 6 and parts[:3] == ["api", "v1", "namespaces"] and parts[4] == "configmaps":
+                self._configmap(parts[3], parts[5], body)
+            else:
+                self._send(404, _status(404, "NotFound", f"no route {url.path}"))
+        except OSError:
+            self.close_connection = True  # the client went away (or a test cut the connection)
+
+    def _log(self, status: int) -> None:
+        with self.api._cond:
+            self.api.requests.append(Request(self._method, self._path, self._query, status))
+
+    def _send(self, code: int, obj: Obj) -> None:
+        self._log(code)
+        data = json.dumps(obj).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _chunk(self, data: bytes) -> None:
+        self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+        self.wfile.flush()
+
+    # -- collections: list and watch -----------------------------------------------------------
+
+    def _objects(self, collection: str, selector: str | None) -> list[Obj]:
+        if collection == "nodes":
+            objects = list(self.api._nodes.values())
+        else:
+            namespace = collection.split("/", 1)[1]
+            objects = [o for (ns, _), o in self.api._configmaps.items() if ns == namespace]
+        return sorted((o for o in objects if _selected(o, selector)), key=lambda o: o["metadata"]["name"])
+
+    def _collection(self, collection: str) -> None:
+        selector = self._query.get("fieldSelector")
+        if selector is not None and not selector.startswith("metadata.name="):
+            self._send(400, _status(400, "BadRequest", f"unsupported {selector}"))
+            return
+        if self._query.get("watch") in ("1", "true"):
+            self._watch(collection, selector)
+            return
+        kind = "NodeList" if collection == "nodes" else "ConfigMapList"
+        with self.api._cond:
+            objects = self._objects(collection, selector)
+            rv = self.api._rv
+            start = 0
+            token = self._query.get("continue")
+            if token:
+                token_rv, _, offset = token.partition(":")
+                if int(token_rv) != rv:  # a real server keeps the snapshot a while; this one not at all
+                    self._send(410, _status(410, "Expired", "continue token expired"))
+                    return
+                start = int(offset)
+            limit = int(self._query.get("limit") or 0) or len(objects)
+            page = copy.deepcopy(objects[start:start + limit])
+            metadata: Obj = {"resourceVersion": str(rv)}
+            if start + limit < len(objects):
+                metadata["continue"] = f"{rv}:{start + limit}"
+        self._send(200, {"kind": kind, "apiVersion": "v1", "metadata": metadata, "items": page})
+
+    def _watch(self, collection: str, selector: str | None) -> None:
+        api = self.api
+        since_text = self._query.get("resourceVersion") or ""
+        deadline = time.monotonic() + float(self._query.get("timeoutSeconds") or 1800)
+        bookmarks = self._query.get("allowWatchBookmarks") in ("1", "true")
+        with api._cond:
+            if since_text not in ("", "0") and int(since_text) < api._compacted:
+                message = f"too old resource version: {since_text} ({api._compacted})"
+                if api.expired_as_http:
+                    self._send(410, _status(410, "Expired", message))
+                    return
+                pending = [{"type": "ERROR", "object": _status(410, "Expired", message)}]
+                since = -1  # nothing follows the error
+            elif since_text in ("", "0"):
+                pending = [{"type": "ADDED", "object": copy.deepcopy(o)} for o in self._objects(collection, selector)]
+                since = api._rv
+            else:
+                pending = []
+                since = int(since_text)
+            api._watch_connections.add(self.connection)
+        self._log(200)
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        while True:
+            for event in pending:
+                self._chunk(json.dumps(event).encode() + b"\n")
+            if since < 0:
+                break
+            with api._cond:
+                seen = since
+                api._cond.wait_for(lambda: api._closing or api._rv > seen or time.monotonic() >= deadline  # noqa: B023  (called right here)
+                                   or self.connection not in api._watch_connections,
+                                   timeout=max(0.0, deadline - time.monotonic()))
+                if self.connection not in api._watch_connections:
+                    self.close_connection = True
+                    return  # cut by drop_watches(): no orderly end of the stream
+                if api._closing or time.monotonic() >= deadline:
+                    if bookmarks and not api._closing:
+                        pending = [{"type": "BOOKMARK", "object": {"kind": "Node" if collection == "nodes"
+                                                                   else "ConfigMap", "apiVersion": "v1",
+                                                                   "metadata": {"resourceVersion": str(since)}}}]
+                        for event in pending:
+                            self._chunk(json.dumps(event).encode() + b"\n")
+                    break
+                if since < api._compacted:  # history gone under an open watch: the server ends it with 410
+                    message = f"too old resource version: {since} ({api._compacted})"
+                    pending = [{"type": "ERROR", "object": _status(410, "Expired", message)}]
+                    since = -1
+                    continue
+                pending = [{"type": e.type, "object": copy.deepcopy(e.object)} for e in api._history
+                           if e.resource_version > since and e.collection == collection
+                           and _selected(e.object, selector)]
+                since = api._rv
+        self._chunk(b"")
+        with api._cond:
+            api._watch_connections.discard(self.connection)
+
+    # -- single ConfigMaps ---------------------------------------------------------------------
+
+    def _create_configmap(self, namespace: str, body: Obj) -> None:
+        name = (body.get("metadata") or {}).get("name")
+        if not name:
+            self._send(422, _status(422, "Invalid", "metadata.name: Required value"))
+            return
+        with self.api._cond:
+            if (namespace, name) in self.api._configmaps:
+                answer = 409, _status(409, "AlreadyExists", f'configmaps "{name}" already exists')
+            else:
+                body["metadata"]["namespace"] = namespace
+                body.setdefault("apiVersion", "v1")
+                body.setdefault("kind", "ConfigMap")
+                stored = self.api._store(f"configmaps/{namespace}", self.api._configmaps, (namespace, name), body)
+                answer = 201, copy.deepcopy(stored)
+        self._send(*answer)
+
+    def _configmap(self, namespace: str, name: str,
+                   body: Obj | None) -> None:
+        api = self.api
+        key = (namespace, name)
+        if self._method == "PUT":
+            with api._cond:
+                before_put, api._before_put = api._before_put, None
+            if before_put is not None:
+                before_put()
+        missing = 404, _status(404, "NotFound", f'configmaps "{name}" not found')
+        with api._cond:
+            current = api._configmaps.get(key)
+            if self._method == "GET":
+                answer = (200, copy.deepcopy(current)) if current is not None else missing
+            elif self._method == "DELETE":
+                answer = (200, _status(200, "", "deleted")) if current is not None else missing
+                api._remove(f"configmaps/{namespace}", api._configmaps, key)
+            elif self._method == "PUT":
+                metadata = (body or {}).get("metadata") or {}
+                wanted_rv = metadata.get("resourceVersion")
+                if current is None:
+                    answer = missing
+                elif metadata.get("name") != name:
+                    answer = 400, _status(400, "BadRequest", "the name of the object does not match the URL")
+                elif wanted_rv and wanted_rv != current["metadata"]["resourceVersion"]:
+                    answer = 409, _status(409, "Conflict", f'Operation cannot be fulfilled on configmaps "{name}": '
+                                          "the object has been modified; please apply your changes to the latest "
+                                          "version and try again")
+                else:
+                    assert body is not None
+                    metadata["namespace"] = namespace
+                    stored = api._store(f"configmaps/{namespace}", api._configmaps, key, body)
+                    answer = 200, copy.deepcopy(stored)
+            else:
+                answer = 405, _status(405, "MethodNotAllowed", self._method)
+        self._send(*answer)
+
+
+def _selected(obj: Obj, selector: str | None) -> bool:
+    return selector is None or obj["metadata"]["name"] == selector.partition("=")[2]
