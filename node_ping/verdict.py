@@ -135,38 +135,50 @@ def _explain(nodes: Sequence[str], measured: Iterable[Pair], bad: set[Pair]) -> 
     being blamed on the node.
     """
     cells = set(measured)
-    receive: set[str] = set()
-    send: set[str] = set()
+    bad = bad & cells
+    # Per line (("send", node) is a row, ("receive", node) a column): its cells, and how many of
+    # them are still unexplained, and bad among those. Kept up to date as nodes are flagged, so
+    # each round costs one look at every line rather than at every cell.
+    members: dict[tuple[str, str], list[Pair]] = {}
+    for cell in cells:
+        members.setdefault(("send", cell[0]), []).append(cell)
+        members.setdefault(("receive", cell[1]), []).append(cell)
+    open_cells = {line: len(line_cells) for line, line_cells in members.items()}
+    open_bad = {line: sum(cell in bad for cell in line_cells) for line, line_cells in members.items()}
+    flagged: set[tuple[str, str]] = set()
 
     def explained(cell: Pair) -> bool:
-        return cell[0] in send or cell[1] in receive
+        return ("send", cell[0]) in flagged or ("receive", cell[1]) in flagged
 
+    order = {node: index for index, node in enumerate(nodes)}
     while True:
-        best: tuple[float, int, str, str] | None = None
-        for node in nodes:
-            for direction, flagged in (("send", send), ("receive", receive)):
-                if node in flagged:
-                    continue
-                index = 0 if direction == "send" else 1
-                mine = [cell for cell in cells if cell[index] == node and not explained(cell)]
-                n_bad = sum(cell in bad for cell in mine)
-                if n_bad < _MIN_CELLS_FOR_NODE or n_bad * 2 <= len(mine):
-                    continue
-                candidate = (n_bad / len(mine), n_bad, node, direction)
-                # Ties go to the first node in name order, so the result never depends on set order.
-                if best is None or candidate[:2] > best[:2]:
-                    best = candidate
-        if best is None:
+        candidates = [
+            (open_bad[line] / open_cells[line], open_bad[line], -order.get(line[1], 0), line == ("send", line[1]), line)
+            for line in members
+            if line not in flagged and open_bad[line] >= _MIN_CELLS_FOR_NODE and open_bad[line] * 2 > open_cells[line]
+        ]
+        if not candidates:
             break
-        (send if best[3] == "send" else receive).add(best[2])
+        # Worst share first; ties to more bad cells, then to the first node by name, rows before columns.
+        line = max(candidates)[-1]
+        for cell in members[line]:
+            if explained(cell):
+                continue
+            other = ("receive", cell[1]) if line[0] == "send" else ("send", cell[0])
+            open_cells[other] -= 1
+            open_bad[other] -= cell in bad
+        flagged.add(line)
 
+    send = {node for direction, node in flagged if direction == "send"}
+    receive = {node for direction, node in flagged if direction == "receive"}
     residual = sorted({tuple(sorted(cell)) for cell in bad if not explained(cell)})
     links = tuple((pair[0], pair[1]) for pair in residual)
     faults = len(send | receive) + len(links)
     # "Most pairs bad" alone is not enough: two isolated nodes out of five make 70 % of the pairs
     # bad, and naming the two nodes is the better answer. Cluster-wide is for when the per-node and
-    # per-link story would name more faults than half the nodes.
-    cluster_wide = len(bad) * 2 > len(cells) and faults * 2 > len(nodes)
+    # per-link story would name more faults than half the nodes (with most pairs bad), or more
+    # faults than there are nodes (whatever the share): no list that long helps anyone.
+    cluster_wide = (len(bad) * 2 > len(cells) and faults * 2 > len(nodes)) or faults > len(nodes)
     return _Explanation(frozenset(receive), frozenset(send), links, cluster_wide)
 
 

@@ -99,6 +99,9 @@ LOSS_CASES: list[tuple[str, Mesh, list[tuple[str, tuple[str, ...]]]]] = [
     ("two bad pairs sharing no node", Mesh(NODES, loss={("n1", "n2"): 0.5, ("n3", "n4"): 0.5}),
      [(LINK, ("n1", "n2")), (LINK, ("n3", "n4"))]),
     ("every pair loses 20%", Mesh(NODES, loss=everywhere(NODES, 0.2)), [(CLUSTER, tuple(NODES))]),
+    ("more scattered bad pairs than nodes", Mesh(NODES, loss=dict.fromkeys(
+        [("n1", "n2"), ("n2", "n3"), ("n3", "n4"), ("n4", "n5"), ("n5", "n1"), ("n1", "n3")], 0.3)),
+     [(CLUSTER, tuple(NODES))]),
     ("three nodes, all pairs lost", Mesh(NODES[:3], loss=everywhere(NODES[:3], 1.0)),
      [(CLUSTER, tuple(NODES[:3]))]),
     ("two nodes: a bad pair is a link, never a node", Mesh(NODES[:2], loss=everywhere(NODES[:2], 1.0)),
