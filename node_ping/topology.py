@@ -57,3 +57,25 @@ def _zone_peers(source: str, nodes: tuple[NodeTarget, ...], k: int) -> frozenset
         if better < k:
             chosen.add(node.name)
     return frozenset(chosen)
+
+
+def cluster_plan(nodes: Sequence[NodeTarget], peers_per_zone: int) -> dict[str, frozenset[str]]:
+    """Who probes whom in `zone` mode, for the whole cluster at once (for benchmarks and checks).
+
+    Same rule as `select_peers`, computed from the destination's side in N² hashes instead of
+    N times N·zone-size.
+    """
+    zones: dict[str, list[str]] = {}
+    for node in nodes:
+        zones.setdefault(node.zone or "", []).append(node.name)
+    plan: dict[str, set[str]] = {node.name: set() for node in nodes}
+    for destination in nodes:
+        own_zone = destination.zone or ""
+        for zone, members in zones.items():
+            if zone == own_zone:
+                chosen = [m for m in members if m != destination.name]
+            else:
+                chosen = sorted(members, key=lambda m: _score(destination.name, m), reverse=True)[:peers_per_zone]
+            for source in chosen:
+                plan[source].add(destination.name)
+    return {source: frozenset(targets) for source, targets in plan.items()}
