@@ -19,6 +19,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -36,6 +37,9 @@ _DURATION = re.compile(r"^(\d+(ms|s|m|h|d|w|y))+$")
 # Longer names are shortened in the matrices (with a legend), so a row of a 20-node cluster still
 # fits a terminal; 12 characters hold "ip-10-0-1-23" and most cloud short names.
 _LABEL_WIDTH = 12
+# Above this many nodes a matrix shows only the rows and columns with marked cells, the most
+# marked first: 20 columns of 8 characters still fit a wide terminal.
+_FULL_MATRIX_NODES = 20
 
 
 class DiagnoseError(Exception):
@@ -219,10 +223,6 @@ def _plural(count: int, noun: str) -> str:
     return f"{count} {noun}" + ("" if count == 1 else "s")
 
 
-def _marked(value: float, bad: bool) -> str:
-    return f"{value:.1f}" + ("!" if bad else " ")
-
-
 @dataclass(frozen=True)
 class Report:
     """A diagnosis and what it was made from."""
@@ -239,6 +239,41 @@ class Report:
         return not any(verdict.is_fault for verdict in self.verdicts)
 
 
+def _pick(names: Sequence[str], marked: Sequence[str], limit: int) -> list[str]:
+    """All names if few; else those with marked cells, the most marked first, `limit` at most."""
+    if len(names) <= limit:
+        return list(names)
+    counts = Counter(marked)
+    return sorted(sorted(counts, key=lambda name: (-counts[name], name))[:limit])
+
+
+def _matrix_section(title: str, cells: Mapping[Pair, Counts], *, rows: Mapping[str, str],
+                    columns: Mapping[str, str], show: Callable[[Counts], float | None],
+                    bad: Callable[[Counts], bool]) -> tuple[list[str], set[str]]:
+    """One matrix (rows and columns as {name: label}) and the names it shows; on a large cluster only
+    the rows and columns with marked cells."""
+    marked = [pair for pair, counts in cells.items() if show(counts) is not None and bad(counts)]
+    row_names = _pick(list(rows), [s for s, _ in marked], _FULL_MATRIX_NODES)
+    column_names = _pick(list(columns), [d for _, d in marked], _FULL_MATRIX_NODES)
+    if not row_names or not column_names:
+        return ["", f"{title}: no cell marked among {len(rows)} rows (--output json has every cell)"], set()
+    if len(row_names) < len(rows) or len(column_names) < len(columns):
+        title += (f"; showing {len(row_names)} of {len(rows)} rows and {len(column_names)} of {len(columns)} "
+                  "columns, those with the most marked cells (--output json has every cell)")
+
+    def cell(source: str, destination: str) -> str:
+        if source == destination:
+            return ". "
+        counts = cells.get((source, destination))
+        number = None if counts is None else show(counts)
+        if counts is None or number is None:
+            return "- "
+        return f"{number:.1f}" + ("!" if bad(counts) else " ")
+
+    table = _table(title, {r: rows[r] for r in row_names}, {c: columns[c] for c in column_names}, cell)
+    return ["", *table], {*row_names, *column_names}
+
+
 def render_text(report: Report) -> str:
     """Verdicts first, then the matrices they were read from, then a legend of shortened names."""
     matrix, thresholds = report.matrix, report.thresholds
@@ -248,43 +283,38 @@ def render_text(report: Report) -> str:
     lines += [f"* [{verdict.kind}] {verdict.message}" for verdict in report.verdicts]
     loss_pct = thresholds.loss_ratio * 100
     labels = abbreviate(nodes)
-    cells = matrix.measured_nodes()
-
-    def loss_cell(source: str, destination: str) -> str:
-        if source == destination:
-            return ". "
-        counts = cells.get((source, destination))
-        if counts is None:
-            return "- "
-        return _marked(counts.loss_ratio * 100, counts.loss_ratio >= thresholds.loss_ratio)
-
-    def rtt_cell(source: str, destination: str) -> str:
-        if source == destination:
-            return ". "
-        counts = cells.get((source, destination))
-        avg = None if counts is None else counts.rtt_avg_ms
-        return "- " if avg is None else _marked(avg, avg >= thresholds.latency_ms)
-
-    if nodes:
-        lines += ["", *_table(f"Packet loss % (rows: from, columns: to; ! = {loss_pct:g}% or more, - = no data)",
-                              labels, labels, loss_cell)]
-        lines += ["", *_table(f"Average RTT ms (! = {thresholds.latency_ms:g} ms or more, - = no reply or no data)",
-                              labels, labels, rtt_cell)]
     target_labels = abbreviate(targets, letter="t")
+    shown: set[str] = set()
+
+    def loss(counts: Counts) -> float:
+        return counts.loss_ratio * 100
+
+    def lossy(counts: Counts) -> bool:
+        return counts.loss_ratio >= thresholds.loss_ratio  # the analysis's own test
+
+    def slow(counts: Counts) -> bool:
+        return (counts.rtt_avg_ms or 0.0) >= thresholds.latency_ms
+
+    sections: list[tuple[str, Mapping[Pair, Counts], Mapping[str, str], Mapping[str, str],
+                         Callable[[Counts], float | None], Callable[[Counts], bool]]] = []
+    if nodes:
+        cells = matrix.measured_nodes()
+        sections += [
+            (f"Packet loss % (rows: from, columns: to; ! = {loss_pct:g}% or more, - = no data)",
+             cells, labels, labels, loss, lossy),
+            (f"Average RTT ms (! = {thresholds.latency_ms:g} ms or more, - = no reply or no data)",
+             cells, labels, labels, lambda counts: counts.rtt_avg_ms, slow),
+        ]
     if targets:
-        external = matrix.measured_external()
         sources = {source: labels.get(source, source) for source in sorted({s for s, _ in matrix.external})}
-
-        def external_cell(source: str, target: str) -> str:
-            counts = external.get((source, target))
-            if counts is None:
-                return "- "
-            return _marked(counts.loss_ratio * 100, counts.loss_ratio >= thresholds.loss_ratio)
-
-        lines += ["", *_table(f"External packet loss % (rows: node, columns: external target; ! = {loss_pct:g}% "
-                              "or more)", sources, target_labels, external_cell)]
+        sections.append((f"External packet loss % (rows: node, columns: external target; ! = {loss_pct:g}% or more)",
+                         matrix.measured_external(), sources, target_labels, loss, lossy))
+    for title, section_cells, rows, columns, show, bad in sections:
+        section, names = _matrix_section(title, section_cells, rows=rows, columns=columns, show=show, bad=bad)
+        lines += section
+        shown |= names
     legend = [f"  {label} = {name}" for mapping in (labels, target_labels) for name, label in mapping.items()
-              if label != name]
+              if label != name and name in shown]
     if legend:
         lines += ["", "Names:", *legend]
     return "".join(f"{line.rstrip()}\n" for line in lines)

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from node_ping import cli
-from node_ping.diagnose import abbreviate
+from node_ping.diagnose import Report, abbreviate, render_json, render_text
 from node_ping.verdict import (
     CLUSTER,
     EXTERNAL_CLUSTER,
@@ -254,6 +254,52 @@ class TestAbbreviate:
         assert abbreviate(names) == {names[0]: "n1", names[1]: "n2"}
 
 
+def report_of(matrix: Matrix) -> Report:
+    return Report(matrix, diagnose(matrix), Thresholds(), "15m", 1_700_000_000.0, "http://prometheus:9090")
+
+
+class TestTextOutput:
+    """What a person sees: verdicts first, then the matrix with bad cells marked, short names explained."""
+
+    def test_long_names_shortened_with_legend(self) -> None:
+        nodes = [f"ip-10-0-{i}-{20 + i}.eu-west-1.compute.internal" for i in range(1, 4)]
+        text = render_text(report_of(matrix_of(Mesh(nodes, loss=receive_loss(nodes, nodes[1], 0.3)))))
+        lines = text.splitlines()
+        assert lines[0] == ("node-ping diagnose: 3 nodes, 0 external targets, 15m up to 2023-11-14 22:13:20 UTC, "
+                            "from http://prometheus:9090")
+        assert lines[2].startswith(f"* [node-cannot-receive] node {nodes[1]} cannot receive")
+        start = lines.index("Packet loss % (rows: from, columns: to; ! = 5% or more, - = no data)")
+        assert lines[start + 1:start + 5] == [
+            "      1-21   2-22  3-23",
+            "1-21    .   30.0!  0.0",
+            "2-22  0.0      .   0.0",
+            "3-23  0.0   30.0!    .",
+        ]
+        assert lines[-4:] == ["Names:"] + [f"  {i}-{20 + i} = {name}" for i, name in enumerate(nodes, 1)]
+
+    def test_large_cluster_shows_the_marked_rows_and_columns(self) -> None:
+        nodes = [f"w{i:02}" for i in range(30)]
+        text = render_text(report_of(matrix_of(Mesh(nodes, loss=receive_loss(nodes, "w07", 0.3)))))
+        lines = text.splitlines()
+        start = next(i for i, line in enumerate(lines) if line.startswith("Packet loss %"))
+        assert lines[start].endswith("showing 20 of 30 rows and 1 of 30 columns, those with the most marked cells "
+                                     "(--output json has every cell)")
+        assert lines[start + 1].split() == ["w07"]
+        assert [line.split()[1] for line in lines[start + 2:start + 22]] == ["30.0!"] * 20
+        assert "Average RTT ms (! = 50 ms or more, - = no reply or no data): no cell marked among 30 rows" in text
+
+    def test_json_has_every_cell_and_the_verdict_numbers(self) -> None:
+        document = json.loads(render_json(report_of(matrix_of(Mesh(NODES, loss={("n1", "n2"): 0.5})))))
+        assert document["healthy"] is False
+        assert document["thresholds"] == {"loss_percent": 5.0, "latency_ms": 50.0}
+        [verdict] = document["verdicts"]
+        assert (verdict["kind"], verdict["nodes"], verdict["summary"]) == (LINK, ["n1", "n2"],
+                                                                          {"worst_loss_percent": 50.0})
+        assert len(document["matrix"]) == 20
+        assert document["matrix"][0] == {"source": "n1", "destination": "n2", "sent": 1800, "received": 900,
+                                         "loss_percent": 50.0, "rtt_avg_ms": 0.4}
+
+
 # ------------------------------------------------------------------------------------ the command
 
 
@@ -446,6 +492,11 @@ class TestPrometheusUnreachable:
             code, _, err = diagnose_cmd(capsys, "--prometheus", url)
         assert code == 2
         assert f"Prometheus at {url} rejected the query (HTTP 400): invalid parameter" in err
+
+    def test_not_an_http_url(self, capsys: pytest.CaptureFixture[str]) -> None:
+        code, _, err = diagnose_cmd(capsys, "--prometheus", "ftp://prometheus:9090")
+        assert code == 2
+        assert "--prometheus 'ftp://prometheus:9090' is not an http(s) URL" in err
 
     @pytest.mark.parametrize("argv", [["--range", "15 minutes"], ["--time", "yesterday"],
                                       ["--loss-threshold", "-1"]])
