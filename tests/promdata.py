@@ -50,6 +50,7 @@ class Mesh:
     rtt_ms: Mapping[Pair, float] = field(default_factory=dict)
     external: Sequence[str] = ()  # external target names; every node pings each
     external_loss: Mapping[Pair, float] = field(default_factory=dict)  # (node, target)
+    pings_per_step: int = PINGS_PER_STEP  # 0: exporters that export but no longer complete cycles
 
     def node_pairs(self) -> list[Pair]:
         return [(s, d) for s in self.nodes for d in self.nodes if s != d]
@@ -77,16 +78,17 @@ def _series(name: str, labels: str, per_step: float, steps: int, end: int) -> li
     return [f"{name}{labels} {per_step * i:g} {start + i * STEP_S}" for i in range(steps)]
 
 
-def _family(prefix: str, label_sets: Sequence[tuple[str, float, float]], steps: int, end: int) -> list[str]:
-    """sent, received and RTT-sum counters for (labels, loss, rtt) per target. OpenMetrics wants each
-    family in one block and each series' samples together in time order."""
+def _family(prefix: str, label_sets: Sequence[tuple[str, float, float]], steps: int, end: int,
+            pings: int) -> list[str]:
+    """sent, received and RTT-sum counters for (labels, loss, rtt) per target, `pings` sent per
+    step. OpenMetrics wants each family in one block and each series' samples together in time order."""
     lines = []
     for metric, what in (("packets_sent", "sent"), ("packets_received", "received"),
                          ("rtt_milliseconds", "rtt")):
         lines.append(f"# TYPE {prefix}_{metric} counter")
         for labels, loss, rtt in label_sets:
-            received = PINGS_PER_STEP - round(PINGS_PER_STEP * loss)
-            per_step = {"sent": PINGS_PER_STEP, "received": received, "rtt": received * rtt}[what]
+            received = pings - round(pings * loss)
+            per_step = {"sent": pings, "received": received, "rtt": received * rtt}[what]
             lines += _series(f"{prefix}_{metric}_total", labels, per_step, steps, end)
     return lines
 
@@ -108,9 +110,9 @@ def openmetrics(mesh: Mesh, end: int, minutes: int = 30) -> str:
          mesh.external_loss.get((s, t), 0.0), 12.0)
         for s, t in mesh.external_pairs()
     ]
-    lines = _family("kube_node_ping", node_sets, steps, end)
+    lines = _family("kube_node_ping", node_sets, steps, end, mesh.pings_per_step)
     if external_sets:
-        lines += _family("external_ping", external_sets, steps, end)
+        lines += _family("external_ping", external_sets, steps, end, mesh.pings_per_step)
     return "\n".join([*lines, "# EOF"]) + "\n"
 
 

@@ -418,6 +418,13 @@ class TestAgainstPrometheus:
         assert f"Prometheus at {url} has no node-ping data for the 15m before" in err
         assert "kube_node_ping_packets_sent_total" in err
 
+    def test_counters_not_growing(self, capsys: pytest.CaptureFixture[str],
+                                  prometheus_with: Callable[[str], str]) -> None:
+        code, out, err = self.run(capsys, prometheus_with, Mesh(NAMES, pings_per_step=0))
+        assert (code, out) == (2, "")
+        assert "node-ping's counters in Prometheus at" in err
+        assert "the exporters have not completed a cycle in that time" in err
+
     def test_data_outside_the_range(self, capsys: pytest.CaptureFixture[str],
                                     prometheus_with: Callable[[str], str]) -> None:
         end = int(time.time())
