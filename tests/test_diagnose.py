@@ -93,6 +93,8 @@ LOSS_CASES: list[tuple[str, Mesh, list[tuple[str, tuple[str, ...]]]]] = [
     ("bad node plus a bad pair from it the other way",
      Mesh(NODES, loss={**receive_loss(NODES, "n3", 0.3), ("n3", "n1"): 0.5}),
      [(NODE_RECEIVE, ("n3",)), (LINK, ("n1", "n3"))]),
+    ("half the peers is not most: two links, no node",
+     Mesh(NODES, loss={("n1", "n3"): 0.3, ("n2", "n3"): 0.3}), [(LINK, ("n1", "n3")), (LINK, ("n2", "n3"))]),
     ("two of five nodes cut off: two nodes, not cluster-wide",
      Mesh(NODES, loss={**isolated(NODES, "n2"), **isolated(NODES, "n4")}),
      [(NODE_ISOLATED, ("n2",)), (NODE_ISOLATED, ("n4",))]),
