@@ -17,7 +17,7 @@ from typing import Generic, TypeVar
 from node_ping import fping
 from node_ping.config import Settings
 from node_ping.metrics import Snapshot, TargetRow, render
-from node_ping.parse import parse_report
+from node_ping.parse import Sample, parse_report
 from node_ping.resolve import ResolveError, resolve
 from node_ping.stats import CycleStats, summarize
 from node_ping.targets import ConfigError, ExternalTarget, NodeTarget, TargetList, read_external, read_nodes
@@ -78,9 +78,15 @@ class _LastGood(Generic[K]):
             problems.report(self.name, f"{err}{kept}")
             return False
         problems.report(self.name, None)
-        problems.report(f"{self.name} entries", "; ".join(loaded.problems) or None)
+        problems.report(f"{self.name} entries", _some(loaded.problems, sep="; ") if loaded.problems else None)
         self.targets = loaded.targets
         return not loaded.problems
+
+
+def _some(items: Sequence[str], sep: str = ", ", shown: int = 5) -> str:
+    """The first few items, and how many more: one readable line even for 5,000 bad entries."""
+    more = f"{sep}and {len(items) - shown} more" if len(items) > shown else ""
+    return sep.join(items[:shown]) + more
 
 
 def _own_cpu() -> float:
@@ -107,17 +113,18 @@ class Prober:
         errors[kind] += 1
         self.snapshot = dataclasses.replace(self.snapshot, errors=errors)
 
-    def _resolve_external(self, targets: Sequence[ExternalTarget]) -> dict[ExternalTarget, str]:
+    def _resolve_external(self, targets: Sequence[ExternalTarget],
+                          stop: threading.Event) -> dict[ExternalTarget, str]:
         addresses: dict[ExternalTarget, str] = {}
         failures = []
         for target in targets:
             try:
-                addresses[target] = resolve(target.host)
+                addresses[target] = resolve(target.host, stop=stop)
             except ResolveError as err:
                 failures.append(str(err))
         if failures:
             self._error("dns")
-        self._problems.report("external names", "; ".join(failures) or None)
+        self._problems.report("external names", _some(failures, sep="; ") if failures else None)
         return addresses
 
     def cycle(self, stop: threading.Event) -> bool:
@@ -128,46 +135,17 @@ class Prober:
             if not target_file.load(self._problems):
                 self._error("config")
         nodes = select_peers(s.node_name, self._nodes.targets, s.topology, s.peers_per_zone)
-        external = self._resolve_external(self._external.targets)
-        wanted = [node.address for node in nodes] + list(external.values())
-        addresses = list(dict.fromkeys(wanted))  # one probe per address, shared by every target on it
+        external = self._resolve_external(self._external.targets, stop)
+        node_addresses = {node: node.address for node in nodes}
+        # One probe per address, shared by every target on it.
+        addresses = list(dict.fromkeys([*node_addresses.values(), *external.values()]))
 
-        reports: dict[str, tuple[float | None, ...]] = {}
-        fping_cpu = 0.0
-        ok = True
-        if addresses:
-            try:
-                argv = fping.build_argv(addresses, s.count, s.period_ms, s.fping)
-                result = fping.run(argv, s.fping_timeout_s, stop)
-            except fping.Interrupted:
-                return False
-            except fping.FpingError as err:
-                self._error("fping")
-                self._problems.report("fping", f"fping failed: {err}; keeping the previous results")
-                ok = False
-            else:
-                self._problems.report("fping", None)
-                reports = parse_report(result.report)
-                fping_cpu = result.cpu_seconds
-
-        missing = []
-        for address in addresses if ok else ():
-            samples = reports.get(address)
-            if samples is None or len(samples) != s.count:
-                missing.append(address)
-        if missing:
-            # Without a complete report we do not know what was sent: count nothing, say so.
-            self._error("fping")
-            ok = False
-        self._problems.report("fping report", f"fping reported no complete result for "
-                              f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}"
-                              if missing else None)
-
-        node_rows = self._update(self._node_totals, {n: n.address for n in nodes}, reports, missing,
-                                 lambda n: (n.name, n.address))
-        external_rows = self._update(self._external_totals, external, reports, missing,
-                                     lambda e: (e.name, e.host))
-        finished = self._clock()
+        probed = self._probe(addresses, stop)
+        if probed is None:
+            return False  # stopping: publish nothing half-done
+        reports, fping_cpu, ok = probed
+        node_rows = self._account(self._node_totals, node_addresses, reports, lambda n: (n.name, n.address))
+        external_rows = self._account(self._external_totals, external, reports, lambda e: (e.name, e.host))
         prev = self.snapshot
         self.snapshot = dataclasses.replace(
             prev,
@@ -178,22 +156,48 @@ class Prober:
             targets={"node": len(nodes), "external": len(external)},
             cycle_duration_s=time.monotonic() - started if ok and addresses else prev.cycle_duration_s,
             cycle_nominal_s=s.nominal_cycle_s,
-            last_success_ts=finished if ok else prev.last_success_ts,
+            last_success_ts=self._clock() if ok else prev.last_success_ts,
             fping_cpu_s=prev.fping_cpu_s + fping_cpu,
             own_cpu_s=_own_cpu(),
         )
         self.publish()
         return ok
 
-    def _update(self, totals: dict[K, _Totals], address_of: dict[K, str],
-                reports: dict[str, tuple[float | None, ...]], missing: Sequence[str],
-                labels: Callable[[K], tuple[str, str]]) -> tuple[TargetRow, ...]:
+    def _probe(self, addresses: Sequence[str],
+               stop: threading.Event) -> tuple[dict[str, tuple[Sample, ...]], float, bool] | None:
+        """Run fping; return the complete reports, fping's CPU time and whether all went well.
+        None if a stop was requested meanwhile."""
+        if not addresses:
+            return {}, 0.0, True
+        s = self.settings
+        try:
+            result = fping.run(fping.build_argv(addresses, s.count, s.period_ms, s.fping), s.fping_timeout_s, stop)
+        except fping.Interrupted:
+            return None
+        except fping.FpingError as err:
+            self._error("fping")
+            self._problems.report("fping", f"fping failed: {err}; keeping the previous results")
+            return {}, 0.0, False
+        self._problems.report("fping", None)
+        reports = {address: samples for address, samples in parse_report(result.report).items()
+                   if len(samples) == s.count}
+        # Without a complete report we do not know what was sent: count nothing for it, and say so.
+        missing = [address for address in addresses if address not in reports]
+        if missing:
+            self._error("fping")
+        self._problems.report("fping report", f"fping reported no complete result for {_some(missing)}"
+                              if missing else None)
+        return reports, result.cpu_seconds, not missing
+
+    @staticmethod
+    def _account(totals: dict[K, _Totals], address_of: dict[K, str], reports: dict[str, tuple[Sample, ...]],
+                 labels: Callable[[K], tuple[str, str]]) -> tuple[TargetRow, ...]:
         """Add this cycle's stats; forget targets that left the config (they vanish from the file)."""
         for gone in set(totals) - set(address_of):
             del totals[gone]
         for target, address in address_of.items():
             samples = reports.get(address)
-            if samples is not None and address not in missing:
+            if samples is not None:
                 totals.setdefault(target, _Totals()).add(summarize(samples))
         return tuple(TargetRow(labels(t), v.sent, v.received, v.rtt_sum_ms, v.last)
                      for t, v in sorted(totals.items()))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 
 from node_ping.targets import is_ip, normalise_ip
 
@@ -16,8 +17,11 @@ class ResolveError(Exception):
     pass
 
 
-def resolve(host: str, timeout_s: float = 5.0) -> str:
-    """The first address of `host` (IPv4 or IPv6); an IP address is returned as it is."""
+def resolve(host: str, timeout_s: float = 5.0, stop: threading.Event | None = None) -> str:
+    """The first address of `host` (IPv4 or IPv6); an IP address is returned as it is.
+
+    Waits at most `timeout_s`, and returns early (as a failure) once `stop` is set, so a shutdown
+    is never held up by a slow resolver."""
     if is_ip(host):
         return normalise_ip(host)
     result: list[str] = []
@@ -33,7 +37,9 @@ def resolve(host: str, timeout_s: float = 5.0) -> str:
     # A daemon thread: if the resolver hangs past the deadline, the process can still exit.
     worker = threading.Thread(target=lookup, name=f"resolve {host}", daemon=True)
     worker.start()
-    worker.join(timeout_s)
+    deadline = time.monotonic() + timeout_s
+    while worker.is_alive() and time.monotonic() < deadline and not (stop and stop.is_set()):
+        worker.join(0.1)
     if result:
         return result[0]
     if failure:
