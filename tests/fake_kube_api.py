@@ -97,7 +97,9 @@ class FakeKubeAPI:
         self._before_put: Callable[[], None] | None = None
         self._connections: set[socket.socket] = set()
         self._watch_connections: set[socket.socket] = set()
+        self._latest: dict[str, int] = {}  # per collection, the resourceVersion of its last change
         self.expired_as_http = False
+        self.expired_answers = 0  # watches told 410 Gone, either way
         self.requests: list[Request] = []
         self._server = _Server(("127.0.0.1", 0), _Handler)
         self._server.api = self
@@ -133,6 +135,11 @@ class FakeKubeAPI:
     def resource_version(self) -> str:
         with self._cond:
             return str(self._rv)
+
+    def latest_node_change(self) -> int:
+        """The resourceVersion of the last change to any Node."""
+        with self._cond:
+            return self._latest.get("nodes", 0)
 
     def put_node(self, node: Obj) -> None:
         """Add a Node or change it (as the kubelet does when it reports status)."""
@@ -238,6 +245,7 @@ class FakeKubeAPI:
 
     def _record(self, collection: str, kind: str, obj: Obj) -> None:
         self._history.append(_Event(self._rv, collection, kind, copy.deepcopy(obj)))
+        self._latest[collection] = self._rv
         self._cond.notify_all()
 
     @staticmethod
@@ -390,6 +398,7 @@ class _Handler(BaseHTTPRequestHandler):
         with api._cond:
             if since_text not in ("", "0") and int(since_text) < api._compacted:
                 message = f"too old resource version: {since_text} ({api._compacted})"
+                api.expired_answers += 1
                 if api.expired_as_http:
                     self._send(410, _status(410, "Expired", message))
                     return
@@ -430,6 +439,7 @@ class _Handler(BaseHTTPRequestHandler):
                     break
                 if since < api._compacted:  # history gone under an open watch: the server ends it with 410
                     message = f"too old resource version: {since} ({api._compacted})"
+                    api.expired_answers += 1
                     pending = [{"type": "ERROR", "object": _status(410, "Expired", message)}]
                     since = -1
                     continue

@@ -1,0 +1,537 @@
+"""`node-ping discover`: Node objects in, the exporter's nodes.json out, whatever the API server does.
+
+The pure parts (a Node -> its target entry, the target list -> the exact nodes.json text, "does it
+need writing") are tested on their own. The controller is tested against tests/fake_kube_api.py,
+which stands in for a Kubernetes API server, since none can run on this machine: the real
+`kubernetes` client talks to it over real HTTP on 127.0.0.1, with real watches, 410 Gone,
+conflicts, outages and other writers. What the controller writes is read back with the exporter's
+own loader, `node_ping.targets.parse_nodes`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client
+
+from node_ping.config import SettingsError
+from node_ping.discover import DiscoverSettings, configure_parser, run, settings_from_args
+from node_ping.discover_controller import LABELS, Discovery
+from node_ping.discover_nodes import (
+    needs_write,
+    node_target,
+    parse_address_types,
+    render_nodes_json,
+    summarize_change,
+    validate_nodes_json,
+)
+from node_ping.targets import NodeTarget, parse_nodes
+from tests.fake_kube_api import FakeKubeAPI, make_node
+
+NS = "monitoring"
+CM = "node-ping-nodes"
+CM_PATH = f"/api/v1/namespaces/{NS}/configmaps/{CM}"
+NODES_PATH = "/api/v1/nodes"
+REPO = Path(__file__).resolve().parents[1]
+
+# Quick retries and pages of two, so outages heal and paging happens within a test's patience.
+FAST = DiscoverSettings(namespace=NS, configmap=CM, watch_timeout_seconds=30, request_timeout=(2.0, 2.0),
+                        backoff_initial_seconds=0.05, backoff_max_seconds=0.4, settle_seconds=0.0, page_size=2)
+
+
+def wait_for(condition: Callable[[], Any], what: str, timeout: float = 15.0) -> Any:
+    """Poll until `condition()` is truthy and return it; fail naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:g}s waiting for {what}; last value: {value!r}")
+        time.sleep(0.02)
+
+
+def stored_text(kube: FakeKubeAPI) -> str | None:
+    configmap = kube.configmap(NS, CM)
+    return None if configmap is None else (configmap.get("data") or {}).get("nodes.json")
+
+
+def stored_targets(kube: FakeKubeAPI) -> tuple[NodeTarget, ...] | None:
+    """What the exporter would probe, read from the ConfigMap by its own loader."""
+    text = stored_text(kube)
+    if text is None:
+        return None
+    parsed = parse_nodes(text)
+    assert parsed.problems == ()
+    return parsed.targets
+
+
+def target(name: str, address: str, zone: str | None = None) -> NodeTarget:
+    return NodeTarget(name=name, address=address, zone=zone)
+
+
+def wait_targets(kube: FakeKubeAPI, *expected: NodeTarget, timeout: float = 15.0) -> None:
+    wait_for(lambda: stored_targets(kube) == tuple(expected), f"nodes.json to list {expected}", timeout)
+
+
+@dataclass
+class Running:
+    discovery: Discovery
+    stop: threading.Event
+    thread: threading.Thread
+
+    def caught_up(self, kube: FakeKubeAPI) -> bool:
+        """The controller has seen every Node change and the ConfigMap holds what it calls for."""
+        status = self.discovery.status()
+        return (status.nodes_resource_version is not None
+                and int(status.nodes_resource_version) >= kube.latest_node_change()
+                and status.stored is not None and status.stored == status.desired)
+
+
+@pytest.fixture
+def kube() -> Iterator[FakeKubeAPI]:
+    with FakeKubeAPI() as api:
+        yield api
+
+
+@pytest.fixture
+def start(kube: FakeKubeAPI) -> Iterator[Callable[..., Running]]:
+    """`start(**settings)` runs a controller in a thread; every one is stopped and joined at teardown."""
+    running: list[Running] = []
+    api_clients: list[Any] = []
+
+    def start_(**overrides: Any) -> Running:
+        configuration = client.Configuration(host=kube.url)
+        configuration.proxy = None  # straight to 127.0.0.1, whatever the environment says
+        api_client = client.ApiClient(configuration)
+        api_clients.append(api_client)
+        stop = threading.Event()
+        discovery = Discovery(client.CoreV1Api(api_client), replace(FAST, **overrides), stop)
+        thread = threading.Thread(target=discovery.run, name="discovery-under-test")
+        thread.start()
+        running.append(Running(discovery, stop, thread))
+        return running[-1]
+
+    try:
+        yield start_
+    finally:
+        for each in running:
+            each.stop.set()
+        for each in running:
+            each.thread.join(timeout=10)
+        for api_client in api_clients:
+            api_client.close()
+        assert not [each for each in running if each.thread.is_alive()], "a controller did not stop"
+
+
+def messages(caplog: pytest.LogCaptureFixture, fragment: str) -> list[str]:
+    return [r.getMessage() for r in caplog.records if fragment in r.getMessage()]
+
+
+# -- the pure parts -------------------------------------------------------------------------------
+
+
+class TestNodeTarget:
+    """A Node object becomes one nodes.json entry: the preferred address type, its zone, or nothing yet."""
+
+    def test_internal_ip_is_preferred_over_external_ip(self) -> None:
+        node = make_node("n1", "10.0.0.1", "203.0.113.1")
+        assert node_target(node, ("InternalIP", "ExternalIP")) == target("n1", "10.0.0.1")
+
+    def test_external_ip_when_there_is_no_internal_ip(self) -> None:
+        node = make_node("n1", None, "203.0.113.1")
+        assert node_target(node, ("InternalIP", "ExternalIP")) == target("n1", "203.0.113.1")
+
+    def test_preference_is_configurable(self) -> None:
+        node = make_node("n1", "10.0.0.1", "203.0.113.1")
+        assert node_target(node, ("ExternalIP", "InternalIP")) == target("n1", "203.0.113.1")
+        assert node_target(make_node("n2", None, "203.0.113.2"), ("InternalIP",)) is None
+
+    def test_order_of_the_address_list_does_not_override_the_preference(self) -> None:
+        node = make_node("n1", addresses=[("ExternalIP", "203.0.113.1"), ("InternalIP", "10.0.0.1")])
+        assert node_target(node, ("InternalIP", "ExternalIP")) == target("n1", "10.0.0.1")
+
+    def test_no_address_yet_gives_none(self) -> None:
+        assert node_target(make_node("n1"), ("InternalIP", "ExternalIP")) is None  # only a Hostname
+        bare = {"metadata": {"name": "n2"}, "status": {}}
+        assert node_target(bare, ("InternalIP", "ExternalIP")) is None
+
+    def test_dual_stack_takes_the_first_address_of_the_type(self) -> None:
+        node = make_node("n1", addresses=[("InternalIP", "10.0.0.1"), ("InternalIP", "fd00::1")])
+        assert node_target(node, ("InternalIP",)) == target("n1", "10.0.0.1")
+
+    def test_malformed_address_falls_through_to_the_next_usable_one(self) -> None:
+        node = make_node("n1", addresses=[("InternalIP", "not-an-ip"), ("InternalIP", "fd00:0::0:1")])
+        assert node_target(node, ("InternalIP",)) == target("n1", "fd00::1")  # normalised as fping prints it
+
+    def test_zone_from_the_topology_label_only_when_present(self) -> None:
+        assert node_target(make_node("n1", "10.0.0.1", zone="eu-1a"), ("InternalIP",)) == target(
+            "n1", "10.0.0.1", "eu-1a")
+        assert node_target(make_node("n1", "10.0.0.1"), ("InternalIP",)) == target("n1", "10.0.0.1")
+        assert node_target(make_node("n1", "10.0.0.1", zone=""), ("InternalIP",)) == target("n1", "10.0.0.1")
+
+    def test_not_ready_node_keeps_its_entry(self) -> None:
+        node = make_node("n1", "10.0.0.1", ready=False)
+        assert node_target(node, ("InternalIP",)) == target("n1", "10.0.0.1")
+
+
+class TestRenderNodesJson:
+    """The nodes.json text is a pure function of the node set: same set, same bytes."""
+
+    def test_exact_layout(self) -> None:
+        text = render_nodes_json([target("b", "10.0.0.2"), target("a", "10.0.0.1", "z1")])
+        assert text == ('[\n'
+                        '  {\n    "ipAddress": "10.0.0.1",\n    "name": "a",\n    "zone": "z1"\n  },\n'
+                        '  {\n    "ipAddress": "10.0.0.2",\n    "name": "b"\n  }\n'
+                        ']\n')
+
+    def test_order_of_discovery_does_not_matter(self) -> None:
+        nodes = [target(f"node-{i}", f"10.0.0.{i}", "z" if i % 2 else None) for i in range(1, 20)]
+        assert render_nodes_json(nodes) == render_nodes_json(reversed(nodes))
+
+    def test_the_exporter_reads_back_what_was_rendered(self) -> None:
+        nodes = (target("a", "10.0.0.1", "z1"), target("b", "fd00::2"), target("c", "192.168.1.3", "z2"))
+        parsed = parse_nodes(render_nodes_json(nodes))
+        assert parsed.targets == nodes
+        assert parsed.problems == ()
+
+    def test_empty_cluster_is_an_empty_list(self) -> None:
+        assert render_nodes_json([]) == "[]\n"
+        assert parse_nodes(render_nodes_json([])).targets == ()
+
+    def test_two_nodes_with_one_address_are_reported(self) -> None:
+        problems = validate_nodes_json(render_nodes_json([target("a", "10.0.0.1"), target("b", "10.0.0.1")]))
+        assert len(problems) == 1
+        assert "'10.0.0.1'" in problems[0] and "'b'" in problems[0]
+
+
+class TestNeedsWrite:
+    """Only a difference in the stored bytes causes a write."""
+
+    def test_identical_text_needs_no_write(self) -> None:
+        text = render_nodes_json([target("a", "10.0.0.1")])
+        assert not needs_write(text, text)
+
+    def test_missing_or_different_text_needs_a_write(self) -> None:
+        text = render_nodes_json([target("a", "10.0.0.1")])
+        assert needs_write(None, text)
+        assert needs_write(render_nodes_json([target("a", "10.0.0.2")]), text)
+        assert needs_write(json.dumps(json.loads(text)), text)  # same content, hand-formatted: put back
+
+    def test_change_summary(self) -> None:
+        old = render_nodes_json([target("a", "10.0.0.1"), target("b", "10.0.0.2")])
+        new = render_nodes_json([target("a", "10.0.0.9"), target("c", "10.0.0.3")])
+        assert summarize_change(old, new) == "1 added, 1 removed, 1 changed"
+        assert summarize_change(None, new) == "new"
+        assert summarize_change("{oops", new) == "replacing unreadable content"
+
+
+class TestSettings:
+    """Flags and env vars become validated settings; mistakes are sentences that name the fix."""
+
+    @staticmethod
+    def parse(argv: list[str]) -> argparse.Namespace:
+        parser = argparse.ArgumentParser()
+        configure_parser(parser)
+        return parser.parse_args(argv)
+
+    def test_env_vars_and_defaults(self, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+        monkeypatch.setenv("POD_NAMESPACE", "ns-from-env")
+        monkeypatch.setenv("NODE_PING_CONFIGMAP", "cm-from-env")
+        monkeypatch.delenv("NODE_PING_ADDRESS_TYPES", raising=False)
+        settings = settings_from_args(self.parse([]), tmp_path / "absent")
+        assert (settings.namespace, settings.configmap) == ("ns-from-env", "cm-from-env")
+        assert settings.address_types == ("InternalIP", "ExternalIP")
+
+    def test_flags_win_over_env_vars(self, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+        monkeypatch.setenv("POD_NAMESPACE", "ns-from-env")
+        monkeypatch.setenv("NODE_PING_CONFIGMAP", "cm-from-env")
+        monkeypatch.setenv("NODE_PING_ADDRESS_TYPES", "InternalIP")
+        args = self.parse(["--namespace", "ns", "--configmap", "cm", "--address-types", "externalip, InternalIP"])
+        settings = settings_from_args(args, tmp_path / "absent")
+        assert (settings.namespace, settings.configmap) == ("ns", "cm")
+        assert settings.address_types == ("ExternalIP", "InternalIP")
+
+    def test_namespace_falls_back_to_the_pods_own(self, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+        monkeypatch.delenv("POD_NAMESPACE", raising=False)
+        (tmp_path / "namespace").write_text("kube-system\n")
+        settings = settings_from_args(self.parse(["--configmap", "cm"]), tmp_path / "namespace")
+        assert settings.namespace == "kube-system"
+
+    def test_missing_settings_say_what_to_set(self, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+        monkeypatch.delenv("POD_NAMESPACE", raising=False)
+        monkeypatch.delenv("NODE_PING_CONFIGMAP", raising=False)
+        with pytest.raises(SettingsError, match="--configmap or NODE_PING_CONFIGMAP"):
+            settings_from_args(self.parse([]), tmp_path / "absent")
+        with pytest.raises(SettingsError, match="--namespace or POD_NAMESPACE"):
+            settings_from_args(self.parse(["--configmap", "cm"]), tmp_path / "absent")
+
+    def test_address_types(self) -> None:
+        assert parse_address_types("InternalIP,ExternalIP") == ("InternalIP", "ExternalIP")
+        assert parse_address_types(" externalip ,externalIP,") == ("ExternalIP",)
+        with pytest.raises(SettingsError, match=r"'Hostname' is not an address type .* InternalIP, ExternalIP"):
+            parse_address_types("Hostname")
+        with pytest.raises(SettingsError, match="empty"):
+            parse_address_types(" , ")
+
+    def test_run_exits_2_with_the_reason(self, monkeypatch: pytest.MonkeyPatch,
+                                         caplog: pytest.LogCaptureFixture) -> None:
+        monkeypatch.delenv("NODE_PING_CONFIGMAP", raising=False)
+        assert run(self.parse(["--namespace", "ns"])) == 2
+        assert messages(caplog, "--configmap or NODE_PING_CONFIGMAP")
+
+
+# -- the controller against the stand-in API server ------------------------------------------------
+
+
+class TestSync:
+    """The ConfigMap follows the cluster's nodes: created at start, updated on every real change."""
+
+    def test_initial_list_creates_the_configmap(self, kube: FakeKubeAPI, start: Callable[..., Running]) -> None:
+        kube.put_node(make_node("c", "10.0.0.3"))
+        kube.put_node(make_node("a", "10.0.0.1", zone="z1"))
+        kube.put_node(make_node("b", "10.0.0.2", zone="z2", ready=False))  # NotReady: still probed
+        start()
+        wait_targets(kube, target("a", "10.0.0.1", "z1"), target("b", "10.0.0.2", "z2"), target("c", "10.0.0.3"))
+        configmap = kube.configmap(NS, CM)
+        assert configmap is not None
+        assert configmap["metadata"]["labels"] == LABELS
+        assert stored_text(kube) == render_nodes_json(stored_targets(kube) or ())
+        assert kube.count("POST", f"/api/v1/namespaces/{NS}/configmaps") == 1
+        # Three nodes in pages of two: the list was followed to its end.
+        assert kube.count("GET", NODES_PATH, status=200, watch=False) == 2
+
+    def test_nodes_join_leave_and_move(self, kube: FakeKubeAPI, start: Callable[..., Running]) -> None:
+        kube.put_node(make_node("a", "10.0.0.1"))
+        start()
+        wait_targets(kube, target("a", "10.0.0.1"))
+        kube.put_node(make_node("b", "10.0.0.2", zone="z1"))
+        wait_targets(kube, target("a", "10.0.0.1"), target("b", "10.0.0.2", "z1"))
+        kube.delete_node("a")
+        wait_targets(kube, target("b", "10.0.0.2", "z1"))
+        kube.put_node(make_node("b", "10.0.0.20", zone="z1"))
+        wait_targets(kube, target("b", "10.0.0.20", "z1"))
+        kube.put_node(make_node("b", "10.0.0.20", zone="z2"))
+        wait_targets(kube, target("b", "10.0.0.20", "z2"))
+
+    def test_empty_cluster_writes_an_empty_list(self, kube: FakeKubeAPI, start: Callable[..., Running]) -> None:
+        start()
+        wait_targets(kube)
+        assert stored_text(kube) == "[]\n"
+
+    def test_node_without_address_is_left_out_until_it_has_one(
+            self, kube: FakeKubeAPI, start: Callable[..., Running], caplog: pytest.LogCaptureFixture) -> None:
+        caplog.set_level(logging.INFO, logger="node_ping")
+        kube.put_node(make_node("a", "10.0.0.1"))
+        kube.put_node(make_node("new"))  # registered, no IP reported yet
+        running = start()
+        wait_targets(kube, target("a", "10.0.0.1"))
+        for _ in range(3):  # status updates that still carry no IP
+            kube.put_node(make_node("new", ready=False))
+        wait_for(lambda: running.caught_up(kube), "the controller to see every change")
+        assert len(messages(caplog, "Node new has no address")) == 1
+        kube.put_node(make_node("new", "10.0.0.9"))
+        wait_targets(kube, target("a", "10.0.0.1"), target("new", "10.0.0.9"))
+
+    def test_address_preference_end_to_end(self, kube: FakeKubeAPI, start: Callable[..., Running]) -> None:
+        kube.put_node(make_node("both", "10.0.0.1", "203.0.113.1"))
+        kube.put_node(make_node("external-only", None, "203.0.113.2"))
+        first = start()
+        wait_targets(kube, target("both", "10.0.0.1"), target("external-only", "203.0.113.2"))
+        first.stop.set()
+        first.thread.join(timeout=10)
+        start(address_types=("ExternalIP",))
+        wait_targets(kube, target("both", "203.0.113.1"), target("external-only", "203.0.113.2"))
+
+
+class TestNoChurn:
+    """The ConfigMap is written only when the target list changes, so exporter pods' volumes stay still."""
+
+    def test_node_status_updates_do_not_write(self, kube: FakeKubeAPI, start: Callable[..., Running]) -> None:
+        kube.put_node(make_node("a", "10.0.0.1", zone="z1"))
+        kube.put_node(make_node("b", "10.0.0.2"))
+        running = start()
+        wait_targets(kube, target("a", "10.0.0.1", "z1"), target("b", "10.0.0.2"))
+        wait_for(lambda: running.caught_up(kube), "the controller to settle")
+        writes = kube.count("PUT", CM_PATH) + kube.count("POST", f"/api/v1/namespaces/{NS}/configmaps")
+        for ready in (False, True, False):  # heartbeats and NotReady flips: same names, addresses, zones
+            kube.put_node(make_node("a", "10.0.0.1", zone="z1", ready=ready))
+        kube.put_node(make_node("b", "10.0.0.2", external_ip="203.0.113.2"))  # a less preferred address appears
+        wait_for(lambda: running.caught_up(kube), "the controller to see the status updates")
+        assert kube.count("PUT", CM_PATH) + kube.count("POST", f"/api/v1/namespaces/{NS}/configmaps") == writes
+        # A real change is still written, exactly once.
+        kube.put_node(make_node("c", "10.0.0.3"))
+        wait_targets(kube, target("a", "10.0.0.1", "z1"), target("b", "10.0.0.2"), target("c", "10.0.0.3"))
+        wait_for(lambda: running.caught_up(kube), "the controller to settle")
+        assert kube.count("PUT", CM_PATH) == 1
+        assert running.discovery.status().writes == 2  # the create and this update
+
+    def test_restart_with_an_up_to_date_configmap_writes_nothing(
+            self, kube: FakeKubeAPI, start: Callable[..., Running]) -> None:
+        kube.put_node(make_node("a", "10.0.0.1"))
+        first = start()
+        wait_targets(kube, target("a", "10.0.0.1"))
+        wait_for(lambda: first.caught_up(kube), "the first controller to settle")
+        first.stop.set()
+        first.thread.join(timeout=10)
+        resource_version = (kube.configmap(NS, CM) or {})["metadata"]["resourceVersion"]
+        second = start()
+        wait_for(lambda: second.caught_up(kube), "the second controller to compare the ConfigMap")
+        assert (kube.configmap(NS, CM) or {})["metadata"]["resourceVersion"] == resource_version
+        assert kube.count("PUT", CM_PATH) == 0
+        assert second.discovery.status().writes == 0
+
+
+class TestOwnership:
+    """The controller owns nodes.json: other writers' edits and deletions are undone, their other keys kept."""
+
+    def test_deleted_configmap_is_recreated(self, kube: FakeKubeAPI, start: Callable[..., Running]) -> None:
+        kube.put_node(make_node("a", "10.0.0.1"))
+        start()
+        wait_targets(kube, target("a", "10.0.0.1"))
+        kube.delete_configmap(NS, CM)
+        wait_for(lambda: kube.count("POST", f"/api/v1/namespaces/{NS}/configmaps", status=201) == 2,
+                 "the ConfigMap to be created again")
+        wait_targets(kube, target("a", "10.0.0.1"))
+        assert (kube.configmap(NS, CM) or {})["metadata"]["labels"] == LABELS
+
+    def test_edited_nodes_json_is_restored_and_other_keys_kept(
+            self, kube: FakeKubeAPI, start: Callable[..., Running]) -> None:
+        kube.put_node(make_node("a", "10.0.0.1"))
+        running = start()
+        wait_targets(kube, target("a", "10.0.0.1"))
+        edited = kube.configmap(NS, CM)
+        assert edited is not None
+        edited["data"]["nodes.json"] = '[{"name": "intruder", "ipAddress": "192.0.2.66"}]'
+        edited["data"]["note.txt"] = "kept"
+        kube.put_configmap(edited)
+        wait_targets(kube, target("a", "10.0.0.1"))
+        wait_for(lambda: running.caught_up(kube), "the controller to settle")
+        assert (kube.configmap(NS, CM) or {})["data"]["note.txt"] == "kept"
+        puts = kube.count("PUT", CM_PATH, status=200)
+        # An edit of another key only is none of its business: the next write keeps it, and no extra write.
+        edited = kube.configmap(NS, CM) or {}
+        edited["data"]["note.txt"] = "changed"
+        kube.put_configmap(edited)
+        kube.put_node(make_node("b", "10.0.0.2"))  # a later change proves it kept watching
+        wait_targets(kube, target("a", "10.0.0.1"), target("b", "10.0.0.2"))
+        wait_for(lambda: running.caught_up(kube), "the controller to settle")
+        assert (kube.configmap(NS, CM) or {})["data"]["note.txt"] == "changed"
+        assert kube.count("PUT", CM_PATH, status=200) == puts + 1
+
+    def test_update_conflict_is_retried(self, kube: FakeKubeAPI, start: Callable[..., Running]) -> None:
+        kube.put_node(make_node("a", "10.0.0.1"))
+        start()
+        wait_targets(kube, target("a", "10.0.0.1"))
+
+        def other_writer(api: FakeKubeAPI) -> None:
+            configmap = api.configmap(NS, CM) or {}
+            configmap.setdefault("metadata", {}).setdefault("annotations", {})["someone/else"] = "was here"
+            api.put_configmap(configmap)
+
+        kube.edit_before_next_put(other_writer)
+        kube.put_node(make_node("b", "10.0.0.2"))
+        wait_targets(kube, target("a", "10.0.0.1"), target("b", "10.0.0.2"))
+        assert kube.count("PUT", CM_PATH, status=409) == 1
+        assert kube.count("PUT", CM_PATH, status=200) == 1
+        assert (kube.configmap(NS, CM) or {})["metadata"]["annotations"] == {"someone/else": "was here"}
+
+
+class TestApiTrouble:
+    """Expired watches, outages, dropped and hanging connections: it converges and never dies."""
+
+    @pytest.mark.parametrize("expired_as_http", [False, True], ids=["error-event", "http-410"])
+    def test_expired_watch_relists(self, kube: FakeKubeAPI, start: Callable[..., Running],
+                                   expired_as_http: bool) -> None:
+        kube.expired_as_http = expired_as_http
+        kube.put_node(make_node("a", "10.0.0.1"))
+        kube.put_node(make_node("b", "10.0.0.2"))
+        running = start()
+        wait_targets(kube, target("a", "10.0.0.1"), target("b", "10.0.0.2"))
+        lists = kube.count("GET", NODES_PATH, status=200, watch=False)
+        with kube.outage(503):
+            # Changes the controller cannot see, then the history that would tell it about them is gone.
+            kube.delete_node("a")
+            kube.put_node(make_node("b", "10.0.0.20"))
+            kube.put_node(make_node("c", "10.0.0.3"))
+            kube.compact()
+        wait_targets(kube, target("b", "10.0.0.20"), target("c", "10.0.0.3"))
+        assert kube.expired_answers >= 1
+        assert kube.count("GET", NODES_PATH, status=200, watch=False) > lists
+        assert running.thread.is_alive()
+
+    @pytest.mark.parametrize("kind", [500, "drop", "hang"])
+    def test_outage_converges_and_logs_once(self, kube: FakeKubeAPI, start: Callable[..., Running],
+                                            caplog: pytest.LogCaptureFixture, kind: str | int) -> None:
+        caplog.set_level(logging.INFO, logger="node_ping")
+        kube.put_node(make_node("a", "10.0.0.1"))
+        # A short resync and read timeout, so the ConfigMap is re-read (and times out) during a hang.
+        running = start(resync_seconds=0.3, request_timeout=(1.0, 1.0))
+        wait_targets(kube, target("a", "10.0.0.1"))
+
+        def failed_requests() -> int:
+            return sum(1 for r in list(kube.requests) if r.status in (0, 500))
+
+        with kube.outage(kind):
+            kube.delete_node("a")
+            kube.put_node(make_node("b", "10.0.0.2"))
+            wait_for(lambda: failed_requests() >= 5, "the controller to keep retrying", timeout=30)
+            assert running.thread.is_alive()
+        wait_targets(kube, target("b", "10.0.0.2"))
+        wait_for(lambda: messages(caplog, "works again"), "the recovery to be logged")
+        for loop in ("watching Nodes", f"updating ConfigMap {NS}/{CM}", f"watching ConfigMap {NS}/{CM}"):
+            assert len(messages(caplog, f"{loop} failed:")) <= 1, f"{loop}: logged every retry"
+        assert failed_requests() >= 5
+        assert running.thread.is_alive()
+
+    def test_stops_promptly_with_watches_open(self, kube: FakeKubeAPI, start: Callable[..., Running]) -> None:
+        kube.put_node(make_node("a", "10.0.0.1"))
+        running = start(watch_timeout_seconds=300)
+        wait_targets(kube, target("a", "10.0.0.1"))
+        wait_for(lambda: kube.count("GET", NODES_PATH, watch=True) >= 1, "the Node watch to open")
+        running.stop.set()
+        running.thread.join(timeout=5)
+        assert not running.thread.is_alive()
+
+
+class TestCommand:
+    """`node-ping discover` as the Deployment runs it: a kubeconfig, and SIGTERM or SIGINT to stop."""
+
+    @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+    def test_runs_and_stops_on_signal(self, kube: FakeKubeAPI, tmp_path: Path, signum: signal.Signals) -> None:
+        kube.put_node(make_node("a", "10.0.0.1", zone="z1"))
+        kubeconfig = tmp_path / "kubeconfig"
+        kubeconfig.write_text(json.dumps({
+            "apiVersion": "v1", "kind": "Config", "current-context": "fake",
+            "clusters": [{"name": "fake", "cluster": {"server": kube.url}}],
+            "users": [{"name": "fake", "user": {"token": "not-a-secret"}}],
+            "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake"}}],
+        }))
+        env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
+        env.update(POD_NAMESPACE=NS, NODE_PING_CONFIGMAP=CM, PYTHONPATH=str(REPO))
+        process = subprocess.Popen([sys.executable, "-m", "node_ping", "discover", "--kubeconfig", str(kubeconfig)],
+                                   cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            wait_targets(kube, target("a", "10.0.0.1", "z1"), timeout=30)
+            process.send_signal(signum)
+            _, stderr = process.communicate(timeout=10)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
+        assert process.returncode == 0, stderr
+        assert "stopping" in stderr
+        assert f"created ConfigMap {NS}/{CM}: nodes.json lists 1 nodes" in stderr
