@@ -141,3 +141,52 @@ slack for the last replies and the textfile write.
 {{- "ClusterFirst" }}
 {{- end }}
 {{- end }}
+
+{{/*
+Helpers of the PrometheusRule (prometheusrule.yaml). With the default values they reproduce the
+words of monitoring/node-ping.rules.yaml exactly, so the rendered rules equal that file.
+*/}}
+
+{{/*
+A Prometheus duration in words for alert descriptions: "5m" -> "5 minutes", "1h" -> "1 hour".
+A compound duration ("1h30m") stays as it is.
+*/}}
+{{- define "node-ping.durationWords" -}}
+{{- $units := dict "ms" "millisecond" "s" "second" "m" "minute" "h" "hour" "d" "day" "w" "week" "y" "year" }}
+{{- $duration := toString . }}
+{{- if regexMatch "^[0-9]+(ms|s|m|h|d|w|y)$" $duration }}
+{{- $count := regexFind "^[0-9]+" $duration }}
+{{- $count }} {{ get $units (trimPrefix $count $duration) }}{{ if ne $count "1" }}s{{ end }}
+{{- else }}
+{{- $duration }}
+{{- end }}
+{{- end }}
+
+{{/*
+A fraction as a percentage for alert descriptions: 0.05 -> "5%", 0.025 -> "2.5%". The rounding
+hides float noise (0.07 * 100 = 7.000000000000001).
+*/}}
+{{- define "node-ping.percent" -}}
+{{- round (mulf . 100) 2 }}%
+{{- end }}
+
+{{/* As node-ping.percent, but 0.5 reads "half", as in "lose more than half of their packets". */}}
+{{- define "node-ping.share" -}}
+{{- if eq (float64 .) 0.5 }}half{{ else }}{{ include "node-ping.percent" . }}{{ end }}
+{{- end }}
+
+{{/*
+The textfile prefix as the start of a regular expression inside a double-quoted PromQL string:
+regex metacharacters escaped, then backslashes and quotes escaped for the string.
+*/}}
+{{- define "node-ping.prefixRegex" -}}
+{{- regexQuoteMeta .Values.textfile.prefix | replace "\\" "\\\\" | replace "\"" "\\\"" }}
+{{- end }}
+
+{{/*
+The labels of one alert: prometheusRule.additionalRuleLabels plus its severity, which wins.
+Call with (dict "severity" $severity "ctx" $).
+*/}}
+{{- define "node-ping.ruleLabels" -}}
+{{- toYaml (merge (dict "severity" .severity) (default (dict) .ctx.Values.prometheusRule.additionalRuleLabels)) }}
+{{- end }}
