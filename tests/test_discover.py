@@ -135,6 +135,11 @@ def start(kube: FakeKubeAPI) -> Iterator[Callable[..., Running]]:
         for api_client in api_clients:
             api_client.close()
         assert not [each for each in running if each.thread.is_alive()], "a controller did not stop"
+        assert not watch_threads(), "a controller left a watch thread behind"
+
+
+def watch_threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.startswith("discover-")]
 
 
 def messages(caplog: pytest.LogCaptureFixture, fragment: str) -> list[str]:
@@ -432,7 +437,9 @@ class TestOwnership:
         assert (kube.configmap(NS, CM) or {})["data"]["note.txt"] == "changed"
         assert kube.count("PUT", CM_PATH, status=200) == puts + 1
 
-    def test_update_conflict_is_retried(self, kube: FakeKubeAPI, start: Callable[..., Running]) -> None:
+    def test_update_conflict_is_retried(self, kube: FakeKubeAPI, start: Callable[..., Running],
+                                        caplog: pytest.LogCaptureFixture) -> None:
+        caplog.set_level(logging.INFO, logger="node_ping")
         kube.put_node(make_node("a", "10.0.0.1"))
         start()
         wait_targets(kube, target("a", "10.0.0.1"))
@@ -448,6 +455,9 @@ class TestOwnership:
         assert kube.count("PUT", CM_PATH, status=409) == 1
         assert kube.count("PUT", CM_PATH, status=200) == 1
         assert (kube.configmap(NS, CM) or {})["metadata"]["annotations"] == {"someone/else": "was here"}
+        # A lost race is routine: read again and write at once, no failure and no backoff.
+        assert messages(caplog, "changed while being written (HTTP 409)")
+        assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
 
 
 class TestApiTrouble:
@@ -505,6 +515,7 @@ class TestApiTrouble:
         running.stop.set()
         running.thread.join(timeout=5)
         assert not running.thread.is_alive()
+        wait_for(lambda: not watch_threads(), "the watch threads to end", timeout=5)
 
 
 class TestCommand:
