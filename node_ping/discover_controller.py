@@ -49,6 +49,13 @@ MAX_CONFLICTS = 5
 _POLL_SECONDS = 0.2
 # How long stopping waits for the watch threads before leaving them to process exit.
 _STOP_GRACE_SECONDS = 3.0
+# A watch that ends sooner than this without a single event is treated as a failure (as client-go
+# does), so a proxy that closes every watch at once gets backoff rather than a tight loop.
+_SHORT_WATCH_SECONDS = 1.0
+
+
+class ShortWatch(ConnectionError):
+    """The server ended a watch at once without sending anything."""
 
 
 def http_status(err: BaseException) -> int | None:
@@ -173,8 +180,14 @@ class Discovery:
         try:
             timeout = self._settings.watch_timeout_seconds
             read_timeout = timeout + 30  # past the server's own end of the watch: a dead connection
-            yield from stream.stream(func, timeout_seconds=timeout, allow_watch_bookmarks=True,  # type: ignore[no-untyped-call]
-                                     _request_timeout=(self._settings.request_timeout[0], read_timeout), **kwargs)
+            started = time.monotonic()
+            events = 0
+            for event in stream.stream(func, timeout_seconds=timeout, allow_watch_bookmarks=True,  # type: ignore[no-untyped-call]
+                                       _request_timeout=(self._settings.request_timeout[0], read_timeout), **kwargs):
+                events += 1
+                yield event
+            if not events and time.monotonic() - started < _SHORT_WATCH_SECONDS and not self._stop.is_set():
+                raise ShortWatch("the API server ended the watch at once without an event")
         finally:
             with self._lock:
                 self._watches.discard(stream)
@@ -314,8 +327,8 @@ class Discovery:
             except Exception as err:  # the loop must outlive anything the API does
                 if self._stop.is_set():
                     break
-                if http_status(err) == 410:
-                    resource_version = None
+                if http_status(err) == 410 and resource_version is not None:
+                    resource_version = None  # start over: the server first replays the current object
                     continue
                 backoff.failed(err)
 

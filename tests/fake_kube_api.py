@@ -33,6 +33,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 Obj = dict[str, Any]
+_END, _CUT = -1, -2  # how a watch stream stops: an orderly end, or a cut connection
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,7 @@ class FakeKubeAPI:
         self._latest: dict[str, int] = {}  # per collection, the resourceVersion of its last change
         self.expired_as_http = False
         self.expired_answers = 0  # watches told 410 Gone, either way
+        self.watches_end_at_once = False  # like a misbehaving proxy: every watch ends right after it starts
         self.requests: list[Request] = []
         self._server = _Server(("127.0.0.1", 0), _Handler)
         self._server.api = self
@@ -391,65 +393,74 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(200, {"kind": kind, "apiVersion": "v1", "metadata": metadata, "items": page})
 
     def _watch(self, collection: str, selector: str | None) -> None:
-        api = self.api
-        since_text = self._query.get("resourceVersion") or ""
+        begun = self._watch_start(collection, selector)
+        if begun is None:
+            return  # answered with a plain HTTP 410
+        pending, since = begun
         deadline = time.monotonic() + float(self._query.get("timeoutSeconds") or 1800)
         bookmarks = self._query.get("allowWatchBookmarks") in ("1", "true")
+        self._log(200)
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        if self.api.watches_end_at_once:
+            since = _END
+        while True:
+            for event in pending:
+                self._chunk(json.dumps(event).encode() + b"\n")
+            if since == _END:
+                break
+            pending, since = self._watch_wait(collection, selector, since, deadline, bookmarks)
+            if since == _CUT:
+                self.close_connection = True
+                return  # cut by drop_watches(): no orderly end of the stream
+        self._chunk(b"")
+        with self.api._cond:
+            self.api._watch_connections.discard(self.connection)
+
+    def _watch_start(self, collection: str, selector: str | None) -> tuple[list[Obj], int] | None:
+        """The first events of a watch and the resourceVersion it stands at; None if answered with HTTP 410."""
+        api = self.api
+        since_text = self._query.get("resourceVersion") or ""
         with api._cond:
             if since_text not in ("", "0") and int(since_text) < api._compacted:
                 message = f"too old resource version: {since_text} ({api._compacted})"
                 api.expired_answers += 1
                 if api.expired_as_http:
                     self._send(410, _status(410, "Expired", message))
-                    return
-                pending = [{"type": "ERROR", "object": _status(410, "Expired", message)}]
-                since = -1  # nothing follows the error
-            elif since_text in ("", "0"):
-                pending = [{"type": "ADDED", "object": copy.deepcopy(o)} for o in self._objects(collection, selector)]
-                since = api._rv
-            else:
-                pending = []
-                since = int(since_text)
+                    return None
+                return [{"type": "ERROR", "object": _status(410, "Expired", message)}], _END
             api._watch_connections.add(self.connection)
-        self._log(200)
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Transfer-Encoding", "chunked")
-        self.end_headers()
-        while True:
-            for event in pending:
-                self._chunk(json.dumps(event).encode() + b"\n")
-            if since < 0:
-                break
-            with api._cond:
-                seen = since
-                api._cond.wait_for(lambda: api._closing or api._rv > seen or time.monotonic() >= deadline  # noqa: B023  (called right here)
-                                   or self.connection not in api._watch_connections,
-                                   timeout=max(0.0, deadline - time.monotonic()))
-                if self.connection not in api._watch_connections:
-                    self.close_connection = True
-                    return  # cut by drop_watches(): no orderly end of the stream
-                if api._closing or time.monotonic() >= deadline:
-                    if bookmarks and not api._closing:
-                        pending = [{"type": "BOOKMARK", "object": {"kind": "Node" if collection == "nodes"
-                                                                   else "ConfigMap", "apiVersion": "v1",
-                                                                   "metadata": {"resourceVersion": str(since)}}}]
-                        for event in pending:
-                            self._chunk(json.dumps(event).encode() + b"\n")
-                    break
-                if since < api._compacted:  # history gone under an open watch: the server ends it with 410
-                    message = f"too old resource version: {since} ({api._compacted})"
-                    api.expired_answers += 1
-                    pending = [{"type": "ERROR", "object": _status(410, "Expired", message)}]
-                    since = -1
-                    continue
-                pending = [{"type": e.type, "object": copy.deepcopy(e.object)} for e in api._history
-                           if e.resource_version > since and e.collection == collection
-                           and _selected(e.object, selector)]
-                since = api._rv
-        self._chunk(b"")
+            if since_text in ("", "0"):  # no resourceVersion: the current objects first, as ADDED
+                current = self._objects(collection, selector)
+                return [{"type": "ADDED", "object": copy.deepcopy(o)} for o in current], api._rv
+            return [], int(since_text)
+
+    def _watch_wait(self, collection: str, selector: str | None, since: int, deadline: float,
+                    bookmarks: bool) -> tuple[list[Obj], int]:
+        """Wait for changes after `since`: (events, new resourceVersion), or _END / _CUT for how the stream ends."""
+        api = self.api
         with api._cond:
-            api._watch_connections.discard(self.connection)
+            api._cond.wait_for(lambda: api._closing or api._rv > since or time.monotonic() >= deadline
+                               or self.connection not in api._watch_connections,
+                               timeout=max(0.0, deadline - time.monotonic()))
+            if self.connection not in api._watch_connections:
+                return [], _CUT
+            if api._closing:
+                return [], _END
+            if time.monotonic() >= deadline:
+                kind = "Node" if collection == "nodes" else "ConfigMap"
+                bookmark = {"type": "BOOKMARK", "object": {"kind": kind, "apiVersion": "v1",
+                                                           "metadata": {"resourceVersion": str(since)}}}
+                return [bookmark] if bookmarks else [], _END
+            if since < api._compacted:  # history gone under an open watch: the server ends it with 410
+                api.expired_answers += 1
+                message = f"too old resource version: {since} ({api._compacted})"
+                return [{"type": "ERROR", "object": _status(410, "Expired", message)}], _END
+            events = [{"type": e.type, "object": copy.deepcopy(e.object)} for e in api._history
+                      if e.resource_version > since and e.collection == collection and _selected(e.object, selector)]
+            return events, api._rv
 
     # -- single ConfigMaps ---------------------------------------------------------------------
 

@@ -507,6 +507,18 @@ class TestApiTrouble:
         assert failed_requests() >= 5
         assert running.thread.is_alive()
 
+    def test_watches_that_end_at_once_are_retried_with_backoff(
+            self, kube: FakeKubeAPI, start: Callable[..., Running], caplog: pytest.LogCaptureFixture) -> None:
+        kube.put_node(make_node("a", "10.0.0.1"))
+        kube.watches_end_at_once = True
+        start()
+        wait_targets(kube, target("a", "10.0.0.1"))
+        wait_for(lambda: kube.count("GET", NODES_PATH, watch=True) >= 4, "the controller to watch again")
+        assert len(messages(caplog, "watching Nodes failed: ShortWatch")) == 1
+        kube.watches_end_at_once = False
+        kube.put_node(make_node("b", "10.0.0.2"))
+        wait_targets(kube, target("a", "10.0.0.1"), target("b", "10.0.0.2"))
+
     def test_stops_promptly_with_watches_open(self, kube: FakeKubeAPI, start: Callable[..., Running]) -> None:
         kube.put_node(make_node("a", "10.0.0.1"))
         running = start(watch_timeout_seconds=300)
