@@ -256,8 +256,9 @@ class TestValuesSchema:
         # (except `global`, which a parent chart may pass).
         assert set(schema["properties"]) - {"global"} == set(chart.values)
 
-    def test_reserved_sections_for_rules_and_dashboard(self, chart: helm.Chart) -> None:
-        """prometheusRule and grafanaDashboard are accepted now, for templates that come later."""
+    def test_rules_and_dashboard_sections(self, chart: helm.Chart) -> None:
+        """prometheusRule and grafanaDashboard are off by default and accept the kube-prometheus-stack
+        settings; tests/test_chart_monitoring.py checks what they render."""
         assert chart.values["prometheusRule"]["enabled"] is False
         assert chart.values["prometheusRule"]["labels"] == {}
         assert chart.values["grafanaDashboard"]["enabled"] is False
