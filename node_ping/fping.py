@@ -117,6 +117,10 @@ def run(argv: list[str], timeout_s: float, stop: threading.Event, poll_s: float 
                     raise FpingTimeout(f"fping ran longer than {timeout_s:.0f} s and was killed") from None
     finally:
         _stop(process)
+    if stop.is_set():
+        # A stop signal sent to the whole process group (Ctrl-C, `timeout`) also ends fping: that
+        # is the stop, not an fping fault, and its cut-short report must not be counted.
+        raise Interrupted("stopped while fping was running")
     cpu = _children_cpu() - cpu_before
     code = process.returncode
     if code < 0:
