@@ -8,6 +8,7 @@ bring the process down.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -120,12 +121,16 @@ class Exporter:
         return self.process.wait(timeout=30)
 
 
+StartExporter = Callable[..., Exporter]
+
+
 @pytest.fixture
-def start_exporter(tmp_path: Path) -> Iterator[Callable[[list[dict[str, str]]], Exporter]]:
-    """Start `node-ping run --count 1 --period-ms 20` on a nodes.json; stopped at teardown."""
+def start_exporter(tmp_path: Path) -> Iterator[StartExporter]:
+    """Start `node-ping run --count 1 --period-ms 20 [extra flags]` on a nodes.json; killed at teardown,
+    with any fping it left running."""
     started: list[Exporter] = []
 
-    def start(nodes: list[dict[str, str]]) -> Exporter:
+    def start(nodes: list[dict[str, str]], *extra: str) -> Exporter:
         textfile = tmp_path / "textfile"
         textfile.mkdir()
         config = tmp_path / "nodes.json"
@@ -135,8 +140,8 @@ def start_exporter(tmp_path: Path) -> Iterator[Callable[[list[dict[str, str]]], 
             process = subprocess.Popen(
                 [sys.executable, "-m", "node_ping", "run", "--node-name", SOURCE, "--textfile-dir", str(textfile),
                  "--config", str(config), "--external-config", str(tmp_path / "absent.json"),
-                 "--count", "1", "--period-ms", "20"],
-                cwd=REPO, stdin=subprocess.DEVNULL, stdout=log_handle, stderr=log_handle)
+                 "--count", "1", "--period-ms", "20", *extra],
+                cwd=REPO, stdin=subprocess.DEVNULL, stdout=log_handle, stderr=log_handle, start_new_session=True)
         exporter = Exporter(process, textfile, config, log)
         started.append(exporter)
         return exporter
@@ -146,6 +151,8 @@ def start_exporter(tmp_path: Path) -> Iterator[Callable[[list[dict[str, str]]], 
         if exporter.process.poll() is None:
             exporter.process.kill()
         exporter.process.wait()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(exporter.process.pid, signal.SIGKILL)  # its own session: fping or a stand-in
 
 
 def window(samples: list[tuple[int, int, int]], low: int, high: int, index: int) -> list[int]:
@@ -161,7 +168,7 @@ class TestSoak:
     TARGETS = 48
 
     def test_memory_and_descriptors_flat_files_always_complete(
-            self, start_exporter: Callable[[list[dict[str, str]]], Exporter]) -> None:
+            self, start_exporter: StartExporter) -> None:
         nodes = loopback_nodes(self.TARGETS)
         exporter = start_exporter(nodes)
 
@@ -220,7 +227,7 @@ class TestChurn:
     """The node list changes every cycle, and every other version of it is broken."""
 
     def test_nodes_join_and_leave_and_config_flips_to_invalid(
-            self, start_exporter: Callable[[list[dict[str, str]]], Exporter]) -> None:
+            self, start_exporter: StartExporter) -> None:
         pool = loopback_nodes(30)
         addresses = {node["name"]: node["ipAddress"] for node in pool}
         exporter = start_exporter(pool[:10])
@@ -286,3 +293,104 @@ class TestChurn:
         log = exporter.log.read_text()
         assert "Traceback" not in log and "unexpectedly" not in log
         assert [p.name for p in exporter.textfile.iterdir()] == [exporter.output.name]
+
+
+def fping_child(pid: int, timeout_s: float = 10) -> int:
+    """The pid of the fping that `pid` is running right now (waits for the next one)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for children in Path(f"/proc/{pid}/task").glob("*/children"):
+            for child in children.read_text().split():
+                with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+                    if Path(f"/proc/{child}/comm").read_text().strip() == "fping":
+                        return int(child)
+        time.sleep(0.01)
+    raise AssertionError(f"no fping child of {pid} within {timeout_s} s")
+
+
+def wait_for(exporter: Exporter, cycles: int, timeout_s: float = 30) -> Series:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert exporter.process.poll() is None, exporter.log.read_text()[-2000:]
+        if exporter.cycles() >= cycles:
+            return read_complete(exporter.output.read_text())
+        time.sleep(0.05)
+    raise AssertionError(f"cycle {cycles} not written within {timeout_s} s: {exporter.log.read_text()[-2000:]}")
+
+
+class TestFpingFaults:
+    """fping dying or hanging under a running `node-ping run`: the process carries on, the file on
+    disk keeps the last good numbers, and the error shows in node_ping_errors_total{kind="fping"}."""
+
+    NODES = loopback_nodes(4)
+
+    def test_fping_killed_mid_cycle(self, start_exporter: StartExporter) -> None:
+        # 20 pings 100 ms apart: fping runs for two seconds of every cycle, long enough to be hit.
+        exporter = start_exporter(self.NODES, "--count", "20", "--period-ms", "100")
+        good = wait_for(exporter, 1)
+        assert set(good["kube_node_ping_packets_sent_total"].values()) == {20}
+        child = fping_child(exporter.process.pid)
+        before = exporter.output.read_text()
+        os.kill(child, signal.SIGKILL)
+        # Until the next write, the last good file is there, whole.
+        assert exporter.output.read_text() == before
+
+        failed = wait_for(exporter, 2)
+        assert failed["node_ping_errors_total"]["fping"] == 1
+        assert failed["kube_node_ping_exceptions_total"][""] == 1
+        # Nothing of the killed run is counted: the ping data is the last good cycle's.
+        for name in ("kube_node_ping_packets_sent_total", "kube_node_ping_packets_received_total",
+                     "kube_node_ping_rtt_milliseconds_total", "kube_node_ping_rtt_min"):
+            assert failed[name] == good[name], name
+        assert failed["node_ping_last_success_timestamp_seconds"] == good["node_ping_last_success_timestamp_seconds"]
+
+        recovered = wait_for(exporter, 3)
+        assert set(recovered["kube_node_ping_packets_sent_total"].values()) == {40}
+        assert recovered["kube_node_ping_packets_received_total"] == recovered["kube_node_ping_packets_sent_total"]
+        assert recovered["node_ping_errors_total"]["fping"] == 1
+        assert exporter.stop() == 0
+        assert "fping was killed by signal 9" in exporter.log.read_text()
+
+    def test_hanging_fping_is_killed_at_the_hard_timeout(self, start_exporter: StartExporter,
+                                                         tmp_path: Path) -> None:
+        # A stand-in that hangs on its second run and ignores SIGTERM (SIG_IGN survives exec).
+        # With --count 5 --period-ms 200 the hard timeout is 5 x 0.2 s x 1.5 + 10 s = 11.5 s.
+        calls, hung = tmp_path / "calls", tmp_path / "hung.pid"
+        wrapper = tmp_path / "fping-hangs-once"
+        wrapper.write_text(f"""#!/bin/sh
+n=$(cat {calls} 2>/dev/null || echo 0); n=$((n + 1)); echo $n > {calls}
+if [ "$n" = 2 ]; then echo $$ > {hung}; trap '' TERM; exec sleep 3600; fi
+exec fping "$@"
+""")
+        wrapper.chmod(0o755)
+        exporter = start_exporter(self.NODES, "--count", "5", "--period-ms", "200", "--fping", str(wrapper))
+        good = wait_for(exporter, 1)
+        deadline = time.monotonic() + 10
+        while not hung.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.1)
+        pid = int(hung.read_text())
+        assert Path(f"/proc/{pid}").exists()
+        assert read_complete(exporter.output.read_text())["node_ping_cycles_total"] == good["node_ping_cycles_total"]
+
+        failed = wait_for(exporter, 2, timeout_s=25)
+        assert not Path(f"/proc/{pid}").exists(), "the hung fping was left running"
+        assert failed["node_ping_errors_total"]["fping"] == 1
+        assert failed["kube_node_ping_packets_sent_total"] == good["kube_node_ping_packets_sent_total"]
+        recovered = wait_for(exporter, 3)
+        assert set(recovered["kube_node_ping_packets_sent_total"].values()) == {10}
+        assert exporter.stop() == 0
+        assert "fping ran longer than 12 s and was killed" in exporter.log.read_text()
+
+    @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+    def test_signal_to_the_whole_process_group_is_a_clean_stop(self, start_exporter: StartExporter,
+                                                               signum: signal.Signals) -> None:
+        # Ctrl-C in a terminal, or `timeout`, signals fping too: that is a stop, not an fping fault.
+        exporter = start_exporter(self.NODES, "--count", "20", "--period-ms", "100")
+        good = wait_for(exporter, 1)
+        fping_child(exporter.process.pid)
+        os.killpg(exporter.process.pid, signum)
+        assert exporter.process.wait(timeout=30) == 0
+        final = read_complete(exporter.output.read_text())
+        assert final["node_ping_errors_total"]["fping"] == 0, exporter.log.read_text()[-1000:]
+        assert final["kube_node_ping_packets_sent_total"] == good["kube_node_ping_packets_sent_total"]
