@@ -131,6 +131,10 @@ def run(args: argparse.Namespace) -> int:
         source = args.kubeconfig or "the pod's service account (not running in a pod? use --kubeconfig)"
         log.error("node-ping discover: cannot load the Kubernetes client configuration from %s: %s", source, err)
         return 2
+    # urllib3 logs a warning for each of its quick retries and the client logs whole response bodies at
+    # debug level; the controller logs each failure and recovery once itself.
+    logging.getLogger("urllib3").setLevel(logging.ERROR)
+    logging.getLogger("kubernetes").setLevel(logging.INFO)
     stop = threading.Event()
     _install_signal_handlers(stop)
     log.info("node-ping %s discover starting: %s", __version__, settings)

@@ -63,9 +63,18 @@ def http_status(err: BaseException) -> int | None:
 
 
 def describe(err: BaseException) -> str:
-    """A short, log-friendly account of an API failure (no response bodies, no tracebacks)."""
+    """A short, log-friendly account of an API failure: the status and the API server's own sentence.
+
+    For a 403 that sentence names the missing permission ("... cannot watch resource "nodes" ..."),
+    which is what a reader needs to fix the RBAC.
+    """
     if isinstance(err, ApiException):
-        return f"HTTP {err.status} {err.reason or ''}".strip()
+        text = f"HTTP {err.status} {err.reason or ''}".strip()
+        try:
+            message = json.loads(err.body or "").get("message")
+        except (ValueError, AttributeError):
+            message = None
+        return f"{text}: {message[:300]}" if isinstance(message, str) and message else text
     if isinstance(err, urllib3.exceptions.MaxRetryError) and err.reason is not None:
         return f"{type(err.reason).__name__}: {err.reason}"
     return f"{type(err).__name__}: {err}"
@@ -223,7 +232,10 @@ class Discovery:
         while True:
             response = self._api.list_node(limit=self._settings.page_size, _continue=token,
                                            _request_timeout=self._settings.request_timeout, _preload_content=False)
-            body = json.loads(response.data)
+            try:
+                body = json.loads(response.data)
+            finally:
+                response.release_conn()
             items.extend(body.get("items") or [])
             metadata = body.get("metadata") or {}
             token = metadata.get("continue")
@@ -366,6 +378,8 @@ class Discovery:
             except Exception as err:  # the loop must outlive anything the API does
                 if self._stop.is_set():
                     break
+                with self._lock:
+                    self._suspect = True  # whatever made it look is still unchecked
                 backoff.failed(err)
                 self._wake.set()
 

@@ -96,6 +96,7 @@ class FakeKubeAPI:
         self._closing = False
         self._fault: str | int | None = None  # None, an HTTP status, "drop" or "hang"
         self._before_put: Callable[[], None] | None = None
+        self._fail_next: dict[tuple[str, str], tuple[int, int]] = {}  # (method, path) -> (status, times)
         self._connections: set[socket.socket] = set()
         self._watch_connections: set[socket.socket] = set()
         self._latest: dict[str, int] = {}  # per collection, the resourceVersion of its last change
@@ -200,6 +201,11 @@ class FakeKubeAPI:
             yield
         finally:
             self.fault(None)
+
+    def fail_next(self, method: str, path: str, status: int, times: int = 1) -> None:
+        """Answer the next `times` requests `method path` (watches aside) with HTTP `status`."""
+        with self._cond:
+            self._fail_next[(method, path)] = (status, times)
 
     def drop_watches(self) -> None:
         """Cut every open watch connection mid-stream."""
@@ -307,18 +313,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._method, self._path, self._query = method, url.path, query
         length = int(self.headers.get("Content-Length") or 0)
         body = json.loads(self.rfile.read(length)) if length else None
-        with self.api._cond:
-            fault = self.api._fault
-        if fault in ("drop", "hang"):
-            self._log(0)
-            if fault == "hang":
-                with self.api._cond:
-                    self.api._cond.wait_for(lambda: self.api._fault != "hang" or self.api._closing)
-            self.close_connection = True
-            FakeKubeAPI._shut({self.connection})
-            return
-        if isinstance(fault, int):
-            self._send(fault, _status(fault, "InternalError", "fake outage"))
+        if self._injected_failure():
             return
         parts = url.path.strip("/").split("/")
         try:
@@ -337,6 +332,33 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send(404, _status(404, "NotFound", f"no route {url.path}"))
         except OSError:
             self.close_connection = True  # the client went away (or a test cut the connection)
+
+    def _injected_failure(self) -> bool:
+        """Answer (or not) as the current fault says; True if the request is dealt with."""
+        api = self.api
+        with api._cond:
+            fault = api._fault
+        if fault in ("drop", "hang"):
+            self._log(0)
+            if fault == "hang":
+                with api._cond:
+                    api._cond.wait_for(lambda: api._fault != "hang" or api._closing)
+            self.close_connection = True
+            FakeKubeAPI._shut({self.connection})
+            return True
+        if isinstance(fault, int):
+            self._send(fault, _status(fault, "InternalError", "fake outage"))
+            return True
+        if self._query.get("watch") in ("1", "true"):
+            return False
+        key = (self._method, self._path)
+        with api._cond:
+            status, times = api._fail_next.pop(key, (0, 0))
+            if times > 1:
+                api._fail_next[key] = (status, times - 1)
+        if times:
+            self._send(status, _status(status, "InternalError", "fake failure of one request"))
+        return bool(times)
 
     def _log(self, status: int) -> None:
         with self.api._cond:

@@ -437,6 +437,18 @@ class TestOwnership:
         assert (kube.configmap(NS, CM) or {})["data"]["note.txt"] == "changed"
         assert kube.count("PUT", CM_PATH, status=200) == puts + 1
 
+    def test_edit_is_restored_even_if_the_first_read_fails(
+            self, kube: FakeKubeAPI, start: Callable[..., Running]) -> None:
+        kube.put_node(make_node("a", "10.0.0.1"))
+        start()
+        wait_targets(kube, target("a", "10.0.0.1"))
+        kube.fail_next("GET", CM_PATH, 500, times=2)
+        edited = kube.configmap(NS, CM) or {}
+        edited["data"]["nodes.json"] = "[]"
+        kube.put_configmap(edited)
+        wait_targets(kube, target("a", "10.0.0.1"))
+        assert kube.count("GET", CM_PATH, status=500) == 2
+
     def test_update_conflict_is_retried(self, kube: FakeKubeAPI, start: Callable[..., Running],
                                         caplog: pytest.LogCaptureFixture) -> None:
         caplog.set_level(logging.INFO, logger="node_ping")
