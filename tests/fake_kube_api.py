@@ -28,6 +28,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -96,7 +97,7 @@ class FakeKubeAPI:
         self._closing = False
         self._fault: str | int | None = None  # None, an HTTP status, "drop" or "hang"
         self._before_put: Callable[[], None] | None = None
-        self._fail_next: dict[tuple[str, str], tuple[int, int]] = {}  # (method, path) -> (status, times)
+        self._fail_next: dict[tuple[str, str], tuple[int, int, str]] = {}  # (method, path) -> (status, times, message)
         self._connections: set[socket.socket] = set()
         self._watch_connections: set[socket.socket] = set()
         self._latest: dict[str, int] = {}  # per collection, the resourceVersion of its last change
@@ -202,10 +203,11 @@ class FakeKubeAPI:
         finally:
             self.fault(None)
 
-    def fail_next(self, method: str, path: str, status: int, times: int = 1) -> None:
-        """Answer the next `times` requests `method path` (watches aside) with HTTP `status`."""
+    def fail_next(self, method: str, path: str, status: int, times: int = 1,
+                  message: str = "fake failure of one request") -> None:
+        """Answer the next `times` requests `method path` (watches aside) with HTTP `status` and `message`."""
         with self._cond:
-            self._fail_next[(method, path)] = (status, times)
+            self._fail_next[(method, path)] = (status, times, message)
 
     def drop_watches(self) -> None:
         """Cut every open watch connection mid-stream."""
@@ -353,11 +355,11 @@ class _Handler(BaseHTTPRequestHandler):
             return False
         key = (self._method, self._path)
         with api._cond:
-            status, times = api._fail_next.pop(key, (0, 0))
+            status, times, message = api._fail_next.pop(key, (0, 0, ""))
             if times > 1:
-                api._fail_next[key] = (status, times - 1)
+                api._fail_next[key] = (status, times - 1, message)
         if times:
-            self._send(status, _status(status, "InternalError", "fake failure of one request"))
+            self._send(status, _status(status, HTTPStatus(status).phrase.replace(" ", ""), message))
         return bool(times)
 
     def _log(self, status: int) -> None:

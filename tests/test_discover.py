@@ -519,6 +519,17 @@ class TestApiTrouble:
         assert failed_requests() >= 5
         assert running.thread.is_alive()
 
+    def test_missing_permission_is_logged_with_the_servers_words(
+            self, kube: FakeKubeAPI, start: Callable[..., Running], caplog: pytest.LogCaptureFixture) -> None:
+        forbidden = ('nodes is forbidden: User "system:serviceaccount:monitoring:node-ping" cannot list resource '
+                     '"nodes" in API group "" at the cluster scope')
+        kube.fail_next("GET", NODES_PATH, 403, times=3, message=forbidden)
+        kube.put_node(make_node("a", "10.0.0.1"))
+        start()
+        wait_targets(kube, target("a", "10.0.0.1"))  # once the permission is there
+        assert messages(caplog, f"watching Nodes failed: HTTP 403 Forbidden: {forbidden}")
+        assert len(messages(caplog, "watching Nodes failed:")) == 1
+
     def test_watches_that_end_at_once_are_retried_with_backoff(
             self, kube: FakeKubeAPI, start: Callable[..., Running], caplog: pytest.LogCaptureFixture) -> None:
         kube.put_node(make_node("a", "10.0.0.1"))
