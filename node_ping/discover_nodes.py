@@ -21,7 +21,7 @@ DEFAULT_ADDRESS_TYPES = ("InternalIP", "ExternalIP")
 ADDRESS_TYPES = ("InternalIP", "ExternalIP")
 
 
-def parse_address_types(text: str, source: str = "--address-types") -> tuple[str, ...]:
+def parse_address_types(text: str, source: str = "--address-types / NODE_PING_ADDRESS_TYPES") -> tuple[str, ...]:
     """`"InternalIP,ExternalIP"` -> ("InternalIP", "ExternalIP"); SettingsError with the fix if unusable."""
     canonical = {name.lower(): name for name in ADDRESS_TYPES}
     chosen: list[str] = []
