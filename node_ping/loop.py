@@ -16,8 +16,8 @@ from typing import Generic, TypeVar
 
 from node_ping import fping
 from node_ping.config import Settings
-from node_ping.metrics import Snapshot, TargetRow, render
-from node_ping.parse import Sample, parse_report
+from node_ping.metrics import Snapshot, TargetRow, render_chunks
+from node_ping.parse import iter_report
 from node_ping.resolve import ResolveError, resolve
 from node_ping.stats import CycleStats, summarize
 from node_ping.targets import ConfigError, ExternalTarget, NodeTarget, TargetList, read_external, read_nodes
@@ -164,14 +164,17 @@ class Prober:
         return ok
 
     def _probe(self, addresses: Sequence[str],
-               stop: threading.Event) -> tuple[dict[str, tuple[Sample, ...]], float, bool] | None:
-        """Run fping; return the complete reports, fping's CPU time and whether all went well.
-        None if a stop was requested meanwhile."""
+               stop: threading.Event) -> tuple[dict[str, CycleStats], float, bool] | None:
+        """Run fping; return the stats of every complete report, fping's CPU time and whether all
+        went well. None if a stop was requested meanwhile."""
         if not addresses:
             return {}, 0.0, True
         s = self.settings
+        per_run = fping.max_targets_per_run(s.period_ms)
+        batches = [addresses[i:i + per_run] for i in range(0, len(addresses), per_run)]
         try:
-            result = fping.run(fping.build_argv(addresses, s.count, s.period_ms, s.fping), s.fping_timeout_s, stop)
+            argvs = [fping.build_argv(batch, s.count, s.period_ms, s.fping) for batch in batches]
+            result = fping.run_all(argvs, s.fping_timeout_s, stop)
         except fping.Interrupted:
             return None
         except fping.FpingError as err:
@@ -179,8 +182,10 @@ class Prober:
             self._problems.report("fping", f"fping failed: {err}; keeping the previous results")
             return {}, 0.0, False
         self._problems.report("fping", None)
-        reports = {address: samples for address, samples in parse_report(result.report).items()
-                   if len(samples) == s.count}
+        reports: dict[str, CycleStats] = {}
+        for address, samples in iter_report(result.report):
+            if len(samples) == s.count and address not in reports:
+                reports[address] = summarize(samples)  # summarised line by line: no 5,000 x 30 floats at once
         # Without a complete report we do not know what was sent: count nothing for it, and say so.
         missing = [address for address in addresses if address not in reports]
         if missing:
@@ -190,15 +195,15 @@ class Prober:
         return reports, result.cpu_seconds, not missing
 
     @staticmethod
-    def _account(totals: dict[K, _Totals], address_of: dict[K, str], reports: dict[str, tuple[Sample, ...]],
+    def _account(totals: dict[K, _Totals], address_of: dict[K, str], reports: dict[str, CycleStats],
                  labels: Callable[[K], tuple[str, str]]) -> tuple[TargetRow, ...]:
         """Add this cycle's stats; forget targets that left the config (they vanish from the file)."""
         for gone in set(totals) - set(address_of):
             del totals[gone]
         for target, address in address_of.items():
-            samples = reports.get(address)
-            if samples is not None:
-                totals.setdefault(target, _Totals()).add(summarize(samples))
+            stats = reports.get(address)
+            if stats is not None:
+                totals.setdefault(target, _Totals()).add(stats)
         return tuple(TargetRow(labels(t), v.sent, v.received, v.rtt_sum_ms, v.last)
                      for t, v in sorted(totals.items()))
 
@@ -210,7 +215,7 @@ class Prober:
             return
         path = output_path(s.textfile_dir, s.prefix, s.node_name)
         try:
-            write_atomic(path, render(self.snapshot))
+            write_atomic(path, render_chunks(self.snapshot))
         except OSError as err:
             self._error("write")
             self.on_snapshot(self.snapshot)

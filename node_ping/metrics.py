@@ -6,7 +6,7 @@ contract: dashboards use them, so they never change. Our own metrics use base un
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -62,38 +62,36 @@ NODE_FAMILY = _Family("kube_node_ping", ("destination_node", "destination_node_i
 EXTERNAL_FAMILY = _Family("external_ping", ("destination_name", "destination_host"), "an external host")
 
 
+_ABSENT_IF_SILENT = "; absent if nothing came back."
+
+# (suffix, kind, help, value of a row): the six per-target metrics, in exposition order.
+_PING_METRICS: tuple[tuple[str, type[CounterMetricFamily] | type[GaugeMetricFamily], str,
+                           Callable[[TargetRow], float | None]], ...] = (
+    ("packets_sent", CounterMetricFamily, "ICMP echo requests sent to {what}.", lambda r: r.sent),
+    ("packets_received", CounterMetricFamily, "ICMP echo replies received from {what}.", lambda r: r.received),
+    ("rtt_milliseconds", CounterMetricFamily, "Sum of round-trip times of the replies from {what}, in ms.",
+     lambda r: r.rtt_sum_ms),
+    # The gauges are None when nothing came back: no series rather than a false 0 ms.
+    ("rtt_min", GaugeMetricFamily, "Shortest round-trip time of the last cycle, in ms" + _ABSENT_IF_SILENT,
+     lambda r: r.last.rtt_min_ms if r.last else None),
+    ("rtt_max", GaugeMetricFamily, "Longest round-trip time of the last cycle, in ms" + _ABSENT_IF_SILENT,
+     lambda r: r.last.rtt_max_ms if r.last else None),
+    ("rtt_mdev", GaugeMetricFamily,
+     "Standard deviation of the round-trip times of the last cycle, in ms" + _ABSENT_IF_SILENT,
+     lambda r: r.last.rtt_mdev_ms if r.last else None),
+)
+
+
 def _ping_metrics(family: _Family, source: str, rows: Sequence[TargetRow]) -> Iterator[Metric]:
+    """One metric family at a time, so 5,000 targets never hold all six families in memory."""
     names = ("source_node", *family.label_names)
-    sent = CounterMetricFamily(f"{family.prefix}_packets_sent", f"ICMP echo requests sent to {family.what}.",
-                               labels=names)
-    received = CounterMetricFamily(f"{family.prefix}_packets_received",
-                                   f"ICMP echo replies received from {family.what}.", labels=names)
-    rtt_sum = CounterMetricFamily(f"{family.prefix}_rtt_milliseconds",
-                                  f"Sum of round-trip times of the replies from {family.what}, in ms.",
-                                  labels=names)
-    gauges = {
-        "min": GaugeMetricFamily(f"{family.prefix}_rtt_min",
-                                 "Shortest round-trip time of the last cycle, in ms; absent if nothing came back.",
-                                 labels=names),
-        "max": GaugeMetricFamily(f"{family.prefix}_rtt_max",
-                                 "Longest round-trip time of the last cycle, in ms; absent if nothing came back.",
-                                 labels=names),
-        "mdev": GaugeMetricFamily(f"{family.prefix}_rtt_mdev",
-                                  "Standard deviation of the round-trip times of the last cycle, in ms; "
-                                  "absent if nothing came back.", labels=names),
-    }
-    for row in rows:
-        values = [source, *row.labels]
-        sent.add_metric(values, row.sent)
-        received.add_metric(values, row.received)
-        rtt_sum.add_metric(values, row.rtt_sum_ms)
-        last = row.last
-        if last is None:
-            continue
-        for key, rtt in (("min", last.rtt_min_ms), ("max", last.rtt_max_ms), ("mdev", last.rtt_mdev_ms)):
-            if rtt is not None:  # None when nothing came back: no gauge rather than a false 0 ms
-                gauges[key].add_metric(values, rtt)
-    yield from (sent, received, rtt_sum, *gauges.values())
+    for suffix, kind, help_text, value_of in _PING_METRICS:
+        metric = kind(f"{family.prefix}_{suffix}", help_text.format(what=family.what), labels=names)
+        for row in rows:
+            value = value_of(row)
+            if value is not None:
+                metric.add_metric([source, *row.labels], value)
+        yield metric
 
 
 def _self_metrics(snap: Snapshot) -> Iterator[Metric]:
@@ -162,6 +160,24 @@ def new_registry(collector: SnapshotCollector) -> CollectorRegistry:
     return registry
 
 
+class _OneFamily(Collector):
+    def __init__(self, metric: Metric) -> None:
+        self.metric = metric
+
+    def collect(self) -> Iterator[Metric]:
+        yield self.metric
+
+
+def render_chunks(snapshot: Snapshot) -> Iterator[str]:
+    """The exposition text of one snapshot, a metric family at a time (pure).
+
+    prometheus_client formats each family (so escaping is exactly what the HTTP endpoint serves),
+    but the whole text of 5,000 targets is never built in memory at once.
+    """
+    for metric in SnapshotCollector(snapshot).collect():
+        yield generate_latest(_OneFamily(metric)).decode("utf-8")
+
+
 def render(snapshot: Snapshot) -> str:
     """The exposition text of one snapshot (pure)."""
-    return generate_latest(new_registry(SnapshotCollector(snapshot))).decode("utf-8")
+    return "".join(render_chunks(snapshot))

@@ -8,6 +8,7 @@ errors, duplicate replies, send errors) is commentary and is ignored.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 
 from node_ping.targets import is_ip, normalise_ip
 
@@ -20,28 +21,27 @@ _REPORT_LINE = re.compile(
 )
 
 
-def parse_report(text: str) -> dict[str, tuple[Sample, ...]]:
-    """Return the samples per (normalised) address found in fping's output.
+def iter_report(text: str) -> Iterator[tuple[str, tuple[Sample, ...]]]:
+    """Yield (normalised address, samples) for every report line in fping's output, in order.
 
     A last line without its newline may have been cut off (fping killed, pipe closed), so it is
-    dropped rather than misread as fewer samples. The first report of an address wins.
+    dropped rather than misread as fewer samples.
     """
     lines = text.split("\n")
-    if lines and lines[-1] != "":
-        lines = lines[:-1]
-    reports: dict[str, tuple[Sample, ...]] = {}
+    del lines[-1]  # the text after the last newline: empty, or a line that was cut off
     for line in lines:
         match = _REPORT_LINE.match(line.strip())
         if match is None:
             continue
         address = match["address"]
         if is_ip(address):
-            try:
-                address = normalise_ip(address)
-            except ValueError:
-                continue  # a multicast or unspecified address is never one of our targets
-        if address in reports:
-            continue
-        reports[address] = tuple(None if field == "-" else float(field)
-                                 for field in match["samples"].split())
+            address = normalise_ip(address)
+        yield address, tuple(None if field == "-" else float(field) for field in match["samples"].split())
+
+
+def parse_report(text: str) -> dict[str, tuple[Sample, ...]]:
+    """The samples per (normalised) address in fping's output; the first report of an address wins."""
+    reports: dict[str, tuple[Sample, ...]] = {}
+    for address, samples in iter_report(text):
+        reports.setdefault(address, samples)
     return reports

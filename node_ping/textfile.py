@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -20,8 +21,8 @@ def output_path(directory: Path, prefix: str, node_name: str) -> Path:
     return directory / f"{prefix}{node_name}.prom"
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write to a temp file in the same directory, then rename over the target.
+def write_atomic(path: Path, text: str | Iterable[str]) -> None:
+    """Write `text` (or its chunks) to a temp file in the same directory, then rename over the target.
 
     rename() within one filesystem is atomic, so a reader sees the old file or the new one, never
     half of either. On any failure the temp file is removed and the old file stays as it was.
@@ -29,7 +30,7 @@ def write_atomic(path: Path, text: str) -> None:
     temp = path.with_name(f"{path.name}.{os.getpid()}{TEMP_SUFFIX}")
     try:
         with open(temp, "w", encoding="utf-8") as handle:
-            handle.write(text)
+            handle.writelines([text] if isinstance(text, str) else text)
             handle.flush()
             os.fsync(handle.fileno())
         os.chmod(temp, 0o644)  # node-exporter may run as another user

@@ -80,6 +80,19 @@ class TestTargetsChange:
         assert destinations(series, "external_ping_packets_received_total") == {"same": 3, "lo": 3}
 
 
+class TestManyTargets:
+    """More targets than one fping process can track are split over several processes."""
+
+    def test_split_over_several_fping_processes(self, workdir: Path) -> None:
+        # At a 2 ms period one fping can hold only 11 targets' sequence numbers (see
+        # fping.max_targets_per_run), so 30 targets need three processes side by side.
+        write_nodes(workdir / "nodes.json", *[(f"n{i}", f"127.0.2.{i + 1}") for i in range(30)])
+        prober = Prober(settings(workdir, period_ms=2))
+        assert prober.cycle(threading.Event())
+        received = destinations(prom(workdir), "kube_node_ping_packets_received_total")
+        assert received == {f"n{i}": 3 for i in range(30)}
+
+
 class TestBadInput:
     """Bad input: one log line, an error metric, and probing goes on with the last good list."""
 
