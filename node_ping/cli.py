@@ -8,16 +8,14 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
 import sys
-import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from types import FrameType
 
 from node_ping import __version__
 from node_ping.config import Settings, SettingsError, parse_listen_address
+from node_ping.signals import stop_on_signals
 
 log = logging.getLogger("node_ping")
 
@@ -142,15 +140,6 @@ def _health(args: argparse.Namespace) -> int:
     return 0
 
 
-def _install_signal_handlers(stop: threading.Event) -> None:
-    def handle(signum: int, _frame: FrameType | None) -> None:
-        log.info("received %s, stopping", signal.Signals(signum).name)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, handle)
-    signal.signal(signal.SIGINT, handle)
-
-
 def _probe(args: argparse.Namespace, settings: Settings) -> int:
     # Imported here so `node-ping --help` and `health` stay fast and light.
     from node_ping.loop import Prober, run  # noqa: PLC0415
@@ -158,8 +147,7 @@ def _probe(args: argparse.Namespace, settings: Settings) -> int:
     from node_ping.textfile import remove_stale  # noqa: PLC0415
 
     log.info("node-ping %s starting: %s", __version__, settings)
-    stop = threading.Event()
-    _install_signal_handlers(stop)
+    stop = stop_on_signals()
     prober = Prober(settings)
     collector = SnapshotCollector(prober.snapshot)
     prober.on_snapshot = lambda snapshot: setattr(collector, "snapshot", snapshot)

@@ -11,16 +11,14 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
-import threading
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from node_ping import __version__
 from node_ping.config import SettingsError
 from node_ping.discover_nodes import DEFAULT_ADDRESS_TYPES, parse_address_types
+from node_ping.signals import stop_on_signals
 
 log = logging.getLogger(__name__)
 
@@ -105,15 +103,6 @@ def core_api(kubeconfig: Path | None) -> Any:
     return client.CoreV1Api(client.ApiClient(configuration))
 
 
-def _install_signal_handlers(stop: threading.Event) -> None:
-    def handle(signum: int, _frame: FrameType | None) -> None:
-        log.info("received %s, stopping", signal.Signals(signum).name)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, handle)
-    signal.signal(signal.SIGINT, handle)
-
-
 def run(args: argparse.Namespace) -> int:
     try:
         settings = settings_from_args(args)
@@ -135,8 +124,7 @@ def run(args: argparse.Namespace) -> int:
     # debug level; the controller logs each failure and recovery once itself.
     logging.getLogger("urllib3").setLevel(logging.ERROR)
     logging.getLogger("kubernetes").setLevel(logging.INFO)
-    stop = threading.Event()
-    _install_signal_handlers(stop)
+    stop = stop_on_signals()
     log.info("node-ping %s discover starting: %s", __version__, settings)
     Discovery(api, settings, stop).run()
     log.info("node-ping discover stopped")

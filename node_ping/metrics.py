@@ -94,50 +94,43 @@ def _ping_metrics(family: _Family, source: str, rows: Sequence[TargetRow]) -> It
         yield metric
 
 
+def _own(kind: type[CounterMetricFamily] | type[GaugeMetricFamily], name: str, help_text: str, source: str,
+         values: dict[str, float | None], *, label: str = "") -> Metric:
+    """A self metric: one series per labelled value (or a single one when `label` is empty);
+    a value of None leaves the series out."""
+    metric = kind(name, help_text, labels=["source_node", label] if label else ["source_node"])
+    for label_value, value in sorted(values.items()):
+        if value is not None:
+            metric.add_metric([source, label_value] if label else [source], value)
+    return metric
+
+
 def _self_metrics(snap: Snapshot) -> Iterator[Metric]:
-    src = ["source_node"]
-    exceptions = CounterMetricFamily("kube_node_ping_exceptions", "Cycles that ended in an error.", labels=src)
-    exceptions.add_metric([snap.source_node], snap.exceptions)
-    yield exceptions
-    errors = CounterMetricFamily("node_ping_errors", "Errors by kind: config, fping, write, dns.",
-                                 labels=["source_node", "kind"])
-    for kind, value in sorted(snap.errors.items()):
-        errors.add_metric([snap.source_node, kind], value)
-    yield errors
-    cycles = CounterMetricFamily("node_ping_cycles", "Probe cycles completed.", labels=src)
-    cycles.add_metric([snap.source_node], snap.cycles)
-    yield cycles
-    targets = GaugeMetricFamily("node_ping_targets", "Targets probed in the last cycle.",
-                                labels=["source_node", "kind"])
-    for kind, value in sorted(snap.targets.items()):
-        targets.add_metric([snap.source_node, kind], value)
-    yield targets
-    optional_gauges = (
-        ("node_ping_cycle_duration_seconds", "Wall-clock length of the last cycle.", snap.cycle_duration_s),
-        ("node_ping_cycle_nominal_seconds", "Nominal cycle length: count x period.", snap.cycle_nominal_s),
-        ("node_ping_cycle_lateness_seconds",
-         "How much longer than nominal the last cycle took; large values mean a starved prober.",
-         None if snap.cycle_duration_s is None or snap.cycle_nominal_s is None
-         else snap.cycle_duration_s - snap.cycle_nominal_s),
-        ("node_ping_last_success_timestamp_seconds", "Unix time the last cycle completed.",
-         snap.last_success_ts),
-    )
-    for name, help_text, maybe in optional_gauges:
-        gauge = GaugeMetricFamily(name, help_text, labels=src)
-        if maybe is not None:
-            gauge.add_metric([snap.source_node], maybe)
-        yield gauge
-    for name, help_text, seconds in (
-        ("node_ping_fping_cpu_seconds", "CPU time (user+system) used by fping.", snap.fping_cpu_s),
-        ("node_ping_cpu_seconds", "CPU time (user+system) used by node-ping itself.", snap.own_cpu_s),
-    ):
-        counter = CounterMetricFamily(name, help_text, labels=src)
-        counter.add_metric([snap.source_node], seconds)
-        yield counter
-    info = GaugeMetricFamily("node_ping_build_info", "Version of node-ping; always 1.",
-                             labels=["source_node", "version"])
-    info.add_metric([snap.source_node, __version__], 1)
-    yield info
+    src = snap.source_node
+    lateness = (None if snap.cycle_duration_s is None or snap.cycle_nominal_s is None
+                else snap.cycle_duration_s - snap.cycle_nominal_s)
+    yield _own(CounterMetricFamily, "kube_node_ping_exceptions", "Cycles that ended in an error.", src,
+               {"": snap.exceptions})
+    yield _own(CounterMetricFamily, "node_ping_errors", "Errors by kind: config, fping, write, dns.", src,
+               dict(snap.errors), label="kind")
+    yield _own(CounterMetricFamily, "node_ping_cycles", "Probe cycles completed.", src, {"": snap.cycles})
+    yield _own(GaugeMetricFamily, "node_ping_targets", "Targets probed in the last cycle.", src,
+               dict(snap.targets), label="kind")
+    yield _own(GaugeMetricFamily, "node_ping_cycle_duration_seconds", "Wall-clock length of the last cycle.", src,
+               {"": snap.cycle_duration_s})
+    yield _own(GaugeMetricFamily, "node_ping_cycle_nominal_seconds", "Nominal cycle length: count x period.", src,
+               {"": snap.cycle_nominal_s})
+    yield _own(GaugeMetricFamily, "node_ping_cycle_lateness_seconds",
+               "How much longer than nominal the last cycle took; large values mean a starved prober.", src,
+               {"": lateness})
+    yield _own(GaugeMetricFamily, "node_ping_last_success_timestamp_seconds", "Unix time the last cycle completed.",
+               src, {"": snap.last_success_ts})
+    yield _own(CounterMetricFamily, "node_ping_fping_cpu_seconds", "CPU time (user+system) used by fping.", src,
+               {"": snap.fping_cpu_s})
+    yield _own(CounterMetricFamily, "node_ping_cpu_seconds", "CPU time (user+system) used by node-ping itself.",
+               src, {"": snap.own_cpu_s})
+    yield _own(GaugeMetricFamily, "node_ping_build_info", "Version of node-ping; always 1.", src,
+               {__version__: 1}, label="version")
 
 
 class SnapshotCollector(Collector):
