@@ -6,6 +6,7 @@ arguments and 4 a system call failure are errors, and so is death by a signal.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import resource
@@ -124,7 +125,27 @@ def _start(argv: list[str]) -> subprocess.Popen[str]:
     except FileNotFoundError:
         raise FpingNotFound(f"{argv[0]} not found; install fping (Debian: apt-get install fping)") from None
     except PermissionError as err:
+        if err.errno == errno.EPERM:
+            # The kernel refuses to start a binary whose file capability (Debian's fping has
+            # cap_net_raw=ep) it cannot grant: NET_RAW is not in the capability bounding set.
+            raise FpingFailed(f"cannot execute {argv[0]}: operation not permitted; it needs the NET_RAW "
+                              "capability, which this container does not have: add NET_RAW to "
+                              "securityContext.capabilities") from None
         raise FpingNotFound(f"cannot execute {argv[0]}: {err}") from None
+
+
+def _check_exit(code: int, report: str) -> None:
+    """Raise FpingFailed unless the exit code means fping produced data."""
+    if code < 0:
+        raise FpingFailed(f"fping was killed by signal {-code}")
+    if code == 4 and not report.strip():
+        # With -q, fping says nothing when it cannot open an ICMP socket: explain it here.
+        raise FpingFailed("fping exited with code 4 without a message: it could not open an ICMP socket; "
+                          "it needs the NET_RAW capability (or, without it, a group inside "
+                          "net.ipv4.ping_group_range and fping 5.2 or later)")
+    if code not in (0, 1, 2):
+        tail = " ".join(report.strip().splitlines()[-3:])
+        raise FpingFailed(f"fping exited with code {code}: {tail or 'no message'}")
 
 
 def run(argv: list[str], timeout_s: float, stop: threading.Event, poll_s: float = 0.1) -> FpingResult:
@@ -163,10 +184,5 @@ def run_all(argvs: list[list[str]], timeout_s: float, stop: threading.Event, pol
         raise Interrupted("stopped while fping was running")
     cpu = _children_cpu() - cpu_before
     for process, report in zip(processes, reports, strict=True):
-        code = process.returncode
-        if code < 0:
-            raise FpingFailed(f"fping was killed by signal {-code}")
-        if code not in (0, 1, 2):
-            tail = " ".join(report.strip().splitlines()[-3:])
-            raise FpingFailed(f"fping exited with code {code}: {tail or 'no message'}")
+        _check_exit(process.returncode, report)
     return FpingResult(report="".join(reports), returncode=max(p.returncode for p in processes), cpu_seconds=cpu)

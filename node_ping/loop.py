@@ -89,6 +89,11 @@ def _some(items: Sequence[str], sep: str = ", ", shown: int = 5) -> str:
     return sep.join(items[:shown]) + more
 
 
+CANARY = "127.0.0.1"
+"""Probed every cycle beside the targets. Loopback always answers, so when it does not and no target
+does either, fping cannot receive replies at all, and a 100 % loss for every target would be a lie."""
+
+
 def _own_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
@@ -170,8 +175,9 @@ class Prober:
         if not addresses:
             return {}, 0.0, True
         s = self.settings
+        probe = list(addresses) if CANARY in addresses else [*addresses, CANARY]
         per_run = fping.max_targets_per_run(s.period_ms)
-        batches = [addresses[i:i + per_run] for i in range(0, len(addresses), per_run)]
+        batches = [probe[i:i + per_run] for i in range(0, len(probe), per_run)]
         try:
             argvs = [fping.build_argv(batch, s.count, s.period_ms, s.fping) for batch in batches]
             result = fping.run_all(argvs, s.fping_timeout_s, stop)
@@ -186,6 +192,13 @@ class Prober:
         for address, samples in iter_report(result.report):
             if len(samples) == s.count and address not in reports:
                 reports[address] = summarize(samples)  # summarised line by line: no 5,000 x 30 floats at once
+        canary = reports.get(CANARY) if CANARY in addresses else reports.pop(CANARY, None)
+        if canary is not None and not canary.received and not any(r.received for r in reports.values()):
+            self._error("fping")
+            self._problems.report("fping", "fping got no reply at all, not even from 127.0.0.1: it cannot receive "
+                                  "ICMP replies here (fping 5.1 without NET_RAW uses ICMP datagram sockets and "
+                                  "drops every reply); give the container NET_RAW. Nothing counted this cycle")
+            return {}, result.cpu_seconds, False
         # Without a complete report we do not know what was sent: count nothing for it, and say so.
         missing = [address for address in addresses if address not in reports]
         if missing:
