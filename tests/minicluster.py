@@ -193,6 +193,12 @@ table inet nodeping_test {
             lines.append("--- scrape targets (up):")
             lines += [f"  {labels.get('node')} {labels.get('instance')}: {value:g}"
                       for labels, value in self.prometheus.query("up")]
+            ages = self.prometheus.query("time() - node_ping_last_success_timestamp_seconds")
+            errors = {labels["source_node"]: value
+                      for labels, value in self.prometheus.query("sum by (source_node) (node_ping_errors_total)")}
+            lines.append("--- node-ping per node: seconds since its last completed cycle, errors counted:")
+            lines += [f"  {labels['source_node']}: {age:.1f} s, {errors.get(labels['source_node'], 0):g} errors"
+                      for labels, age in sorted(ages, key=lambda sample: sample[0]["source_node"])]
         except (PromQLError, OSError) as err:
             lines.append(f"  Prometheus did not answer: {err}")
         for name, log in self.logs.items():
