@@ -35,7 +35,10 @@ def iter_report(text: str) -> Iterator[tuple[str, tuple[Sample, ...]]]:
             continue
         address = match["address"]
         if is_ip(address):
-            address = normalise_ip(address)
+            try:
+                address = normalise_ip(address)
+            except ValueError:
+                continue  # a multicast or unspecified address is never one of our targets
         yield address, tuple(None if field == "-" else float(field) for field in match["samples"].split())
 
 
