@@ -166,6 +166,8 @@ class Prober:
             own_cpu_s=_own_cpu(),
         )
         self.publish()
+        log.debug("cycle %d: %d node and %d external targets in %.1f s (%s)", self.snapshot.cycles, len(nodes),
+                  len(external), time.monotonic() - started, "ok" if ok else "with errors")
         return ok
 
     def _probe(self, addresses: Sequence[str],

@@ -335,10 +335,12 @@ class TestRuleOptions:
         """NodePingTextfileStale watches the files this release writes, `<textfile.prefix>*.prom`."""
         rules = rules_by_alert(rule_groups(render(chart, with_rules({"textfile": {"prefix": prefix}}))))
         expr = rules["NodePingTextfileStale"]["expr"]
-        # Both files were last written at time 0, so at 10m both are 600 s old.
-        series = {f'node_textfile_mtime_seconds{{file="{name}"}}': "0x10" for name in (matched, unmatched)}
+        # Both files were last written at time 0, so at 10m both are 600 s old. node-exporter puts the
+        # full path in the `file` label.
+        directory = "/var/run/node-exporter-textfile/"
+        series = {f'node_textfile_mtime_seconds{{file="{directory}{name}"}}': "0x10" for name in (matched, unmatched)}
         case = {"expr": expr, "eval_time": "10m",
-                "exp_samples": [{"labels": f'{{file="{matched}"}}', "value": 600}]}
+                "exp_samples": [{"labels": f'{{file="{directory}{matched}"}}', "value": 600}]}
         result = promql_test(tmp_path, series, [case])
         assert result.returncode == 0, result.stdout + result.stderr
 

@@ -60,11 +60,7 @@ EXPECTED_VERDICTS = {
 # Grafana's variables for a dashboard showing the last 20 s: the rate interval is ten 1 s scrapes.
 DASHBOARD_VALUES = {**GRAFANA_DEFAULTS, "__range": WINDOW, "__rate_interval": "10s", "__interval": "1s"}
 # Panels that are empty while node-ping works: Errors, because nothing has failed to run.
-# KNOWN BUG, Textfile age: node-exporter 1.5 labels node_textfile_mtime_seconds with the file's full
-# path (file="/var/lib/.../node-ping_a.prom"), and the dashboard's `file=~"node-ping_.*\\.prom"` is
-# anchored, so it never matches (NodePingTextfileStale has the same selector and cannot fire). Once
-# the selector is fixed, e.g. `file=~"(.*/)?node-ping_.*\\.prom"`, drop it from this set.
-EMPTY_PANELS = {"Errors [A]", "Textfile age [A]"}
+EMPTY_PANELS = {"Errors [A]"}
 
 SENT = f"sum by (source_node, destination_node) (increase(kube_node_ping_packets_sent_total[{WINDOW}])) > 0"
 EXTERNAL_SENT = f"sum by (source_node, destination_name) (increase(external_ping_packets_sent_total[{WINDOW}])) > 0"
