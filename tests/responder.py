@@ -6,9 +6,10 @@ reads echo requests from raw sockets and sends each reply, with the same identif
 number and payload, once its delay has passed. Delays are fixed or uniform in [low, high], from a
 seeded generator.
 
-It logs every reply it sent, one line each, with the delay it actually applied (kernel receive
-timestamp of the request to the return of sendto() for the reply): that is the truth a prober's
-RTT is compared with.
+It logs every reply it sent, one line each, with the delay it actually applied: from the kernel's
+receive timestamp of the request to the kernel's transmit timestamp of the reply (or, where the
+kernel gives none, the time just before sendto()). That is the truth a prober's RTT is compared
+with; clocks read in Python after the fact are late by however long the thread was descheduled.
 
     python tests/responder.py --log FILE --delay-ms 20 [--jitter-ms 10] [--seed 1]
 
@@ -31,6 +32,10 @@ from typing import TextIO
 
 SO_TIMESTAMPNS = 35
 """Kernel receive timestamps as a struct timespec (asm-generic; Python does not export it)."""
+SO_TIMESTAMPING = 37
+TX_TIMESTAMPS = (1 << 1) | (1 << 4) | (1 << 11)
+"""SOF_TIMESTAMPING_TX_SOFTWARE | SOFTWARE | OPT_TSONLY: a software transmit timestamp of every
+packet sent, queued on the socket's error queue without a copy of the packet."""
 
 ICMP_ECHO_REQUEST, ICMP_ECHO_REPLY = 8, 0
 ICMP6_ECHO_REQUEST, ICMP6_ECHO_REPLY = 128, 129
@@ -94,6 +99,7 @@ class Responder:
                          "v6": socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)}
         for sock in self._sockets.values():
             sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+            sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPING, TX_TIMESTAMPS)
 
     def _delay_s(self) -> float:
         low = self._delay_ms - self._jitter_ms
@@ -127,12 +133,36 @@ class Responder:
                 pass
             peer = pending.peer
             address = (peer[0], 0) if pending.family == "v4" else (peer[0], 0, 0, peer[3])  # keep the scope
-            self._sockets[pending.family].sendto(pending.reply, address)
-            applied_ms = (time.time() - pending.received) * 1000
+            sock = self._sockets[pending.family]
+            before = time.time()
+            sock.sendto(pending.reply, address)
+            sent, clock = transmit_time(sock), "kernel"
+            if sent is None:
+                sent, clock = before, "user"
+            applied_ms = (sent - pending.received) * 1000
             ident, sequence = struct.unpack("!HH", pending.reply[4:8])
             self._log.write(f"{pending.family} {pending.peer[0]} {ident} {sequence} "
-                            f"{pending.intended_ms:.6f} {applied_ms:.6f}\n")
+                            f"{pending.intended_ms:.6f} {applied_ms:.6f} {clock}\n")
             self._log.flush()
+
+
+def transmit_time(sock: socket.socket, attempts: int = 20) -> float | None:
+    """The kernel's transmit timestamp of the packet just sent (the newest on the error queue)."""
+    latest: float | None = None
+    for _ in range(attempts):
+        while True:
+            try:
+                _data, ancillary, _flags, _peer = sock.recvmsg(1, 512, socket.MSG_ERRQUEUE | socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                break
+            for level, kind, value in ancillary:
+                if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPING:
+                    seconds, nanoseconds = struct.unpack("@qq", value[:16])
+                    latest = seconds + nanoseconds / 1e9
+        if latest is not None:
+            return latest
+        time.sleep(0.0005)  # on veth the timestamp is queued during sendto(); elsewhere it may lag
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -51,7 +51,8 @@ class Applied:
     def read(cls, log: Path, source: dict[str, str]) -> Applied:
         delays: dict[str, list[float]] = {"v4": [], "v6": []}
         for line in log.read_text().splitlines():
-            family, peer, _ident, _sequence, _intended, applied = line.split()
+            family, peer, _ident, _sequence, _intended, applied, clock = line.split()
+            assert clock == "kernel", "the responder fell back to its own clock for the send time"
             if peer == source[family]:
                 delays[family].append(float(applied))
         return cls(delays)
