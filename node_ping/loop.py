@@ -77,6 +77,11 @@ class _LastGood(Generic[K]):
             kept = f"; still probing the last good list of {len(self.targets)}" if self.targets else ""
             problems.report(self.name, f"{err}{kept}")
             return False
+        if loaded.problems and not loaded.targets and self.targets:
+            # Every entry bad is a broken file, not an empty cluster: do not drop every series.
+            problems.report(self.name, f"no usable entry: {_some(loaded.problems, sep='; ')}; "
+                            f"still probing the last good list of {len(self.targets)}")
+            return False
         problems.report(self.name, None)
         problems.report(f"{self.name} entries", _some(loaded.problems, sep="; ") if loaded.problems else None)
         self.targets = loaded.targets
@@ -241,9 +246,13 @@ class Prober:
 
 
 def run(prober: Prober, stop: threading.Event, health: Callable[[], None] = lambda: None) -> int:
-    """Repeat cycles until `stop` is set or --cycles is reached. Never exits on a bad cycle."""
+    """Repeat cycles until `stop` is set or --cycles is reached. Never exits on a bad cycle.
+
+    Returns 0, or 1 when --cycles was reached and the last cycle failed (so `once` in a script
+    tells success from failure); a stop by signal is always 0."""
     s = prober.settings
     done = 0
+    ok = True
     while not stop.is_set() and (s.cycles is None or done < s.cycles):
         started = time.monotonic()
         try:
@@ -263,4 +272,4 @@ def run(prober: Prober, stop: threading.Event, health: Callable[[], None] = lamb
         if (not ok or not prober.snapshot.targets["node"] + prober.snapshot.targets["external"]) \
                 and remaining > 0 and (s.cycles is None or done < s.cycles):
             stop.wait(remaining)
-    return 0
+    return 0 if ok or stop.is_set() else 1

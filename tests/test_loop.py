@@ -127,6 +127,16 @@ class TestBadInput:
         sent = destinations(prom(workdir), "kube_node_ping_packets_sent_total")
         assert sent == {"a": 18, "n4": 6}
 
+    def test_a_list_of_only_bad_entries_keeps_the_last_good_list(self, workdir: Path) -> None:
+        nodes = workdir / "nodes.json"
+        write_nodes(nodes, ("a", "127.0.0.2"))
+        prober = Prober(settings(workdir))
+        prober.cycle(threading.Event())
+        nodes.write_text(json.dumps([{"name": "a"}, {"name": "b", "ipAddress": "nonsense"}]))
+        prober.cycle(threading.Event())
+        assert destinations(prom(workdir), "kube_node_ping_packets_sent_total") == {"a": 6}
+        assert prober.snapshot.errors["config"] == 1
+
     def test_bad_entries_are_skipped_the_rest_probed(self, workdir: Path) -> None:
         (workdir / "nodes.json").write_text(json.dumps([
             {"name": "a", "ipAddress": "127.0.0.2"}, {"name": "evil", "ipAddress": "-f/etc/passwd"},
@@ -241,6 +251,11 @@ class TestRun:
         prober = Prober(settings(workdir, cycles=3))
         assert run(prober, threading.Event(), lambda: beats.append(1)) == 0
         assert prober.snapshot.cycles == 3 and len(beats) == 3
+
+    def test_last_cycle_failing_is_exit_code_1(self, workdir: Path) -> None:
+        write_nodes(workdir / "nodes.json", ("a", "127.0.0.2"))
+        prober = Prober(settings(workdir, cycles=1, fping="/nonexistent/fping"))
+        assert run(prober, threading.Event()) == 1
 
     def test_a_bug_in_a_cycle_does_not_end_the_loop(self, workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         write_nodes(workdir / "nodes.json", ("a", "127.0.0.2"))

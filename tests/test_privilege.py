@@ -168,7 +168,8 @@ def assert_probed(outcome: Outcome) -> None:
 
 def assert_clear_failure(outcome: Outcome, message: str) -> None:
     """A log line that says what to do, an error count, and no ping numbers at all."""
-    assert outcome.returncode == 0, outcome.log  # the loop survives; --cycles 1 just ends
+    # The loop survives (no traceback); `--cycles 1` then ends with 1 because its one cycle failed.
+    assert outcome.returncode == 1 and "Traceback" not in outcome.log, outcome.log
     warnings = [line for line in outcome.log.splitlines() if "WARNING" in line]
     assert any(message in line and "NET_RAW" in line for line in warnings), outcome.log
     assert outcome.value("node_ping_errors_total", kind="fping") == 1
