@@ -54,7 +54,8 @@ def _add_probe_options(parser: argparse.ArgumentParser) -> None:
              "(env NODE_PING_TOPOLOGY; default %(default)s)")
     add("--peers-per-zone", type=int, default=None,
         help="k for --topology zone (env NODE_PING_PEERS_PER_ZONE; default 3)")
-    add("--fping", default=_env("NODE_PING_FPING", "fping"), help="fping binary (env NODE_PING_FPING; default %(default)s)")
+    add("--fping", default=_env("NODE_PING_FPING", "fping"),
+        help="fping binary (env NODE_PING_FPING; default %(default)s)")
     add("-v", "--verbose", action="store_true", help="log every cycle")
 
 
