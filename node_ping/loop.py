@@ -17,8 +17,8 @@ from typing import Generic, TypeVar
 from node_ping import fping
 from node_ping.config import Settings
 from node_ping.metrics import Snapshot, TargetRow, render_chunks
-from node_ping.parse import iter_report
-from node_ping.resolve import ResolveError, resolve
+from node_ping.parse import complete_reports
+from node_ping.resolve import resolve_all
 from node_ping.stats import CycleStats, summarize
 from node_ping.targets import ConfigError, ExternalTarget, NodeTarget, TargetList, read_external, read_nodes
 from node_ping.textfile import output_path, write_atomic
@@ -125,17 +125,13 @@ class Prober:
 
     def _resolve_external(self, targets: Sequence[ExternalTarget],
                           stop: threading.Event) -> dict[ExternalTarget, str]:
-        addresses: dict[ExternalTarget, str] = {}
-        failures = []
-        for target in targets:
-            try:
-                addresses[target] = resolve(target.host, stop=stop)
-            except ResolveError as err:
-                failures.append(str(err))
-        if failures:
+        resolved = resolve_all([target.host for target in targets], stop=stop)
+        if resolved.failures:
             self._error("dns")
-        self._problems.report("external names", _some(failures, sep="; ") if failures else None)
-        return addresses
+        if not resolved.stopped:
+            failures = list(resolved.failures.values())
+            self._problems.report("external names", _some(failures, sep="; ") if failures else None)
+        return {target: resolved.addresses[target.host] for target in targets if target.host in resolved.addresses}
 
     def cycle(self, stop: threading.Event) -> bool:
         """Probe every target once (count pings each) and publish the result. True on success."""
@@ -155,7 +151,9 @@ class Prober:
             return False  # stopping: publish nothing half-done
         reports, fping_cpu, ok = probed
         node_rows = self._account(self._node_totals, node_addresses, reports, lambda n: (n.name, n.address))
-        external_rows = self._account(self._external_totals, external, reports, lambda e: (e.name, e.host))
+        # A name that did not resolve this cycle is still configured: keep its counters.
+        external_rows = self._account(self._external_totals, external, reports, lambda e: (e.name, e.host),
+                                      keep=self._external.targets)
         prev = self.snapshot
         self.snapshot = dataclasses.replace(
             prev,
@@ -195,10 +193,8 @@ class Prober:
             self._problems.report("fping", f"fping failed: {err}; keeping the previous results")
             return {}, 0.0, False
         self._problems.report("fping", None)
-        reports: dict[str, CycleStats] = {}
-        for address, samples in iter_report(result.report):
-            if len(samples) == s.count and address not in reports:
-                reports[address] = summarize(samples)  # summarised line by line: no 5,000 x 30 floats at once
+        # Summarised line by line: 5,000 x 30 floats are never held at once.
+        reports = {address: summarize(samples) for address, samples in complete_reports(result.report, s.count)}
         canary = reports.get(CANARY) if CANARY in addresses else reports.pop(CANARY, None)
         if canary is not None and not canary.received and not any(r.received for r in reports.values()):
             self._error("fping")
@@ -216,10 +212,16 @@ class Prober:
 
     @staticmethod
     def _account(totals: dict[K, _Totals], address_of: dict[K, str], reports: dict[str, CycleStats],
-                 labels: Callable[[K], tuple[str, str]]) -> tuple[TargetRow, ...]:
-        """Add this cycle's stats; forget targets that left the config (they vanish from the file)."""
-        for gone in set(totals) - set(address_of):
-            del totals[gone]
+                 labels: Callable[[K], tuple[str, str]], keep: Sequence[K] = ()) -> tuple[TargetRow, ...]:
+        """Add this cycle's stats; forget targets that left the config (they vanish from the file).
+
+        Targets in `keep` were not probed this cycle but are still configured: their counters stay,
+        their last-cycle RTT gauges go (there was no cycle for them)."""
+        for target in set(totals) - set(address_of):
+            if target in keep:
+                totals[target].last = None
+            else:
+                del totals[target]
         for target, address in address_of.items():
             stats = reports.get(address)
             if stats is not None:
@@ -261,6 +263,7 @@ def run(prober: Prober, stop: threading.Event, health: Callable[[], None] = lamb
             # A bug must not become a crash loop: log it with its traceback, count it, go on.
             log.exception("cycle failed unexpectedly; continuing")
             prober.snapshot = dataclasses.replace(prober.snapshot, exceptions=prober.snapshot.exceptions + 1)
+            prober.publish()  # the count must reach the file, or a bug in every cycle looks like a stale file
             ok = False
         if stop.is_set():
             break

@@ -48,3 +48,13 @@ def parse_report(text: str) -> dict[str, tuple[Sample, ...]]:
     for address, samples in iter_report(text):
         reports.setdefault(address, samples)
     return reports
+
+
+def complete_reports(text: str, count: int) -> Iterator[tuple[str, tuple[Sample, ...]]]:
+    """(address, samples) for every address with a report of exactly `count` samples; the first
+    complete report of an address wins. Anything shorter was cut off and is not a measurement."""
+    seen: set[str] = set()
+    for address, samples in iter_report(text):
+        if len(samples) == count and address not in seen:
+            seen.add(address)
+            yield address, samples

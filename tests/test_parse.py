@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from node_ping.parse import parse_report
+from node_ping.parse import complete_reports, parse_report
 
 FPING = Path(__file__).parent / "fixtures" / "fping"
 
@@ -73,3 +73,15 @@ class TestDamagedOutput:
 
     def test_addresses_are_normalised(self) -> None:
         assert list(parse_report("FD00:0231:0::0002 : 1.5 -\n")) == ["fd00:231::2"]
+
+
+class TestCompleteReports:
+    """What the loop counts: only reports with every sample, the first complete one per address."""
+
+    def test_short_and_repeated_reports(self) -> None:
+        text = "10.0.0.1 : 1.0 -\n10.0.0.2 : 1.0\n10.0.0.2 : 2.0 3.0\n10.0.0.2 : 4.0 5.0\n10.0.0.1 : - -\n"
+        assert list(complete_reports(text, 2)) == [("10.0.0.1", (1.0, None)), ("10.0.0.2", (2.0, 3.0))]
+
+    def test_real_fixture(self) -> None:
+        assert len(dict(complete_reports(fixture("loss-50pct-on-b"), 10))) == 3
+        assert dict(complete_reports(fixture("loss-50pct-on-b"), 11)) == {}
