@@ -13,7 +13,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from node_ping import __version__
+from node_ping import __version__, diagnose, discover
 from node_ping.config import Settings, SettingsError, parse_listen_address
 from node_ping.signals import stop_on_signals
 
@@ -76,26 +76,23 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--listen-address", default=_env("NODE_PING_LISTEN_ADDRESS"),
                      help="also serve /metrics over HTTP, e.g. :9797 (env NODE_PING_LISTEN_ADDRESS)")
     run.add_argument("--health-file", type=Path, default=_env("NODE_PING_HEALTH_FILE"),
-                     help="touched after every completed cycle, for `node-ping health` (env NODE_PING_HEALTH_FILE)")
+                     help="touched after every successful cycle, for `node-ping health` "
+                          "(env NODE_PING_HEALTH_FILE)")
 
     once = commands.add_parser("once", help="run one cycle and print the metrics")
     _add_probe_options(once)
     once.add_argument("--example", action="store_true",
                       help="probe the built-in loopback example (127.0.0.1, 127.0.0.2, ::1, localhost)")
 
-    health = commands.add_parser("health", help="exit 0 if a cycle completed recently (liveness probe)")
+    health = commands.add_parser("health", help="exit 0 if a cycle succeeded recently (liveness probe)")
     health.add_argument("--health-file", type=Path, default=_env("NODE_PING_HEALTH_FILE"),
                         help="the file `run --health-file` touches (env NODE_PING_HEALTH_FILE)")
-    health.add_argument("--max-age", type=float, required=True, help="seconds since the last completed cycle")
+    health.add_argument("--max-age", type=float, required=True, help="seconds since the last successful cycle")
 
-    for name, module_name, help_text in (
-        ("discover", "discover", "keep the nodes.json ConfigMap in step with the cluster's nodes"),
-        ("diagnose", "diagnose", "read node-ping data from Prometheus and name the faulty node or link"),
+    for name, module, help_text in (
+        ("discover", discover, "keep the nodes.json ConfigMap in step with the cluster's nodes"),
+        ("diagnose", diagnose, "read node-ping data from Prometheus and name the faulty node or link"),
     ):
-        try:
-            module = __import__(f"node_ping.{module_name}", fromlist=["configure_parser"])
-        except ImportError:
-            continue
         sub = commands.add_parser(name, help=help_text)
         module.configure_parser(sub)
         sub.set_defaults(handler=module.run)
@@ -132,12 +129,12 @@ def _health(args: argparse.Namespace) -> int:
     try:
         age = time.time() - args.health_file.stat().st_mtime
     except OSError:
-        print(f"unhealthy: {args.health_file} does not exist: no cycle has completed yet", file=sys.stderr)
+        print(f"unhealthy: {args.health_file} does not exist: no cycle has succeeded yet", file=sys.stderr)
         return 1
     if age > args.max_age:
-        print(f"unhealthy: last cycle completed {age:.0f} s ago (limit {args.max_age:.0f} s)", file=sys.stderr)
+        print(f"unhealthy: last successful cycle {age:.0f} s ago (limit {args.max_age:.0f} s)", file=sys.stderr)
         return 1
-    print(f"healthy: last cycle completed {age:.0f} s ago")
+    print(f"healthy: last successful cycle {age:.0f} s ago")
     return 0
 
 
@@ -162,15 +159,29 @@ def _probe(args: argparse.Namespace, settings: Settings) -> int:
     if settings.listen is not None:
         from prometheus_client import start_http_server  # noqa: PLC0415
 
-        start_http_server(settings.listen.port, settings.listen.host, registry=new_registry(collector))
+        try:
+            start_http_server(settings.listen.port, settings.listen.host, registry=new_registry(collector))
+        except OSError as err:
+            print(f"node-ping: error: cannot serve metrics on {settings.listen.host}:{settings.listen.port}: "
+                  f"{err.strerror or err}; choose another --listen-address", file=sys.stderr)
+            return 2
         log.info("serving metrics on http://%s:%d/metrics", settings.listen.host, settings.listen.port)
 
+    health_failing = False
+
     def touch_health() -> None:
-        if settings.health_file is not None:
-            try:
-                settings.health_file.touch()
-            except OSError as err:
-                log.warning("cannot touch health file %s: %s", settings.health_file, err)
+        nonlocal health_failing
+        if settings.health_file is None:
+            return
+        try:
+            settings.health_file.touch()
+        except OSError as err:
+            if not health_failing:  # once, not every cycle
+                log.warning("cannot touch health file %s: %s; the liveness probe will fail",
+                            settings.health_file, err.strerror or err)
+            health_failing = True
+        else:
+            health_failing = False
 
     code = run(prober, stop, touch_health)
     if args.command == "once":

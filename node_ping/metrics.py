@@ -113,7 +113,7 @@ def _self_metrics(snap: Snapshot) -> Iterator[Metric]:
                {"": snap.exceptions})
     yield _own(CounterMetricFamily, "node_ping_errors", "Errors by kind: config, fping, write, dns.", src,
                dict(snap.errors), label="kind")
-    yield _own(CounterMetricFamily, "node_ping_cycles", "Probe cycles completed.", src, {"": snap.cycles})
+    yield _own(CounterMetricFamily, "node_ping_cycles", "Probe cycles run, successful or not.", src, {"": snap.cycles})
     yield _own(GaugeMetricFamily, "node_ping_targets", "Targets probed in the last cycle.", src,
                dict(snap.targets), label="kind")
     yield _own(GaugeMetricFamily, "node_ping_cycle_duration_seconds", "Wall-clock length of the last cycle.", src,
@@ -123,8 +123,8 @@ def _self_metrics(snap: Snapshot) -> Iterator[Metric]:
     yield _own(GaugeMetricFamily, "node_ping_cycle_lateness_seconds",
                "How much longer than nominal the last cycle took; large values mean a starved prober.", src,
                {"": lateness})
-    yield _own(GaugeMetricFamily, "node_ping_last_success_timestamp_seconds", "Unix time the last cycle completed.",
-               src, {"": snap.last_success_ts})
+    yield _own(GaugeMetricFamily, "node_ping_last_success_timestamp_seconds",
+               "Unix time the last successful cycle ended.", src, {"": snap.last_success_ts})
     yield _own(CounterMetricFamily, "node_ping_fping_cpu_seconds", "CPU time (user+system) used by fping.", src,
                {"": snap.fping_cpu_s})
     yield _own(CounterMetricFamily, "node_ping_cpu_seconds", "CPU time (user+system) used by node-ping itself.",

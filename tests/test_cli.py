@@ -165,11 +165,11 @@ class TestHttpAndHealth:
         health.touch()
         os.utime(health, (time.time() - 100, time.time() - 100))
         code, _, err = finish(node_ping("health", "--health-file", str(health), "--max-age", "30"))
-        assert code == 1 and "unhealthy: last cycle completed 100 s ago" in err
+        assert code == 1 and "unhealthy: last successful cycle 100 s ago" in err
 
     def test_health_before_first_cycle(self, tmp_path: Path) -> None:
         code, _, err = finish(node_ping("health", "--health-file", str(tmp_path / "none"), "--max-age", "9"))
-        assert code == 1 and "no cycle has completed" in err
+        assert code == 1 and "no cycle has succeeded" in err
 
 
 class TestOnce:
