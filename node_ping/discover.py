@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,8 +25,32 @@ log = logging.getLogger(__name__)
 
 # Where Kubernetes mounts the pod's own namespace, next to its service account token.
 NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
-# A ConfigMap name is a DNS subdomain (RFC 1123): what the API server would reject, we reject first.
-_MAX_NAME = 253
+# What the API server would answer with 422 Invalid is refused at start instead (exit 2): a controller
+# that is refused on every write retries forever. A ConfigMap name is a DNS subdomain of RFC 1123, a
+# namespace a DNS label (apimachinery's NameIsDNSSubdomain and ValidateNamespaceName).
+_DNS_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
+_DNS_SUBDOMAIN = re.compile(rf"{_DNS_LABEL}(\.{_DNS_LABEL})*")
+_DNS_LABEL_RE = re.compile(_DNS_LABEL)
+_MAX_SUBDOMAIN = 253
+_MAX_LABEL = 63
+
+
+def check_configmap_name(name: str) -> None:
+    """SettingsError with the rule unless the API server would accept `name` for a ConfigMap."""
+    if not (len(name) <= _MAX_SUBDOMAIN and _DNS_SUBDOMAIN.fullmatch(name)):
+        raise SettingsError(
+            f"--configmap / NODE_PING_CONFIGMAP {name!r} is not a valid ConfigMap name: use at most "
+            f"{_MAX_SUBDOMAIN} characters, lower-case letters, digits, '-' and '.', starting and ending with a "
+            "letter or digit (an RFC 1123 DNS subdomain, e.g. node-ping-nodes)")
+
+
+def check_namespace(name: str) -> None:
+    """SettingsError with the rule unless `name` is a valid namespace name."""
+    if not (len(name) <= _MAX_LABEL and _DNS_LABEL_RE.fullmatch(name)):
+        raise SettingsError(
+            f"--namespace / POD_NAMESPACE {name!r} is not a valid namespace name: use at most {_MAX_LABEL} "
+            "characters, lower-case letters, digits and '-', starting and ending with a letter or digit "
+            "(an RFC 1123 DNS label, e.g. monitoring)")
 
 
 @dataclass(frozen=True)
@@ -50,10 +75,8 @@ class DiscoverSettings:
     page_size: int = 500
 
     def __post_init__(self) -> None:
-        for value, flag in ((self.namespace, "--namespace / POD_NAMESPACE"),
-                            (self.configmap, "--configmap / NODE_PING_CONFIGMAP")):
-            if not value or len(value) > _MAX_NAME or value != value.strip() or "/" in value:
-                raise SettingsError(f"{flag} {value!r} is not a valid Kubernetes object name")
+        check_namespace(self.namespace)
+        check_configmap_name(self.configmap)
 
 
 def _env(name: str, default: str | None = None) -> str | None:

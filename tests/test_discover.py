@@ -292,6 +292,28 @@ class TestSettings:
         with pytest.raises(SettingsError, match="empty"):
             parse_address_types(" , ")
 
+    @pytest.mark.parametrize(("argv", "reason"), [
+        (["--namespace", "monitoring", "--configmap", "Node_Ping_Nodes"], "'Node_Ping_Nodes' is not a valid ConfigMap"),
+        (["--namespace", "monitoring", "--configmap", "nodes-"], "'nodes-' is not a valid ConfigMap"),
+        (["--namespace", "monitoring", "--configmap", "a" * 254], "is not a valid ConfigMap name: use at most 253"),
+        (["--namespace", "n" * 64, "--configmap", CM], "is not a valid namespace name: use at most 63"),
+        (["--namespace", "kube.system", "--configmap", CM], "'kube.system' is not a valid namespace"),
+        (["--namespace", "Monitoring", "--configmap", CM], "'Monitoring' is not a valid namespace"),
+    ], ids=["capitals-underscore", "trailing-dash", "long-name", "long-namespace", "dotted-namespace",
+            "capital-namespace"])
+    def test_names_the_api_server_would_refuse_exit_2(self, argv: list[str], reason: str,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+        """The API server answers 422 to these on every write, so the controller would retry forever."""
+        assert run(self.parse(argv)) == 2
+        assert messages(caplog, reason), caplog.text
+
+    def test_longest_valid_names_are_accepted(self, tmp_path: Path) -> None:
+        namespace, configmap = "n" * 63, ".".join(["a" * 63] * 3 + ["b" * 61])
+        assert len(configmap) == 253
+        settings = settings_from_args(self.parse(["--namespace", namespace, "--configmap", configmap]),
+                                      tmp_path / "absent")
+        assert (settings.namespace, settings.configmap) == (namespace, configmap)
+
     def test_run_exits_2_with_the_reason(self, monkeypatch: pytest.MonkeyPatch,
                                          caplog: pytest.LogCaptureFixture) -> None:
         monkeypatch.delenv("NODE_PING_CONFIGMAP", raising=False)
