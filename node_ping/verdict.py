@@ -72,10 +72,13 @@ class Matrix:
     external: Mapping[Pair, Counts] = field(default_factory=dict)
 
     def node_names(self) -> list[str]:
-        return sorted({name for pair in self.nodes for name in pair})
+        """Nodes in a measured pair: a pair that sent nothing in the range (an exporter that stopped
+        cycling, a node gone) says nothing about the nodes now, so it neither counts nor dilutes."""
+        return sorted({name for pair in self.measured_nodes() for name in pair})
 
     def external_names(self) -> list[str]:
-        return sorted({target for _, target in self.external})
+        """External targets some node measured in the range (see node_names)."""
+        return sorted({target for _, target in self.measured_external()})
 
     def measured_nodes(self) -> dict[Pair, Counts]:
         return {pair: counts for pair, counts in self.nodes.items() if counts.measured and pair[0] != pair[1]}
@@ -104,6 +107,14 @@ class Evidence:
 
 @dataclass(frozen=True)
 class Verdict:
+    """One fault (or the single `healthy` verdict) as a person reads it and a script checks it.
+
+    `kind` is one of KINDS; `nodes` are the nodes it blames (every node for the cluster-wide kinds
+    and for healthy); `targets` the external targets, for the external kinds; `message` is the
+    sentence to read; `evidence` the measured cells behind it; `summary` the numbers in the message
+    under stable keys (which keys depends on the kind).
+    """
+
     kind: str
     nodes: tuple[str, ...]
     message: str
@@ -124,6 +135,14 @@ class _Explanation:
     send: frozenset[str]  # nodes whose row is mostly bad
     links: tuple[tuple[str, str], ...]  # sorted unordered pairs with bad cells no node explains
     cluster_wide: bool
+    # Every line's cells, ("send", node) a row and ("receive", node) a column: built once here so
+    # that describing a flagged node costs its own row and column, not a scan of the matrix.
+    lines: Mapping[tuple[str, str], Sequence[Pair]] = field(default_factory=dict)
+
+    def line(self, node: str, direction: str, bad: set[Pair]) -> tuple[Sequence[Pair], list[Pair]]:
+        """The node's row ("send") or column ("receive"), and the bad cells in it."""
+        mine = self.lines.get((direction, node), ())
+        return mine, [p for p in mine if p in bad]
 
 
 def _explain(nodes: Sequence[str], measured: Iterable[Pair], bad: set[Pair]) -> _Explanation:
@@ -179,7 +198,7 @@ def _explain(nodes: Sequence[str], measured: Iterable[Pair], bad: set[Pair]) -> 
     # per-link story would name more faults than half the nodes (with most pairs bad), or more
     # faults than there are nodes (whatever the share): no list that long helps anyone.
     cluster_wide = (len(bad) * 2 > len(cells) and faults * 2 > len(nodes)) or faults > len(nodes)
-    return _Explanation(frozenset(receive), frozenset(send), links, cluster_wide)
+    return _Explanation(frozenset(receive), frozenset(send), links, cluster_wide, members)
 
 
 def _pct(ratio: float) -> str:
@@ -224,12 +243,6 @@ class _Analysis:
         self.slow = {pair for pair, c in self.cells.items()
                      if (avg := c.rtt_avg_ms) is not None and avg >= thresholds.latency_ms}
 
-    @staticmethod
-    def _line(node: str, index: int, universe: Iterable[Pair], bad: set[Pair]) -> tuple[list[Pair], list[Pair]]:
-        """The node's row (index 0) or column (index 1), and the bad cells in it."""
-        mine = [p for p in universe if p[index] == node]
-        return mine, [p for p in mine if p in bad]
-
     def loss(self) -> list[Verdict]:
         found = _explain(self.nodes, self.cells, self.bad_loss)
         if found.cluster_wide:
@@ -251,8 +264,8 @@ class _Analysis:
         return verdicts
 
     def _node_loss(self, node: str, found: _Explanation) -> Verdict:
-        row, row_bad = self._line(node, 0, self.cells, self.bad_loss)
-        column, column_bad = self._line(node, 1, self.cells, self.bad_loss)
+        row, row_bad = found.line(node, "send", self.bad_loss)
+        column, column_bad = found.line(node, "receive", self.bad_loss)
         sends, receives = node in found.send, node in found.receive
         bad = (row_bad if sends else []) + (column_bad if receives else [])
         span = _loss_span([self.cells[p].loss_ratio for p in bad])
@@ -325,10 +338,10 @@ class _Analysis:
         verdicts = []
         for node in sorted(found.send | found.receive):
             # RTT is a round trip, so a slow row and a slow column mean the same: a slow node.
-            row, row_slow = self._line(node, 0, timed, self.slow)
-            column, column_slow = self._line(node, 1, timed, self.slow)
+            row, row_slow = found.line(node, "send", self.slow)
+            column, column_slow = found.line(node, "receive", self.slow)
             slow = (row_slow if node in found.send else []) + (column_slow if node in found.receive else [])
-            considered = len(row if node in found.send else []) + len(column if node in found.receive else [])
+            considered = (len(row) if node in found.send else 0) + (len(column) if node in found.receive else 0)
             verdicts.append(Verdict(
                 LATENCY_NODE, (node,),
                 f"high latency at node {node}: {len(slow)} of {considered} pairs with its peers average "

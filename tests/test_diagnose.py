@@ -8,19 +8,24 @@ that are down, slow or not Prometheus at all.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import http.server
+import inspect
 import json
 import re
 import socket
 import tempfile
 import threading
 import time
+import types
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import pytest
 
 from node_ping import cli
+from node_ping import diagnose as diagnose_module
+from node_ping import verdict as verdict_module
 from node_ping.diagnose import Report, abbreviate, render_json, render_text
 from node_ping.verdict import (
     CLUSTER,
@@ -239,6 +244,74 @@ class TestCombinedAndMissing:
         """increase() extrapolates, so received can come out a hair above sent: that is no loss."""
         assert Counts(sent=900.0, received=900.4).loss_ratio == 0.0
         assert Counts(sent=900.0, received=0.0, rtt_sum_ms=0.0).rtt_avg_ms is None
+
+
+class TestUnmeasuredPairs:
+    """A pair that sent nothing in the range (a node gone, a target dropped from the config) neither
+    counts as a node or target nor dilutes the share of bad ones."""
+
+    def test_node_seen_only_in_unmeasured_pairs_is_not_counted(self) -> None:
+        matrix = matrix_of(Mesh(NODES))
+        gone = {("n1", "n6"): Counts(0.0, 0.0), ("n6", "n1"): Counts(0.0, 0.0)}
+        matrix = Matrix({**matrix.nodes, **gone}, matrix.external)
+        assert matrix.node_names() == NODES
+        [verdict] = diagnose(matrix)
+        assert verdict.message.startswith("healthy: 5 nodes (20 pairs) below")
+        assert render_text(report_of(matrix)).startswith("node-ping diagnose: 5 nodes, 0 external targets,")
+
+    def test_unmeasured_targets_do_not_dilute_cluster_wide_external_loss(self) -> None:
+        mesh = Mesh(NODES, external=["dns", "web"],
+                    external_loss={(n, t): 1.0 for n in NODES for t in ("dns", "web")})
+        matrix = matrix_of(mesh)
+        dropped = {(n, t): Counts(0.0, 0.0) for n in NODES for t in ("old-a", "old-b")}
+        matrix = Matrix(matrix.nodes, {**matrix.external, **dropped})
+        assert matrix.external_names() == ["dns", "web"]
+        [verdict] = diagnose(matrix)
+        assert (verdict.kind, verdict.targets) == (EXTERNAL_CLUSTER, ("dns", "web"))
+        assert "2 of 2 external targets are lost from most nodes" in verdict.message
+
+
+class _CountingName(str):
+    """A node name that counts how often it is compared for equality: the analysis's unit of work."""
+
+    comparisons = 0
+
+    def __eq__(self, other: object) -> bool:
+        _CountingName.comparisons += 1
+        return str.__eq__(self, other)
+
+    __hash__ = str.__hash__
+
+
+class TestScale:
+    """The analysis's work grows with the matrix, not with the matrix times the number of bad nodes,
+    so a large cluster with many bad nodes is diagnosed as fast as a healthy one."""
+
+    def test_each_cell_is_looked_at_a_bounded_number_of_times(self) -> None:
+        nodes = [_CountingName(f"node-{i:03}") for i in range(80)]
+        matrix = matrix_of(Mesh(nodes, loss={pair: ratio for node in nodes[:30]
+                                             for pair, ratio in receive_loss(nodes, node, 0.3).items()}))
+        _CountingName.comparisons = 0
+        verdicts = diagnose(matrix)
+        assert [(v.kind, v.nodes) for v in verdicts] == [(NODE_RECEIVE, (node,)) for node in nodes[:30]]
+        # Sorting the evidence costs a few comparisons per cell; re-scanning the matrix for every
+        # bad node cost 60 per cell here, and more on a larger cluster.
+        assert _CountingName.comparisons < 10 * len(matrix.nodes)
+
+
+class TestPublicTypes:
+    """Every public dataclass says what it holds: a dataclass without a docstring shows only its
+    generated signature in help()."""
+
+    @pytest.mark.parametrize("module", [verdict_module, diagnose_module, promdata], ids=lambda m: m.__name__)
+    def test_dataclasses_have_docstrings(self, module: types.ModuleType) -> None:
+        public = [value for name, value in vars(module).items()
+                  if not name.startswith("_") and inspect.isclass(value) and dataclasses.is_dataclass(value)
+                  and value.__module__ == module.__name__]
+        assert public
+        undocumented = [cls.__name__ for cls in public
+                        if not cls.__doc__ or cls.__doc__.startswith(f"{cls.__name__}(")]
+        assert undocumented == []
 
 
 class TestAbbreviate:
