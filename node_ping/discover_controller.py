@@ -58,6 +58,13 @@ class ShortWatch(ConnectionError):
     """The server ended a watch at once without sending anything."""
 
 
+class WriteConflicts(Exception):
+    """The ConfigMap changed between reading and writing it, MAX_CONFLICTS times in a row.
+
+    Busy co-writers, not a bug: the reconcile loop backs off and tries again like after an outage.
+    """
+
+
 def http_status(err: BaseException) -> int | None:
     return err.status if isinstance(err, ApiException) else None
 
@@ -98,7 +105,8 @@ class Backoff:
         self.failures += 1
         if self.failures == 1:
             # Anything that is not an API or network error is a bug: keep going, but show where.
-            expected = isinstance(err, ApiException | urllib3.exceptions.HTTPError | OSError | ValueError)
+            expected = isinstance(err, ApiException | urllib3.exceptions.HTTPError | OSError | ValueError
+                                  | WriteConflicts)
             log.warning("%s failed: %s; retrying with backoff (at most %gs apart), quietly until it works again",
                         self.what, describe(err), self.cap, exc_info=not expected)
         else:
@@ -423,7 +431,7 @@ class Discovery:
             log.info("%s %s: nodes.json lists %d nodes (%s)", "created" if current is None else "updated",
                      self._where, count, summarize_change(stored, desired))
             return
-        raise RuntimeError(f"{self._where} changed under every one of {MAX_CONFLICTS} writes in a row")
+        raise WriteConflicts(f"{self._where} changed under every one of {MAX_CONFLICTS} writes in a row")
 
     def _report_problems(self, desired: str) -> None:
         """Warn (once per distinct set) about entries the exporter would skip, e.g. two nodes with one IP."""
