@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -20,7 +19,7 @@ def lab_factory() -> Iterator[Callable[[list[str]], netlab.Lab]]:
     if reason:
         pytest.skip(reason)
     labs: list[netlab.Lab] = []
-    netlab.remove_leftovers(f"np{os.getpid() % 100000}-")
+    netlab.remove_leftovers(netlab.run_prefix())
 
     def make(names: list[str]) -> netlab.Lab:
         lab = netlab.build(names)

@@ -8,6 +8,7 @@ exist only inside these namespaces. Everything is torn down by `close()`, also a
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import shutil
 import subprocess
@@ -16,6 +17,20 @@ from dataclasses import dataclass, field
 
 V4_NET = "10.231.0"
 V6_NET = "fd00:231::"
+
+_lab_numbers = itertools.count(1)
+
+
+def run_prefix() -> str:
+    """What every namespace this test process makes starts with: `remove_leftovers(run_prefix())`
+    clears what an earlier, killed process with the same pid left behind."""
+    return f"np{os.getpid() % 100000}-"
+
+
+def new_prefix() -> str:
+    """A prefix no other lab of this process has: a second lab in one test must not reuse (and,
+    on a failed build, delete) the first one's namespaces."""
+    return f"{run_prefix()}{next(_lab_numbers)}-"
 
 
 def available() -> str | None:
@@ -86,13 +101,14 @@ table inet nodeping_test {{
 class Lab:
     prefix: str
     hosts: list[Host] = field(default_factory=list)
+    switch_made: bool = False  # close() removes only namespaces this lab made
 
     @property
     def switch(self) -> str:
         return f"{self.prefix}sw"
 
     def close(self) -> None:
-        for ns in [h.name for h in self.hosts] + [self.switch]:
+        for ns in [h.name for h in self.hosts] + ([self.switch] if self.switch_made else []):
             # Kill anything still running inside, then remove the namespace.
             pids = sh("ip", "netns", "pids", ns, check=False).stdout.split()
             for pid in pids:
@@ -111,10 +127,11 @@ def remove_leftovers(prefix: str) -> None:
 
 def build(names: Sequence[str], prefix: str | None = None) -> Lab:
     """Namespaces `<prefix><name>` on a bridge, each reachable by IPv4 and IPv6 from the others."""
-    prefix = prefix or f"np{os.getpid() % 100000}-"
+    prefix = prefix or new_prefix()
     lab = Lab(prefix)
     try:
         sh("ip", "netns", "add", lab.switch)
+        lab.switch_made = True
         sh(*Host(lab.switch, 0).cmd("ip", "link", "add", "br0", "type", "bridge"))
         sh(*Host(lab.switch, 0).cmd("ip", "link", "set", "br0", "up"))
         for index, name in enumerate(names, start=1):

@@ -6,9 +6,11 @@ hang, death by a signal) are played by small shell scripts standing in for the f
 
 from __future__ import annotations
 
-import os
 import stat
+import subprocess
 import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,6 +24,50 @@ def fake_fping(tmp_path: Path, body: str) -> str:
     script.write_text(f"#!/bin/sh\n{body}\n")
     script.chmod(script.stat().st_mode | stat.S_IEXEC)
     return str(script)
+
+
+def wait_for_pid(pidfile: Path, timeout_s: float = 10) -> int:
+    """The pid a stand-in wrote with `echo $$ > pidfile`, once the whole line is there (bounded)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            text = pidfile.read_text()
+        except FileNotFoundError:
+            text = ""
+        if text.endswith("\n"):
+            return int(text)
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(0.01)
+    raise AssertionError(f"the stand-in did not write {pidfile} within {timeout_s} s")
+
+
+def stop_once_running(pidfile: Path, stop: threading.Event) -> threading.Thread:
+    """Set `stop` as soon as the stand-in is running (it has written its pid), so the stop always
+    lands while it sleeps; set it anyway after the bound so the run under test cannot hang."""
+    def arm() -> None:
+        try:
+            wait_for_pid(pidfile)
+        finally:
+            stop.set()
+
+    thread = threading.Thread(target=arm, daemon=True)
+    thread.start()
+    return thread
+
+
+@pytest.fixture
+def started(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[subprocess.Popen[str]]]:
+    """Every process fping.run starts, so a test can check it was reaped however early it died."""
+    processes: list[subprocess.Popen[str]] = []
+    real_start = fping._start
+
+    def start(argv: list[str]) -> subprocess.Popen[str]:
+        processes.append(real_start(argv))
+        return processes[-1]
+
+    monkeypatch.setattr(fping, "_start", start)
+    yield processes
 
 
 class TestArgv:
@@ -60,7 +106,10 @@ class TestRun:
     """Exit codes 0-2 are data; anything else is an error with a message; nothing is left running."""
 
     def test_real_fping_on_loopback(self) -> None:
-        argv = fping.build_argv(["127.0.0.1", "::1"], count=3, period_ms=20)
+        # fping's reply timeout in -C mode is the period, and it handles due timeouts before it
+        # reads replies: at a period of a few ms, a descheduled fping counts loopback replies as
+        # lost. 100 ms leaves a loaded machine room for exit code 0 ("all answered").
+        argv = fping.build_argv(["127.0.0.1", "::1"], count=3, period_ms=100)
         result = fping.run(argv, timeout_s=10, stop=threading.Event())
         assert result.returncode == 0
         report = parse_report(result.report)
@@ -86,12 +135,16 @@ class TestRun:
             binary = fake_fping(tmp_path, f"echo '10.0.0.1 : - -' >&2; exit {code}")
             assert fping.run([binary], 5, threading.Event()).returncode == code
 
-    def test_hung_fping_is_killed_at_the_deadline(self, tmp_path: Path) -> None:
-        pidfile = tmp_path / "pid"
-        binary = fake_fping(tmp_path, f"echo $$ > {pidfile}; exec sleep 60")
+    def test_hung_fping_is_killed_at_the_deadline(self, tmp_path: Path,
+                                                  started: list[subprocess.Popen[str]]) -> None:
+        binary = fake_fping(tmp_path, "exec sleep 60")
         with pytest.raises(fping.FpingTimeout, match="longer than"):
             fping.run([binary], timeout_s=0.5, stop=threading.Event())
-        assert not Path(f"/proc/{pidfile.read_text().strip()}").exists()
+        # Known from the start, not from a pidfile the stand-in may not have written before the
+        # deadline on a slow machine: the process was waited for and is gone.
+        (process,) = started
+        assert process.returncode is not None
+        assert not Path(f"/proc/{process.pid}").exists()
 
     def test_killed_by_a_signal(self, tmp_path: Path) -> None:
         binary = fake_fping(tmp_path, "echo '10.0.0.1 : 0.1' >&2; kill -9 $$")
@@ -102,10 +155,11 @@ class TestRun:
         pidfile = tmp_path / "pid"
         binary = fake_fping(tmp_path, f"echo $$ > {pidfile}; exec sleep 60")
         stop = threading.Event()
-        threading.Timer(0.3, stop.set).start()
+        arming = stop_once_running(pidfile, stop)
         with pytest.raises(fping.Interrupted):
             fping.run([binary], timeout_s=30, stop=stop)
-        assert not Path(f"/proc/{pidfile.read_text().strip()}").exists()
+        arming.join()
+        assert not Path(f"/proc/{wait_for_pid(pidfile, 0)}").exists()
 
     def test_several_processes_join_their_reports(self) -> None:
         argvs = [fping.build_argv([address], count=2, period_ms=10) for address in ("127.0.0.1", "127.0.0.2", "::1")]
@@ -117,15 +171,13 @@ class TestRun:
         slow = fake_fping(tmp_path, f"echo $$ > {pidfile}; exec sleep 60")
         argvs = [["fping", "-C", "1", "-S", "10.255.255.254", "--", "127.0.0.1"], [slow]]
         stop = threading.Event()
-        threading.Timer(0.5, stop.set).start()
+        arming = stop_once_running(pidfile, stop)
         with pytest.raises(fping.Interrupted):
             fping.run_all(argvs, 30, stop)
-        assert not Path(f"/proc/{pidfile.read_text().strip()}").exists()
+        arming.join()
+        assert not Path(f"/proc/{wait_for_pid(pidfile, 0)}").exists()
 
-    def test_runs_with_c_locale(self, tmp_path: Path) -> None:
+    def test_runs_with_c_locale(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         binary = fake_fping(tmp_path, 'echo "10.0.0.1 : $LC_ALL" >&2')
-        os.environ["LC_ALL"] = "de_DE.UTF-8"
-        try:
-            assert fping.run([binary], 5, threading.Event()).report.strip() == "10.0.0.1 : C"
-        finally:
-            del os.environ["LC_ALL"]
+        monkeypatch.setenv("LC_ALL", "de_DE.UTF-8")
+        assert fping.run([binary], 5, threading.Event()).report.strip() == "10.0.0.1 : C"
