@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -14,6 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.test_metrics import families
 
@@ -30,7 +32,14 @@ def node_ping(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen
 
 
 def finish(process: subprocess.Popen[str], timeout: float = 60) -> tuple[int, str, str]:
-    out, err = process.communicate(timeout=timeout)
+    """Wait for the process and collect its output. `timeout` only bounds a hang: past it the
+    process is killed (and reaped) so that nothing outlives a failed test."""
+    try:
+        out, err = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.communicate()
+        raise
     return process.returncode, out, err
 
 
@@ -46,7 +55,7 @@ def setup(tmp_path: Path) -> dict[str, str]:
 def children(pid: int) -> list[int]:
     found: list[int] = []
     for task in Path(f"/proc/{pid}/task").glob("*"):
-        with open(task / "children") as handle:
+        with contextlib.suppress(FileNotFoundError), open(task / "children") as handle:  # a thread may end
             found += [int(child) for child in handle.read().split()]
     return found
 
@@ -62,26 +71,30 @@ def wait_for(predicate: Callable[[], object], seconds: float = 20) -> None:
 
 
 class TestRunCommand:
-    """`node-ping run` configured by env vars, as the DaemonSet does."""
+    """`node-ping run` configured by env vars, as the DaemonSet does.
+
+    Periods are 100 ms where the exit code is asserted: fping's reply timeout is the period, and a
+    cycle in which not even loopback answered fails (exit 1); at a few ms a descheduled fping on a
+    loaded machine could see that happen."""
 
     def test_env_vars_and_cycles(self, setup: dict[str, str]) -> None:
-        code, _, err = finish(node_ping("run", "--cycles", "2", "--count", "2", "--period-ms", "10", env=setup))
+        code, _, err = finish(node_ping("run", "--cycles", "2", "--count", "2", "--period-ms", "100", env=setup))
         assert code == 0, err
         series = families((Path(setup["PROMETHEUS_TEXTFILE_DIR"]) / "node-ping_me.prom").read_text())
         sent = {labels["destination_node"]: v for labels, v in series["kube_node_ping_packets_sent_total"]}
         assert sent == {"peer": 4, "peer6": 4}  # itself excluded, 2 cycles x 2 pings
 
     def test_flags_override_env(self, setup: dict[str, str]) -> None:
-        code, _, err = finish(node_ping("--cycles", "1", "--count", "1", "--period-ms", "10",
+        code, _, err = finish(node_ping("--cycles", "1", "--count", "1", "--period-ms", "100",
                                         "--node-name", "peer", "--prefix", "np-", env=setup))
         assert code == 0, err
         assert [p.name for p in Path(setup["PROMETHEUS_TEXTFILE_DIR"]).iterdir()] == ["np-peer.prom"]
 
     def test_count_and_period_from_env(self, setup: dict[str, str]) -> None:
-        env = {**setup, "NODE_PING_COUNT": "3", "NODE_PING_PERIOD_MS": "10"}
+        env = {**setup, "NODE_PING_COUNT": "3", "NODE_PING_PERIOD_MS": "100"}
         assert finish(node_ping("run", "--cycles", "1", env=env))[0] == 0
         text = (Path(setup["PROMETHEUS_TEXTFILE_DIR"]) / "node-ping_me.prom").read_text()
-        assert 'node_ping_cycle_nominal_seconds{source_node="me"} 0.03' in text
+        assert 'node_ping_cycle_nominal_seconds{source_node="me"} 0.3' in text
 
     @pytest.mark.parametrize(("drop", "extra", "message"), [
         ("MY_NODE_NAME", [], "MY_NODE_NAME"),
@@ -101,7 +114,7 @@ class TestRunCommand:
         textfile = Path(setup["PROMETHEUS_TEXTFILE_DIR"])
         for name in ("node-ping_renamed-node.prom", "node-ping_me.prom.999.tmp", "smartmon.prom", "README"):
             (textfile / name).write_text("x 1\n")
-        assert finish(node_ping("run", "--cycles", "1", "--count", "1", "--period-ms", "10", env=setup))[0] == 0
+        assert finish(node_ping("run", "--cycles", "1", "--count", "1", "--period-ms", "100", env=setup))[0] == 0
         assert sorted(p.name for p in textfile.iterdir()) == ["README", "node-ping_me.prom", "smartmon.prom"]
 
 
@@ -114,15 +127,27 @@ class TestSignals:
         try:
             wait_for(lambda: children(process.pid))
             fping_pids = children(process.pid)
+            signalled = time.monotonic()
             process.send_signal(signum)
-            code, _, err = finish(process, timeout=2)
+            code, _, err = finish(process)
+            took = time.monotonic() - signalled  # until the exit was seen: if anything, a little more
         finally:
             process.kill()
             process.wait()
         assert code == 0, err
+        assert took <= 2, f"node-ping ran on for {took:.2f} s after the signal"
         assert all(not Path(f"/proc/{pid}").exists() for pid in fping_pids)
         assert not list(Path(setup["PROMETHEUS_TEXTFILE_DIR"]).glob("*.tmp"))
         assert "stopping" in err
+
+
+Samples = list[tuple[str, tuple[tuple[str, str], ...], float]]
+
+
+def samples(text: str) -> Samples:
+    """Every sample of an exposition text as (name, labels, value), in a stable order."""
+    return sorted((sample.name, tuple(sorted(sample.labels.items())), sample.value)
+                  for family in text_string_to_metric_families(text) for sample in family.samples)
 
 
 def free_port() -> int:
@@ -138,22 +163,40 @@ class TestHttpAndHealth:
     def running(self, setup: dict[str, str], tmp_path: Path) -> Iterator[tuple[int, Path]]:
         port = free_port()
         health = tmp_path / "health"
-        process = node_ping("run", "--count", "2", "--period-ms", "20", "--listen-address", f"127.0.0.1:{port}",
+        process = node_ping("run", "--count", "2", "--period-ms", "500", "--listen-address", f"127.0.0.1:{port}",
                             "--health-file", str(health), env=setup)
         try:
             yield port, health
         finally:
             process.terminate()
-            process.wait(timeout=10)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                finish(process, timeout=10)  # kills it if SIGTERM did not end it
+            process.wait()
 
     def test_metrics_over_http_match_the_file(self, running: tuple[int, Path], setup: dict[str, str]) -> None:
-        port, health = running
-        wait_for(health.exists)
-        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-        series = families(body)
-        assert {labels["destination_node"] for labels, _ in series["kube_node_ping_packets_sent_total"]} == {
-            "peer", "peer6"}
-        assert not [name for name in series if name.startswith(("process_", "python_")) or "created" in name]
+        port, _ = running
+        textfile = Path(setup["PROMETHEUS_TEXTFILE_DIR"]) / "node-ping_me.prom"
+        wait_for(textfile.exists)
+
+        def cycles(series: Samples) -> set[float]:
+            return {value for name, _, value in series if name == "node_ping_cycles_total"}
+
+        # Cycles go on while we read: a file read on each side of the scrape, all three of the same
+        # cycle, shows what both served for one snapshot (~1 s cycles: the first try nearly always).
+        for _attempt in range(20):
+            before = samples(textfile.read_text())
+            served = samples(urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode())
+            after = samples(textfile.read_text())
+            if before == after and cycles(served) == cycles(after):
+                break
+        else:
+            raise AssertionError("no scrape fell between two writes of the file in 20 tries")
+        # Every series, label and value alike: timestamps, durations and CPU counters included.
+        assert served == after
+        names = {name for name, _, _ in served}
+        assert {dict(labels)["destination_node"] for name, labels, _ in served
+                if name == "kube_node_ping_packets_sent_total"} == {"peer", "peer6"}
+        assert not [name for name in names if name.startswith(("process_", "python_")) or "created" in name]
 
     def test_health_command(self, running: tuple[int, Path]) -> None:
         _, health = running
