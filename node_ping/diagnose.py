@@ -1,15 +1,19 @@
 """`node-ping diagnose`: read the loss and latency matrix from Prometheus and name what is broken.
 
-The HTTP part is thin: six instant queries over the range, at one evaluation time so they agree.
+The HTTP part is thin: six instant queries over the range, at one evaluation time so they agree,
+with the headers the user gave (tokens, a Mimir tenant); credentials never appear in any output.
 The analysis is `node_ping.verdict.diagnose`, a pure function of the matrix; this module turns its
 verdicts into text for people (verdicts, then the matrices as evidence) or JSON for scripts.
-Exit codes: 0 healthy, 1 faults found, 2 Prometheus unreachable, not Prometheus, or no data.
+Exit codes: 0 healthy, 1 faults found, 2 bad flags, Prometheus unreachable, refusing, not
+Prometheus, or no data.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import http.client
+import itertools
 import json
 import math
 import os
@@ -20,10 +24,11 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from pathlib import Path
+from typing import IO, Any
 
 from node_ping import __version__
 from node_ping.verdict import Counts, Matrix, Pair, Thresholds, Verdict, diagnose
@@ -40,6 +45,14 @@ _LABEL_WIDTH = 12
 # Above this many nodes a matrix shows only the rows and columns with marked cells, the most
 # marked first: 20 columns of 8 characters still fit a wide terminal.
 _FULL_MATRIX_NODES = 20
+# --time must fall in these years (unix seconds): a millisecond value copied from a Grafana URL is
+# a thousand times too large, and would otherwise reach Prometheus (or the date formatting) as a
+# time tens of thousands of years away.
+_YEARS = (2000, 2100)
+_EARLIEST, _LATEST = (datetime(year, 1, 1, tzinfo=UTC).timestamp() for year in _YEARS)
+# An hour is longer than any query of node-ping's should take; larger values overflow the socket's
+# timeout (inf, 1e10) or make a hung server look like a hung node-ping.
+_MAX_TIMEOUT_S = 3600.0
 
 
 class DiagnoseError(Exception):
@@ -49,25 +62,76 @@ class DiagnoseError(Exception):
 # ---------------------------------------------------------------------------------------- Prometheus
 
 
-class Prometheus:
-    """Instant queries against Prometheus's HTTP API (or anything that speaks it: Thanos, Mimir)."""
+def _split_userinfo(url: str) -> tuple[str | None, str]:
+    """(the user:password part or None, the URL without it).
 
-    def __init__(self, url: str, timeout: float) -> None:
+    Cut by hand rather than parsed: it must work on URLs too broken to parse, and it takes
+    everything up to the last @ before the path's query or fragment, so a password with an
+    unescaped @, : or / is removed whole rather than partly shown.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    address_end = min((i for i in (rest.find("?"), rest.find("#")) if i >= 0), default=len(rest))
+    at = rest.rfind("@", 0, address_end)
+    if at < 0:
+        return None, url
+    return rest[:at], f"{scheme}{sep}{rest[at + 1:]}"
+
+
+def redact(url: str) -> str:
+    """`url` without its user:password@, for every message and report that shows it."""
+    return _split_userinfo(url)[1]
+
+
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """Report a redirect instead of following it: urllib would send the Authorization header to
+    wherever the redirect points, another host included."""
+
+    def redirect_request(  # noqa: PLR0917 -- urllib's signature
+            self, req: urllib.request.Request, fp: IO[bytes], code: int, msg: str,
+            headers: http.client.HTTPMessage, newurl: str) -> None:
+        return None
+
+
+class Prometheus:
+    """Instant queries against Prometheus's HTTP API, or anything that serves it under the URL.
+
+    `headers` (e.g. Authorization, X-Scope-OrgID) go with every request; user:password@ in the URL
+    becomes HTTP basic authentication. Neither is ever shown: `url` is the address without them.
+    """
+
+    def __init__(self, url: str, timeout: float, headers: Mapping[str, str] | None = None) -> None:
         if "://" not in url:
             url = f"http://{url}"
-        parsed = urllib.parse.urlsplit(url)
-        if parsed.scheme not in ("http", "https") or not parsed.netloc:
-            raise DiagnoseError(f"--prometheus {url!r} is not an http(s) URL; give e.g. http://prometheus:9090")
-        self.url = url.rstrip("/")
+        userinfo, address = _split_userinfo(url)
+        self.url = address.rstrip("/")  # what is requested and shown: never the credentials
         self.timeout = timeout
+        try:
+            parsed = urllib.parse.urlsplit(self.url)
+            valid = parsed.scheme in ("http", "https") and bool(parsed.hostname)
+            parsed.port  # noqa: B018 -- raises ValueError for a port that is not a number
+        except ValueError:
+            valid = False
+        if not valid:
+            raise DiagnoseError(f"--prometheus {self.url!r} is not an http(s) URL; give e.g. http://prometheus:9090")
+        sent = dict(headers or {})
+        if userinfo:
+            if any(name.lower() == "authorization" for name in sent):
+                raise DiagnoseError("--prometheus has user:password@ and an Authorization header is set too; "
+                                    "give only one of them")
+            user, _, password = (urllib.parse.unquote(part) for part in userinfo.partition(":"))
+            sent["Authorization"] = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+        self._credentials = sorted(sent)  # names only, for messages
+        self._headers = {"Accept": "application/json", "User-Agent": f"node-ping/{__version__}", **sent}
+        self._opener = urllib.request.build_opener(_NoRedirects())
 
     def query(self, promql: str, at: float) -> list[tuple[dict[str, str], float]]:
         """The instant vector of `promql` at unix time `at`, as (labels, value) pairs."""
         address = f"{self.url}/api/v1/query?" + urllib.parse.urlencode({"query": promql, "time": f"{at:.3f}"})
-        request = urllib.request.Request(  # noqa: S310 -- the scheme is checked to be http(s) in __init__
-            address, headers={"Accept": "application/json", "User-Agent": f"node-ping/{__version__}"})
+        request = urllib.request.Request(address, headers=self._headers)  # noqa: S310 -- http(s), checked above
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:  # noqa: S310 -- as above
+            with self._opener.open(request, timeout=self.timeout) as response:
                 body = response.read()
         except urllib.error.HTTPError as err:
             raise DiagnoseError(self._http_error(err)) from None
@@ -89,13 +153,35 @@ class Prometheus:
 
     def _http_error(self, err: urllib.error.HTTPError) -> str:
         try:
-            detail = json.loads(err.read()).get("error")
-        except (ValueError, AttributeError, OSError):
+            body = err.read(4096)
+        except OSError:
+            body = b""
+        try:
+            detail = json.loads(body).get("error")
+        except (ValueError, AttributeError):
             detail = None
+        if err.code in (401, 403):
+            return self._refused(err, detail or _first_line(body, err.headers.get_content_type()))
+        if 300 <= err.code < 400:
+            location = redact(urllib.parse.urljoin(err.geturl() or self.url, err.headers.get("Location", "")))
+            return (f"the server at {self.url} redirects /api/v1/query to {location.partition('?')[0]} "
+                    f"(HTTP {err.code}); node-ping does not follow redirects, so that headers and credentials "
+                    "go only where --prometheus points: give the address it redirects to as --prometheus "
+                    "(if that is a login page, see --header and --bearer-token-file)")
         if detail:  # Prometheus itself, refusing the query
             return f"Prometheus at {self.url} rejected the query (HTTP {err.code}): {detail}"
         return (f"the server at {self.url} answered HTTP {err.code} {err.reason} to /api/v1/query: "
                 "is --prometheus Prometheus's base URL (e.g. http://prometheus.monitoring:9090)?")
+
+    def _refused(self, err: urllib.error.HTTPError, detail: str | None) -> str:
+        what = f"HTTP {err.code} {err.reason}" + (f": {detail}" if detail else "")
+        if self._credentials:
+            hint = (f"check the credentials sent (headers {', '.join(self._credentials)}) and set the right ones "
+                    "with --header / --bearer-token-file")
+        else:
+            hint = ("it wants credentials: set --header (e.g. 'Authorization: Bearer <token>', or "
+                    "'X-Scope-OrgID: <tenant>' for Mimir) / --bearer-token-file, or user:password@ in the URL")
+        return f"Prometheus at {self.url} refused the request ({what}); {hint}"
 
     def _vector(self, body: bytes) -> list[tuple[dict[str, str], float]]:
         not_prometheus = (f"the server at {self.url} answered /api/v1/query, but not like Prometheus; "
@@ -121,6 +207,14 @@ class Prometheus:
             if math.isfinite(value):
                 samples.append((labels, value))
         return samples
+
+
+def _first_line(body: bytes, content_type: str) -> str | None:
+    """A short plain-text error body (Mimir's "no org id"), for the message; None for anything else."""
+    if content_type != "text/plain":
+        return None
+    lines = body.decode("utf-8", "replace").strip().splitlines()
+    return lines[0][:200] if lines else None
 
 
 def queries(prefix: str, labels: tuple[str, str], window: str) -> dict[str, str]:
@@ -192,18 +286,31 @@ def _common_affixes(names: Sequence[str]) -> tuple[int, int]:
     return cut(shared(names)), cut(shared([name[::-1] for name in names]))
 
 
-def abbreviate(names: Sequence[str], letter: str = "n", width: int = _LABEL_WIDTH) -> dict[str, str]:
-    """Short, unique labels: the names themselves if short, else what tells them apart (the shared
-    prefix and suffix dropped), else letter + number. The caller prints a legend for changed ones."""
-    if all(len(name) <= width for name in names):
-        return {name: name for name in names}
-    if len(names) > 1:
-        prefix, suffix = _common_affixes(names)
-        short = {name: name[prefix:len(name) - suffix] for name in names}
-        labels = list(short.values())
-        if all(0 < len(label) <= width for label in labels) and len(set(labels)) == len(labels):
-            return short
-    return {name: f"{letter}{index}" for index, name in enumerate(names, 1)}
+def abbreviate(names: Sequence[str], letter: str = "n", width: int = _LABEL_WIDTH,
+               reserved: Collection[str] = ()) -> dict[str, str]:
+    """Short, unique labels for a matrix; the caller prints a legend for those that differ.
+
+    Names of `width` characters or fewer are their own label. A longer name loses the prefix and
+    suffix (cut at a separator) that all the long names share, when what is left fits and is
+    unique; otherwise it gets letter + number. No label equals another name or label, nor anything
+    in `reserved` (the labels of the other matrix axis), so a label always means one name.
+    """
+    labels = {name: name for name in names if len(name) <= width}
+    long_names = [name for name in names if len(name) > width]
+    taken = {*names, *reserved}
+    if len(long_names) > 1:
+        prefix, suffix = _common_affixes(long_names)
+        short = {name: name[prefix:len(name) - suffix] for name in long_names}
+        repeated = {label for label, count in Counter(short.values()).items() if count > 1}
+        for name, label in short.items():
+            if 0 < len(label) <= width and label not in repeated and label not in taken:
+                labels[name] = label
+        taken |= set(labels.values())
+    numbers = (f"{letter}{index}" for index in itertools.count(1))
+    for name in long_names:
+        if name not in labels:
+            labels[name] = next(label for label in numbers if label not in taken)
+    return {name: labels[name] for name in names}
 
 
 def _table(title: str, rows: Mapping[str, str], columns: Mapping[str, str],
@@ -249,14 +356,14 @@ def _pick(names: Sequence[str], marked: Sequence[str], limit: int) -> list[str]:
 
 def _matrix_section(title: str, cells: Mapping[Pair, Counts], *, rows: Mapping[str, str],
                     columns: Mapping[str, str], show: Callable[[Counts], float | None],
-                    bad: Callable[[Counts], bool]) -> tuple[list[str], set[str]]:
-    """One matrix (rows and columns as {name: label}) and the names it shows; on a large cluster only
-    the rows and columns with marked cells."""
+                    bad: Callable[[Counts], bool]) -> tuple[list[str], list[str], list[str]]:
+    """One matrix (rows and columns as {name: label}), and the names of the rows and the columns it
+    shows: on a large cluster only those with marked cells."""
     marked = [pair for pair, counts in cells.items() if show(counts) is not None and bad(counts)]
     row_names = _pick(list(rows), [s for s, _ in marked], _FULL_MATRIX_NODES)
     column_names = _pick(list(columns), [d for _, d in marked], _FULL_MATRIX_NODES)
     if not row_names or not column_names:
-        return ["", f"{title}: no cell marked among {len(rows)} rows (--output json has every cell)"], set()
+        return ["", f"{title}: no cell marked among {len(rows)} rows (--output json has every cell)"], [], []
     if len(row_names) < len(rows) or len(column_names) < len(columns):
         title += (f"; showing {len(row_names)} of {len(rows)} rows and {len(column_names)} of {len(columns)} "
                   "columns, those with the most marked cells (--output json has every cell)")
@@ -271,7 +378,7 @@ def _matrix_section(title: str, cells: Mapping[Pair, Counts], *, rows: Mapping[s
         return f"{number:.1f}" + ("!" if bad(counts) else " ")
 
     table = _table(title, {r: rows[r] for r in row_names}, {c: columns[c] for c in column_names}, cell)
-    return ["", *table], {*row_names, *column_names}
+    return ["", *table], row_names, column_names
 
 
 def render_text(report: Report) -> str:
@@ -282,9 +389,14 @@ def render_text(report: Report) -> str:
              f"{report.window} up to {_iso(report.at)}, from {report.url}", ""]
     lines += [f"* [{verdict.kind}] {verdict.message}" for verdict in report.verdicts]
     loss_pct = thresholds.loss_ratio * 100
-    labels = abbreviate(nodes)
-    target_labels = abbreviate(targets, letter="t")
-    shown: set[str] = set()
+    external = matrix.measured_external()
+    # One set of labels for every node that heads a row, of the node matrices or the external one.
+    labels = abbreviate(sorted({*nodes, *(source for source, _ in external)}))
+    node_labels = {node: labels[node] for node in nodes}
+    # Target labels never repeat a node's name or label, so the one legend below is unambiguous.
+    target_labels = abbreviate(targets, letter="t", reserved={*labels, *labels.values()})
+    shown_nodes: set[str] = set()
+    shown_targets: set[str] = set()
 
     def loss(counts: Counts) -> float:
         return counts.loss_ratio * 100
@@ -301,20 +413,22 @@ def render_text(report: Report) -> str:
         cells = matrix.measured_nodes()
         sections += [
             (f"Packet loss % (rows: from, columns: to; ! = {loss_pct:g}% or more, - = no data)",
-             cells, labels, labels, loss, lossy),
+             cells, node_labels, node_labels, loss, lossy),
             (f"Average RTT ms (! = {thresholds.latency_ms:g} ms or more, - = no reply or no data)",
-             cells, labels, labels, lambda counts: counts.rtt_avg_ms, slow),
+             cells, node_labels, node_labels, lambda counts: counts.rtt_avg_ms, slow),
         ]
     if targets:
-        sources = {source: labels.get(source, source) for source in sorted({s for s, _ in matrix.external})}
+        sources = {source: labels[source] for source in sorted({s for s, _ in external})}
         sections.append((f"External packet loss % (rows: node, columns: external target; ! = {loss_pct:g}% or more)",
-                         matrix.measured_external(), sources, target_labels, loss, lossy))
+                         external, sources, target_labels, loss, lossy))
     for title, section_cells, rows, columns, show, bad in sections:
-        section, names = _matrix_section(title, section_cells, rows=rows, columns=columns, show=show, bad=bad)
+        section, row_names, column_names = _matrix_section(title, section_cells, rows=rows, columns=columns,
+                                                           show=show, bad=bad)
         lines += section
-        shown |= names
-    legend = [f"  {label} = {name}" for mapping in (labels, target_labels) for name, label in mapping.items()
-              if label != name and name in shown]
+        shown_nodes.update(row_names)
+        (shown_targets if columns is target_labels else shown_nodes).update(column_names)
+    legend = [f"  {label} = {name}" for mapping, shown in ((labels, shown_nodes), (target_labels, shown_targets))
+              for name, label in mapping.items() if label != name and name in shown]
     if legend:
         lines += ["", "Names:", *legend]
     return "".join(f"{line.rstrip()}\n" for line in lines)
@@ -361,25 +475,89 @@ def _duration(text: str) -> str:
 
 def _timestamp(text: str) -> float:
     try:
-        return float(text)
+        at = float(text)
     except ValueError:
-        pass
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
+        try:
+            moment = datetime.fromisoformat(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is neither unix seconds nor an RFC 3339 time such as 2024-05-01T12:00:00Z") from None
+        at = (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+    if _EARLIEST <= at < _LATEST:
+        return at
+    if _EARLIEST <= at / 1000 < _LATEST:
+        seconds = f"{at / 1000:.3f}".rstrip("0").rstrip(".")
         raise argparse.ArgumentTypeError(
-            f"{text!r} is neither unix seconds nor an RFC 3339 time such as 2024-05-01T12:00:00Z") from None
-    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+            f"{text!r} looks like milliseconds (as in a Grafana URL); --time takes unix seconds: "
+            f"divide by 1000, i.e. --time {seconds}")
+    raise argparse.ArgumentTypeError(
+        f"{text!r} is not a time between {_YEARS[0]} and {_YEARS[1]}: give unix seconds or RFC 3339")
 
 
-def _positive(text: str) -> float:
+def _number(text: str, limit: float) -> float:
+    """A finite number above 0 and at most `limit`."""
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
     if not value > 0:
         raise argparse.ArgumentTypeError(f"{text!r} must be above 0")
+    if value > limit:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at most {limit:g}")
     return value
+
+
+def _positive(text: str) -> float:
+    return _number(text, math.inf)
+
+
+def _timeout(text: str) -> float:
+    return _number(text, _MAX_TIMEOUT_S)
+
+
+# RFC 9110's token: what a header name may be made of.
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+# Printable ASCII, space and tab: anything else (a newline above all) would be refused by http.client
+# with a message that quotes the value, which may be a token.
+_HEADER_VALUE = re.compile(r"[\x20-\x7e\t]+")
+HEADERS_ENV = "NODE_PING_PROMETHEUS_HEADERS"
+
+
+def _header(text: str, where: str) -> tuple[str, str]:
+    """'Name: value' as (name, value). Messages name the header at most, never quote the text: it
+    may be a token typed without its name."""
+    name, colon, value = text.partition(":")
+    name, value = name.strip(), value.strip()
+    if not colon or not _HEADER_NAME.fullmatch(name):
+        raise DiagnoseError(f"{where} is not 'Name: value' (e.g. 'X-Scope-OrgID: tenant-1' or "
+                            "'Authorization: Bearer <token>')")
+    if not _HEADER_VALUE.fullmatch(value):
+        raise DiagnoseError(f"header {name} ({where}) has an empty value or characters other than printable ASCII")
+    return name, value
+
+
+def request_headers(flags: Sequence[str], env: str, bearer_token_file: str | None) -> dict[str, str]:
+    """The headers for every request: `env` (NODE_PING_PROMETHEUS_HEADERS, one per line), then the
+    --header flags, which replace an env header of the same name, then the bearer token file."""
+    from_env = [_header(line, f"line {number} of {HEADERS_ENV}")
+                for number, line in enumerate(env.splitlines(), 1) if line.strip()]
+    from_flags = [_header(text, f"--header number {number}") for number, text in enumerate(flags, 1)]
+    if bearer_token_file is not None:
+        if any(name.lower() == "authorization" for name, _ in from_flags):
+            raise DiagnoseError("give --bearer-token-file or --header 'Authorization: ...', not both")
+        try:
+            token = Path(bearer_token_file).read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as err:
+            reason = err.strerror if isinstance(err, OSError) else "it is not UTF-8 text"
+            raise DiagnoseError(f"cannot read --bearer-token-file {bearer_token_file}: {reason}") from None
+        if not token:
+            raise DiagnoseError(f"--bearer-token-file {bearer_token_file} is empty")
+        from_flags.append(_header(f"Authorization: Bearer {token}", f"--bearer-token-file {bearer_token_file}"))
+    # Header names are case-insensitive: the last of the same name wins, under the spelling it was given.
+    merged = {name.lower(): (name, value) for name, value in [*from_env, *from_flags]}
+    return dict(merged.values())
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -396,15 +574,21 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         help="a pair losing this share of pings or more is bad (default %(default)g)")
     add("--latency-threshold", type=_positive, default=50.0, metavar="MS",
         help="a pair whose average RTT is this or more is slow (default %(default)g)")
-    add("--timeout", type=_positive, default=10.0, metavar="SECONDS",
-        help="for each HTTP request to Prometheus (default %(default)g)")
+    add("--header", action="append", default=[], metavar="'NAME: VALUE'",
+        help="send this HTTP header with every request, e.g. 'X-Scope-OrgID: tenant-1' (repeatable; "
+             f"env {HEADERS_ENV}, one header per line; a --header replaces the env's header of the same name)")
+    add("--bearer-token-file", default=None, metavar="PATH",
+        help="send 'Authorization: Bearer <the file's content>' with every request")
+    add("--timeout", type=_timeout, default=10.0, metavar="SECONDS",
+        help=f"for each HTTP request to Prometheus, at most {_MAX_TIMEOUT_S:g} (default %(default)g)")
 
 
 def run(args: argparse.Namespace) -> int:
     at = args.time if args.time is not None else time.time()
     thresholds = Thresholds(loss_ratio=min(args.loss_threshold, 100.0) / 100, latency_ms=args.latency_threshold)
     try:
-        prometheus = Prometheus(args.prometheus, args.timeout)
+        headers = request_headers(args.header, os.environ.get(HEADERS_ENV, ""), args.bearer_token_file)
+        prometheus = Prometheus(args.prometheus, args.timeout, headers)
         matrix = fetch_matrix(prometheus, args.window, at)
         check_data(matrix, prometheus, args.window, at)
     except DiagnoseError as err:

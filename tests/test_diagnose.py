@@ -7,6 +7,7 @@ that are down, slow or not Prometheus at all.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import dataclasses
 import http.server
@@ -22,6 +23,8 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from node_ping import cli
 from node_ping import diagnose as diagnose_module
@@ -328,6 +331,37 @@ class TestAbbreviate:
         names = ["a-very-long-node-name-one", "another-long-node-name-two"]
         assert abbreviate(names) == {names[0]: "n1", names[1]: "n2"}
 
+    def test_what_is_dropped_is_what_all_long_names_share(self) -> None:
+        """Nodes in one subnet share the third octet too, so only the last one is left."""
+        names = ["ip-10-0-1-21.eu-west-1.compute.internal", "ip-10-0-1-22.eu-west-1.compute.internal"]
+        assert abbreviate(names) == {names[0]: "21", names[1]: "22"}
+
+    def test_only_long_names_change_and_numbers_skip_real_names(self) -> None:
+        assert abbreviate(["a-1", "b-2", "n1", "x-very-long-name-here"]) == {
+            "a-1": "a-1", "b-2": "b-2", "n1": "n1", "x-very-long-name-here": "n2"}
+
+    def test_a_shortened_name_never_reads_as_another_node(self) -> None:
+        names = ["ip-10-0-1-21.eu-west-1.compute.internal", "ip-10-0-2-7.eu-west-1.compute.internal", "1-21"]
+        assert abbreviate(names) == {names[0]: "n1", names[1]: "2-7", "1-21": "1-21"}
+
+    def test_reserved_labels_are_skipped(self) -> None:
+        assert abbreviate(["an-external-target-name"], letter="t", reserved={"t1"}) == {
+            "an-external-target-name": "t2"}
+
+    @given(st.lists(st.text(alphabet="n12-.x", min_size=1, max_size=16), unique=True, max_size=8),
+           st.sets(st.text(alphabet="n12t", min_size=1, max_size=3), max_size=3))
+    def test_labels_are_unique_short_and_never_another_name(self, names: list[str], reserved: set[str]) -> None:
+        labels = abbreviate(names, width=6, reserved=reserved)
+        assert list(labels) == names
+        assert len(set(labels.values())) == len(names)
+        for name, label in labels.items():
+            if len(name) <= 6:
+                assert label == name
+            else:
+                assert 0 < len(label) <= 6
+                assert label not in names
+                assert label not in reserved
+
 
 def report_of(matrix: Matrix) -> Report:
     return Report(matrix, diagnose(matrix), Thresholds(), "15m", 1_700_000_000.0, "http://prometheus:9090")
@@ -351,6 +385,16 @@ class TestTextOutput:
             "3-23  0.0   30.0!    .",
         ]
         assert lines[-4:] == ["Names:"] + [f"  {i}-{20 + i} = {name}" for i, name in enumerate(nodes, 1)]
+
+    def test_legend_names_only_the_shortened_node(self) -> None:
+        nodes = ["a-1", "b-2", "n1", "x-very-long-name-here"]
+        text = render_text(report_of(matrix_of(Mesh(nodes, loss=receive_loss(nodes, "n1", 0.3)))))
+        lines = text.splitlines()
+        start = lines.index("Packet loss % (rows: from, columns: to; ! = 5% or more, - = no data)")
+        assert lines[start + 1].split() == ["a-1", "b-2", "n1", "n2"]
+        assert [line.split()[0] for line in lines[start + 2:start + 6]] == ["a-1", "b-2", "n1", "n2"]
+        assert [line.split()[3] for line in lines[start + 2:start + 6]] == ["30.0!", "30.0!", ".", "30.0!"]
+        assert lines[-2:] == ["Names:", "  n2 = x-very-long-name-here"]
 
     def test_large_cluster_shows_the_marked_rows_and_columns(self) -> None:
         nodes = [f"w{i:02}" for i in range(30)]
@@ -379,7 +423,11 @@ class TestTextOutput:
 
 
 def diagnose_cmd(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = cli.main(["diagnose", *argv])
+    """Exit code, stdout and stderr of `node-ping diagnose ARGV`, argparse's usage errors included."""
+    try:
+        code = cli.main(["diagnose", *argv])
+    except SystemExit as exit_info:
+        code = exit_info.code if isinstance(exit_info.code, int) else 2
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -512,29 +560,67 @@ class TestAgainstPrometheus:
 # ---------------------------------------------------------------------- servers that are not Prometheus
 
 
+@dataclasses.dataclass(frozen=True)
+class Answer:
+    """What the test server answers to one GET."""
+
+    status: int
+    body: bytes
+    content_type: str = "application/json"
+    headers: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+
 @contextlib.contextmanager
-def http_server(status: int, body: bytes, content_type: str) -> Iterator[str]:
-    """A loopback HTTP server answering every GET the same way."""
+def serving(answer: Callable[[Mapping[str, str]], Answer]) -> Iterator[tuple[str, list[dict[str, str]]]]:
+    """A loopback HTTP server answering each GET with `answer(its headers)`, header names lower-cased.
+    Yields its URL and the headers of every request it got, in order."""
+    seen: list[dict[str, str]] = []
+
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            self.send_response(status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
+            headers = {name.lower(): value for name, value in self.headers.items()}
+            seen.append(headers)
+            reply = answer(headers)
+            self.send_response(reply.status)
+            for name, value in {"Content-Type": reply.content_type, **reply.headers}.items():
+                self.send_header(name, value)
+            self.send_header("Content-Length", str(len(reply.body)))
             self.end_headers()
-            self.wfile.write(body)
+            self.wfile.write(reply.body)
 
         def log_message(self, *_args: object) -> None:
             pass
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    # A short poll so shutdown() at the end of each test returns at once rather than in half a second.
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
+        yield f"http://127.0.0.1:{server.server_address[1]}", seen
     finally:
         server.shutdown()
         server.server_close()
         thread.join()
+
+
+@contextlib.contextmanager
+def http_server(status: int, body: bytes, content_type: str) -> Iterator[str]:
+    """A loopback HTTP server answering every GET the same way."""
+    with serving(lambda _headers: Answer(status, body, content_type)) as (url, _seen):
+        yield url
+
+
+def vector(*samples: tuple[Mapping[str, str], float]) -> bytes:
+    """Prometheus's answer to an instant query."""
+    result = [{"metric": dict(labels), "value": [0, str(value)]} for labels, value in samples]
+    return json.dumps({"status": "success", "data": {"resultType": "vector", "result": result}}).encode()
+
+
+# Every query gets the same answer: 100 pings sent and received and 100 ms of RTT each way between
+# two nodes (and no external targets: the labels are not theirs).
+HEALTHY_PAIR = vector(({"source_node": "a", "destination_node": "b"}, 100.0),
+                      ({"source_node": "b", "destination_node": "a"}, 100.0))
+NO_DATA = vector()
 
 
 class TestPrometheusUnreachable:
@@ -587,3 +673,165 @@ class TestPrometheusUnreachable:
             cli.main(["diagnose", "--prometheus", "http://127.0.0.1:1", *argv])
         assert exit_info.value.code == 2
         assert argv[1] in capsys.readouterr().err
+
+
+class TestTimeAndTimeoutFlags:
+    """Values pasted by mistake are refused with the fix, exit 2, before Prometheus is asked anything."""
+
+    @pytest.mark.parametrize(("flag", "value", "message"), [
+        ("--time", "1700000000000", "argument --time: '1700000000000' looks like milliseconds (as in a Grafana "
+                                    "URL); --time takes unix seconds: divide by 1000, i.e. --time 1700000000\n"),
+        ("--time", "1700000000123", "divide by 1000, i.e. --time 1700000000.123\n"),
+        ("--time", "nan", "argument --time: 'nan' is not a time between 2000 and 2100: give unix seconds or RFC 3339"),
+        ("--time", "0001-01-01T00:00:00Z", "'0001-01-01T00:00:00Z' is not a time between 2000 and 2100"),
+        ("--timeout", "inf", "argument --timeout: 'inf' is not a finite number"),
+        ("--timeout", "1e10", "argument --timeout: '1e10' must be at most 3600"),
+    ], ids=["milliseconds", "milliseconds with a fraction", "nan", "year 1", "infinite timeout", "huge timeout"])
+    def test_refused(self, capsys: pytest.CaptureFixture[str], flag: str, value: str, message: str) -> None:
+        with serving(lambda _headers: Answer(200, NO_DATA)) as (url, seen):
+            code, out, err = diagnose_cmd(capsys, "--prometheus", url, flag, value)
+        assert (code, out, seen) == (2, "", [])
+        assert message in err
+
+    def test_a_sane_time_with_a_fraction_is_taken(self, capsys: pytest.CaptureFixture[str]) -> None:
+        with serving(lambda _headers: Answer(200, HEALTHY_PAIR)) as (url, _seen):
+            code, out, _ = diagnose_cmd(capsys, "--prometheus", url, "--time", "1700000000.5", "--timeout", "3600")
+        assert code == 0
+        assert "15m up to 2023-11-14 22:13:20 UTC" in out
+
+
+SECRET = "s3cr@t-tok"  # noqa: S105 -- a made-up token; its @ also tests passwords escaped in URLs
+
+
+@pytest.fixture
+def token_file() -> Iterator[Path]:
+    """A bearer token file holding SECRET and a newline, as kubectl or a Secret volume writes it."""
+    with tempfile.TemporaryDirectory(prefix="node-ping-diagnose-") as directory:
+        path = Path(directory) / "token"
+        path.write_text(f"{SECRET}\n")
+        yield path
+
+
+def requiring(**expected: str) -> Callable[[Mapping[str, str]], Answer]:
+    """A Prometheus that answers only requests with these headers (names lower-cased, _ for -), like
+    Mimir without X-Scope-OrgID: 401 and a plain-text reason."""
+    wanted = {name.replace("_", "-"): value for name, value in expected.items()}
+
+    def answer(headers: Mapping[str, str]) -> Answer:
+        if all(headers.get(name) == value for name, value in wanted.items()):
+            return Answer(200, HEALTHY_PAIR)
+        return Answer(401, b"no org id\n", "text/plain")
+    return answer
+
+
+class TestAuthentication:
+    """Headers and tokens for a Prometheus behind authentication or a multi-tenant Mimir; credentials
+    reach only the server and never any output."""
+
+    def test_env_flags_and_token_file_are_sent(self, capsys: pytest.CaptureFixture[str],
+                                               monkeypatch: pytest.MonkeyPatch, token_file: Path) -> None:
+        monkeypatch.setenv("NODE_PING_PROMETHEUS_HEADERS", "X-Scope-OrgID: wrong\n\nX-Extra: from env\n")
+        with serving(requiring(authorization=f"Bearer {SECRET}", x_scope_orgid="tenant-1",
+                               x_extra="from env")) as (url, seen):
+            code, out, err = diagnose_cmd(capsys, "--prometheus", url, "--header", "x-scope-orgid: tenant-1",
+                                          "--bearer-token-file", str(token_file))
+        assert (code, err) == (0, "")
+        assert "* [healthy] healthy: 2 nodes (2 pairs)" in out
+        assert len(seen) == 6
+        assert SECRET not in out
+
+    def test_user_and_password_in_the_url_are_basic_auth_and_never_shown(
+            self, capsys: pytest.CaptureFixture[str]) -> None:
+        basic = "Basic " + base64.b64encode(f"alice:{SECRET}".encode()).decode()
+        with serving(requiring(authorization=basic)) as (url, _seen):
+            with_password = url.replace("://", f"://alice:{SECRET.replace('@', '%40')}@")
+            text = diagnose_cmd(capsys, "--prometheus", with_password)
+            document = diagnose_cmd(capsys, "--prometheus", with_password, "--output", "json")
+        assert (text[0], document[0]) == (0, 0)
+        assert text[1].splitlines()[0].endswith(f"from {url}")
+        assert json.loads(document[1])["prometheus"] == url
+        for output in (*text[1:], *document[1:]):
+            assert "s3cr" not in output
+            assert "alice" not in output
+
+    @pytest.mark.parametrize(("answer", "message"), [
+        (Answer(401, b"no org id\n", "text/plain"), "refused the request (HTTP 401 Unauthorized: no org id); "
+                                                    "it wants credentials: set --header"),
+        (Answer(403, json.dumps({"status": "error", "error": "forbidden"}).encode()),
+         "refused the request (HTTP 403 Forbidden: forbidden); it wants credentials: set --header"),
+    ], ids=["401", "403"])
+    def test_refused_without_credentials(self, capsys: pytest.CaptureFixture[str], answer: Answer,
+                                         message: str) -> None:
+        with serving(lambda _headers: answer) as (url, _seen):
+            code, out, err = diagnose_cmd(capsys, "--prometheus", url)
+        assert (code, out) == (2, "")
+        assert err.startswith(f"node-ping diagnose: Prometheus at {url} {message}")
+        assert "--bearer-token-file" in err
+
+    def test_refused_credentials_are_named_not_shown(self, capsys: pytest.CaptureFixture[str],
+                                                     token_file: Path) -> None:
+        with serving(requiring(authorization="Bearer another")) as (url, _seen):
+            code, _, err = diagnose_cmd(capsys, "--prometheus", url, "--bearer-token-file", str(token_file),
+                                        "--header", "X-Scope-OrgID: tenant-1")
+        assert code == 2
+        assert (f"Prometheus at {url} refused the request (HTTP 401 Unauthorized: no org id); check the "
+                "credentials sent (headers Authorization, X-Scope-OrgID)") in err
+        assert SECRET not in err
+
+    @pytest.mark.parametrize("prometheus", [
+        f"http://alice:{SECRET}@127.0.0.1:{promdata.free_port()}",  # nothing listening
+        f"ftp://alice:{SECRET}@prometheus:9090",
+        f"http://alice:{SECRET}@prometheus:port",
+        f"alice:{SECRET}@[::1",
+    ], ids=["refused", "not http", "bad port", "broken"])
+    def test_no_error_message_shows_the_password(self, capsys: pytest.CaptureFixture[str], prometheus: str) -> None:
+        code, _, err = diagnose_cmd(capsys, "--prometheus", prometheus)
+        assert code == 2
+        assert err.startswith("node-ping diagnose: ")
+        assert "s3cr" not in err
+        assert "alice" not in err
+
+    @pytest.mark.parametrize(("argv", "env", "message"), [
+        (["--header", f"Bearer {SECRET}"], "", "--header number 1 is not 'Name: value'"),
+        (["--header", "X-A: 1", "--header", f"Authorization: Bearer {SECRET}\x01"], "",
+         "header Authorization (--header number 2) has an empty value or characters other than printable ASCII"),
+        ([], f"X-Scope-OrgID: tenant-1\n{SECRET}", "line 2 of NODE_PING_PROMETHEUS_HEADERS is not 'Name: value'"),
+        (["--header", "X-Scope-OrgID:"], "", "header X-Scope-OrgID (--header number 1) has an empty value"),
+    ], ids=["no name", "control character", "env line without a name", "empty value"])
+    def test_malformed_headers_are_refused_unquoted(self, capsys: pytest.CaptureFixture[str],
+                                                    monkeypatch: pytest.MonkeyPatch, argv: list[str], env: str,
+                                                    message: str) -> None:
+        monkeypatch.setenv("NODE_PING_PROMETHEUS_HEADERS", env)
+        with serving(lambda _headers: Answer(200, HEALTHY_PAIR)) as (url, seen):
+            code, out, err = diagnose_cmd(capsys, "--prometheus", url, *argv)
+        assert (code, out, seen) == (2, "", [])
+        assert message in err
+        assert "s3cr" not in err
+
+    def test_token_file_problems(self, capsys: pytest.CaptureFixture[str], token_file: Path) -> None:
+        missing = token_file.parent / "missing"
+        url = "http://127.0.0.1:1"
+        code, _, err = diagnose_cmd(capsys, "--prometheus", url, "--bearer-token-file", str(missing))
+        assert (code, err) == (2, f"node-ping diagnose: cannot read --bearer-token-file {missing}: "
+                                  "No such file or directory\n")
+        token_file.write_text("\n")
+        code, _, err = diagnose_cmd(capsys, "--prometheus", url, "--bearer-token-file", str(token_file))
+        assert (code, err) == (2, f"node-ping diagnose: --bearer-token-file {token_file} is empty\n")
+        code, _, err = diagnose_cmd(capsys, "--prometheus", url, "--bearer-token-file", str(token_file),
+                                    "--header", "authorization: Bearer x")
+        assert (code, err) == (2, "node-ping diagnose: give --bearer-token-file or --header 'Authorization: ...', "
+                                  "not both\n")
+
+    def test_redirects_are_reported_not_followed(self, capsys: pytest.CaptureFixture[str],
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+        """Following would hand the token to wherever the redirect points."""
+        monkeypatch.setenv("NODE_PING_PROMETHEUS_HEADERS", f"Authorization: Bearer {SECRET}")
+        with serving(lambda _headers: Answer(200, HEALTHY_PAIR)) as (elsewhere, elsewhere_seen):
+            def redirect(_headers: Mapping[str, str]) -> Answer:
+                return Answer(302, b"", "text/plain", {"Location": f"{elsewhere}/api/v1/query?query=up"})
+
+            with serving(redirect) as (url, seen):
+                code, _, err = diagnose_cmd(capsys, "--prometheus", url)
+        assert (code, len(seen), elsewhere_seen) == (2, 1, [])
+        assert (f"the server at {url} redirects /api/v1/query to {elsewhere}/api/v1/query (HTTP 302); node-ping "
+                "does not follow redirects") in err
