@@ -564,11 +564,13 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     url = os.environ.get("NODE_PING_PROMETHEUS_URL") or None
     add = parser.add_argument
     add("--prometheus", default=url, required=url is None, metavar="URL",
-        help="Prometheus base URL, e.g. http://prometheus.monitoring:9090 (env NODE_PING_PROMETHEUS_URL)")
+        help="Prometheus base URL, e.g. http://prometheus.monitoring:9090; user:password@ in it is sent as "
+             "basic authentication and never shown (env NODE_PING_PROMETHEUS_URL)")
     add("--range", dest="window", type=_duration, default="15m", metavar="DURATION",
         help="look at this much time up to --time (default %(default)s)")
     add("--time", type=_timestamp, default=None, metavar="TIME",
-        help="end of the range: unix seconds or RFC 3339 (default: now)")
+        help=f"end of the range: unix seconds (not milliseconds) or RFC 3339, between {_YEARS[0]} and {_YEARS[1]} "
+             "(default: now)")
     add("--output", choices=("text", "json"), default="text", help="text for people, json for scripts")
     add("--loss-threshold", type=_positive, default=5.0, metavar="PERCENT",
         help="a pair losing this share of pings or more is bad (default %(default)g)")
