@@ -190,17 +190,17 @@ def _probe(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    try:
-        import better_exchook  # noqa: PLC0415
-
-        better_exchook.install()
-    except ImportError:
-        pass
     parser = build_parser()
     raw = list(sys.argv[1:] if argv is None else argv)
     if not raw or (raw[0].startswith("-") and raw[0] not in ("-h", "--help", "--version")):
         raw.insert(0, "run")  # `node-ping` alone, or with run's flags, means `node-ping run`
     args = parser.parse_args(raw)
+    if args.command != "diagnose":
+        # A crash prints a readable traceback with the values of local variables. Not for
+        # diagnose, whose locals may hold Prometheus credentials.
+        import better_exchook  # noqa: PLC0415
+
+        better_exchook.install()
     logging.basicConfig(level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     if args.command == "health":
