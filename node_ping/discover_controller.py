@@ -1,7 +1,9 @@
 """The discovery controller: Nodes in the API server -> the nodes.json key of one ConfigMap.
 
 Three threads of control, one job each:
-  - nodes: one list + watch of all Nodes for the whole cluster, kept in a cache of targets. A watch
+  - nodes: one list + watch of all Nodes for the whole cluster, kept in a cache of targets. Nodes
+    stay plain JSON dicts (never client models) and live only until turned into targets, one list
+    page at a time, so memory follows the target count, not the size of Node objects. A watch
     that expires (410 Gone) leads to a fresh list; a watch that ends or breaks resumes from the last
     resourceVersion seen, so nothing is missed and nothing is listed twice without need.
   - configmap: a watch of the ConfigMap itself (field selector metadata.name=<name>), so an edit or
@@ -16,8 +18,10 @@ ends within a second or two of SIGTERM instead of after the watch timeout.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -25,8 +29,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import urllib3
-from kubernetes import client, watch
+from kubernetes import client
 from kubernetes.client.exceptions import ApiException
+from kubernetes.watch.watch import iter_resp_lines
 
 from node_ping.discover import DiscoverSettings
 from node_ping.discover_nodes import (
@@ -87,6 +92,54 @@ def describe(err: BaseException) -> str:
     return f"{type(err).__name__}: {err}"
 
 
+class RawWatch:
+    """One watch request, its events kept as the API server's JSON: {"type": ..., "object": dict}.
+
+    Not kubernetes.watch.Watch: by default it turns every event into a model (a V1Node for each
+    Node status update, thousands a minute in a big cluster), and its `deserialize=False` mode in
+    client 37 drops the event's `raw_object` key, then looks that key up on an ERROR event, so the
+    410 Gone of an expired watch surfaces as a KeyError instead of a status.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._response: Any = None  # urllib3.HTTPResponse while the request is open
+        self._stopped = False
+
+    def events(self, func: Callable[..., Any], **kwargs: Any) -> Iterator[dict[str, Any]]:
+        """The events of `func(watch=True, **kwargs)`; an ERROR event is raised as an ApiException."""
+        response = func(watch=True, _preload_content=False, **kwargs)
+        with self._lock:
+            self._response = response
+        try:
+            for line in iter_resp_lines(response):  # type: ignore[no-untyped-call]
+                if self._stopped:
+                    return
+                if not line.strip():
+                    continue
+                event = json.loads(line)
+                if event.get("type") == "ERROR":
+                    status = event.get("object") or {}
+                    raise ApiException(status=status.get("code"),
+                                       reason=f"{status.get('reason')}: {status.get('message')}")
+                yield event
+        finally:
+            with self._lock:
+                self._response = None
+            response.close()
+            response.release_conn()
+
+    def stop(self) -> None:
+        """End `events` from another thread by shutting down the socket its read blocks in."""
+        with self._lock:
+            self._stopped = True
+            response = self._response
+        sock = getattr(getattr(response, "connection", None), "sock", None)
+        if sock is not None:
+            with contextlib.suppress(OSError):  # already closed
+                sock.shutdown(socket.SHUT_RDWR)
+
+
 class Backoff:
     """Retry pacing and logging for one loop: one warning when it starts failing, one line when it works again."""
 
@@ -140,7 +193,7 @@ class Discovery:
         self._where = f"ConfigMap {settings.namespace}/{settings.configmap}"
         self._lock = threading.Lock()
         self._wake = threading.Event()  # the cache or the ConfigMap may have moved
-        self._watches: set[watch.Watch] = set()
+        self._watches: set[RawWatch] = set()
         # Guarded by _lock:
         self._targets: dict[str, NodeTarget] = {}
         self._unaddressed: set[str] = set()  # nodes left out for want of an address, logged once each
@@ -180,7 +233,7 @@ class Discovery:
             with self._lock:
                 watches = list(self._watches)
             for open_watch in watches:
-                open_watch.stop()  # type: ignore[no-untyped-call]
+                open_watch.stop()
             for thread in threads:
                 thread.join(0.05)
         for thread in threads:
@@ -191,7 +244,7 @@ class Discovery:
         """Watch events of `func`, one server-side-limited watch, stoppable from another thread."""
         if self._stop.is_set():
             return
-        stream = watch.Watch()  # type: ignore[no-untyped-call]
+        stream = RawWatch()
         with self._lock:
             self._watches.add(stream)
         try:
@@ -199,7 +252,7 @@ class Discovery:
             read_timeout = timeout + 30  # past the server's own end of the watch: a dead connection
             started = time.monotonic()
             events = 0
-            for event in stream.stream(func, timeout_seconds=timeout, allow_watch_bookmarks=True,  # type: ignore[no-untyped-call]
+            for event in stream.events(func, timeout_seconds=timeout, allow_watch_bookmarks=True,
                                        _request_timeout=(self._settings.request_timeout[0], read_timeout), **kwargs):
                 events += 1
                 yield event
@@ -235,33 +288,16 @@ class Discovery:
 
     def _list_nodes(self) -> str:
         """List all Nodes (in pages) into the cache; return the list's resourceVersion to watch from."""
-        items: list[dict[str, Any]] = []
+        targets: dict[str, NodeTarget] = {}
+        unaddressed: set[str] = set()
+        listed = 0
         token: str | None = None
         while True:
-            response = self._api.list_node(limit=self._settings.page_size, _continue=token,
-                                           _request_timeout=self._settings.request_timeout, _preload_content=False)
-            try:
-                body = json.loads(response.data)
-            finally:
-                response.release_conn()
-            items.extend(body.get("items") or [])
-            metadata = body.get("metadata") or {}
+            count, metadata = self._list_page(token, targets, unaddressed)
+            listed += count
             token = metadata.get("continue")
             if not token:
                 break
-        targets: dict[str, NodeTarget] = {}
-        unaddressed: set[str] = set()
-        for node in items:
-            try:
-                name = node_name(node)
-            except ValueError:
-                log.warning("ignoring a Node without metadata.name in the list")
-                continue
-            target = node_target(node, self._settings.address_types)
-            if target is not None:
-                targets[name] = target
-            else:
-                unaddressed.add(name)
         resource_version = str(metadata.get("resourceVersion", ""))
         with self._lock:
             first = not self._nodes_synced
@@ -274,17 +310,45 @@ class Discovery:
         for name in sorted(newly_unaddressed):
             self._log_unaddressed(name)
         if first:
-            log.info("listed %d Nodes, %d of them with a usable address", len(items), len(targets))
+            log.info("listed %d Nodes, %d of them with a usable address", listed, len(targets))
         else:
             self._log_differences(before, targets)
         if first or before != targets:
             self._wake.set()
         return resource_version
 
+    def _list_page(self, token: str | None, targets: dict[str, NodeTarget],
+                   unaddressed: set[str]) -> tuple[int, dict[str, Any]]:
+        """One page of the Node list into `targets` and `unaddressed`: (its item count, its list metadata).
+
+        The page's Node objects die when this returns. Whole Nodes carry images, conditions and
+        managedFields, tens of KB of Python objects each: every page of a large cluster held at once
+        would outgrow the container's memory limit.
+        """
+        response = self._api.list_node(limit=self._settings.page_size, _continue=token,
+                                       _request_timeout=self._settings.request_timeout, _preload_content=False)
+        try:
+            body = json.loads(response.data)
+        finally:
+            response.release_conn()
+        items = body.get("items") or []
+        for node in items:
+            try:
+                name = node_name(node)
+            except ValueError:
+                log.warning("ignoring a Node without metadata.name in the list")
+                continue
+            target = node_target(node, self._settings.address_types)
+            if target is not None:
+                targets[name] = target
+            else:
+                unaddressed.add(name)
+        return len(items), body.get("metadata") or {}
+
     def _node_event(self, event: Mapping[str, Any]) -> str:
         """Apply one watch event to the cache; return its resourceVersion."""
         kind = event["type"]
-        node = event["raw_object"]
+        node = event["object"]
         resource_version = str(node["metadata"]["resourceVersion"])
         if kind != "BOOKMARK":
             try:
@@ -341,8 +405,8 @@ class Discovery:
                 for event in self._stream(self._api.list_namespaced_config_map, namespace=self._settings.namespace,
                                           field_selector=selector, resource_version=resource_version):
                     backoff.succeeded()
-                    resource_version = str(event["raw_object"]["metadata"]["resourceVersion"])
-                    self._configmap_event(event["type"], event["raw_object"])
+                    resource_version = str(event["object"]["metadata"]["resourceVersion"])
+                    self._configmap_event(event["type"], event["object"])
                 backoff.succeeded()
             except Exception as err:  # the loop must outlive anything the API does
                 if self._stop.is_set():

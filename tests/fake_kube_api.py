@@ -151,6 +151,21 @@ class FakeKubeAPI:
         with self._cond:
             self._store("nodes", self._nodes, name, copy.deepcopy(node))
 
+    def load_nodes(self, nodes: list[Obj]) -> None:
+        """Add many Nodes at once, kept as given (no copies, no watch history), for large-cluster tests.
+
+        The objects may share their bulky parts (images, managedFields): the server then stays small
+        while every client still receives and parses each Node in full. Don't change them afterwards.
+        """
+        with self._cond:
+            for node in nodes:
+                node["metadata"].update(uid=str(uuid.uuid4()), creationTimestamp="2024-01-01T00:00:00Z",
+                                        resourceVersion=str(self._next_rv()))
+                self._nodes[node["metadata"]["name"]] = node
+            self._compacted = self._rv  # as if the history before now were long compacted away
+            self._latest["nodes"] = self._rv
+            self._cond.notify_all()
+
     def delete_node(self, name: str) -> None:
         with self._cond:
             self._remove("nodes", self._nodes, name)
@@ -366,9 +381,9 @@ class _Handler(BaseHTTPRequestHandler):
         with self.api._cond:
             self.api.requests.append(Request(self._method, self._path, self._query, status))
 
-    def _send(self, code: int, obj: Obj) -> None:
+    def _send(self, code: int, obj: Obj | bytes) -> None:
         self._log(code)
-        data = json.dumps(obj).encode()
+        data = obj if isinstance(obj, bytes) else json.dumps(obj).encode()
         self.send_response(code)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
@@ -410,11 +425,13 @@ class _Handler(BaseHTTPRequestHandler):
                     return
                 start = int(offset)
             limit = int(self._query.get("limit") or 0) or len(objects)
-            page = copy.deepcopy(objects[start:start + limit])
             metadata: Obj = {"resourceVersion": str(rv)}
             if start + limit < len(objects):
                 metadata["continue"] = f"{rv}:{start + limit}"
-        self._send(200, {"kind": kind, "apiVersion": "v1", "metadata": metadata, "items": page})
+            # Encoded under the lock instead of copied: as cheap as it gets for a page of big Nodes.
+            body = json.dumps({"kind": kind, "apiVersion": "v1", "metadata": metadata,
+                               "items": objects[start:start + limit]}).encode()
+        self._send(200, body)
 
     def _watch(self, collection: str, selector: str | None) -> None:
         begun = self._watch_start(collection, selector)

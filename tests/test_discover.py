@@ -19,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+import tracemalloc
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -517,6 +518,97 @@ class TestConflictStreak:
         assert "changed under every one of 5 writes in a row" in failures[0]
         assert not [r for r in caplog.records if r.exc_info], "logged with a traceback, as if it were a bug"
         wait_for(lambda: messages(caplog, f"{where} works again"), "the recovery to be logged")
+
+
+def fat_nodes(count: int) -> list[dict[str, Any]]:
+    """`count` Nodes as big as real ones: ~18 KB of JSON, ~66 KB of Python objects once parsed.
+
+    Images, managedFields, annotations, conditions and nodeInfo are what make real Nodes heavy. The
+    bulky parts are shared between the objects here, so the stand-in server holds little; every
+    client still receives and parses each Node in full.
+    """
+    images = [{"names": [f"registry.example.com/team/image-{i}@sha256:{'0' * 64}",
+                         f"registry.example.com/team/image-{i}:v1.{i}"], "sizeBytes": 123456789 + i}
+              for i in range(50)]
+    managed = [{"manager": f"manager-{i}", "operation": "Update", "apiVersion": "v1", "time": "2024-01-01T00:00:00Z",
+                "fieldsType": "FieldsV1", "fieldsV1": {f"f:field-{j}": {} for j in range(40)}} for i in range(6)]
+    annotations = {f"annotation.example.com/a-{i}": "x" * 60 for i in range(10)}
+    conditions = [{"type": f"Condition{i}", "status": "False", "reason": "Fine", "message": "m" * 80,
+                   "lastHeartbeatTime": "2024-01-01T00:00:00Z", "lastTransitionTime": "2024-01-01T00:00:00Z"}
+                  for i in range(5)]
+    node_info = {key: "v" * 40 for key in ("machineID", "systemUUID", "bootID", "kernelVersion", "osImage",
+                                            "containerRuntimeVersion", "kubeletVersion", "kubeProxyVersion")}
+    extra_labels = {f"node.example.com/label-{i}": f"value-{i}" for i in range(20)}
+    nodes = []
+    for i in range(count):
+        node = make_node(f"node-{i:05d}", f"10.{i // 65536}.{i // 256 % 256}.{i % 256}", zone=f"zone-{i % 3}")
+        node["metadata"].update(annotations=annotations, managedFields=managed)
+        node["metadata"]["labels"].update(extra_labels)
+        node["status"].update(images=images, nodeInfo=node_info)
+        node["status"]["conditions"] += conditions
+        nodes.append(node)
+    return nodes
+
+
+def python_size(obj: Any) -> int:
+    """Bytes of Python objects that parsing `obj`'s JSON allocates."""
+    text = json.dumps(obj)
+    tracemalloc.start()
+    try:
+        parsed = json.loads(text)
+        size = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    del parsed
+    return size
+
+
+class TestLargeCluster:
+    """Big clusters fit the discovery container: Nodes are read as plain JSON, one list page at a time."""
+
+    def test_listing_holds_one_page_of_nodes_at_a_time(self, kube: FakeKubeAPI,
+                                                       start: Callable[..., Running]) -> None:
+        count, page = 2000, 100
+        nodes = fat_nodes(count)
+        node_size = python_size(nodes[0])
+        all_at_once = count * node_size
+        assert all_at_once > 100 * 2**20  # the ~130 MiB a controller holding every page at once needs
+        # A first controller, on the empty cluster, gets the client's lazy imports done (its models build
+        # their pydantic schemas on first use), which the measurement would otherwise count.
+        warm_up = start()
+        wait_for(lambda: warm_up.caught_up(kube), "the first controller to settle")
+        warm_up.stop.set()
+        warm_up.thread.join(timeout=10)
+        kube.load_nodes(nodes)
+        tracemalloc.start()
+        try:
+            running = start(page_size=page)
+            wait_for(lambda: running.discovery.status().nodes_synced, "the first list to finish", timeout=60)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        status = running.discovery.status()
+        assert status.desired is not None and len(parse_nodes(status.desired).targets) == count
+        # About one page is alive at a time, counted at both ends of the connection (the server's page
+        # text, the client's bytes and their parse): a few pages' worth, not the 20 pages of the list.
+        assert peak < 4 * page * node_size, (f"peak {peak / 2**20:.0f} MiB, one page {page * node_size / 2**20:.0f} "
+                                             f"MiB, all nodes {all_at_once / 2**20:.0f} MiB")
+
+    def test_no_node_is_turned_into_a_model(self, kube: FakeKubeAPI, start: Callable[..., Running],
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+        """A V1Node model of every Node update costs CPU and memory for fields nobody reads."""
+        def refuse(*_args: Any, **_kwargs: Any) -> None:
+            raise AssertionError("a Node was deserialized into a V1Node model")
+
+        # The client's one way from JSON to a model (ApiClient.__deserialize_model).
+        monkeypatch.setattr(client.V1Node, "from_dict", classmethod(refuse))
+        kube.put_node(make_node("a", "10.0.0.1"))
+        start()
+        wait_targets(kube, target("a", "10.0.0.1"))
+        kube.put_node(make_node("b", "10.0.0.2"))  # a watch event
+        wait_targets(kube, target("a", "10.0.0.1"), target("b", "10.0.0.2"))
+        kube.delete_node("a")
+        wait_targets(kube, target("b", "10.0.0.2"))
 
 
 class TestApiTrouble:
