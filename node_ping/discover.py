@@ -11,44 +11,46 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from node_ping import __version__
 from node_ping.config import SettingsError
-from node_ping.discover_nodes import DEFAULT_ADDRESS_TYPES, parse_address_types
+from node_ping.discover_nodes import (
+    DEFAULT_ADDRESS_TYPES,
+    DNS_LABEL,
+    DNS_SUBDOMAIN,
+    MAX_DNS_LABEL,
+    MAX_DNS_SUBDOMAIN,
+    parse_address_types,
+    parse_label_selector,
+)
 from node_ping.signals import stop_on_signals
 
 log = logging.getLogger(__name__)
 
 # Where Kubernetes mounts the pod's own namespace, next to its service account token.
 NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+
+
 # What the API server would answer with 422 Invalid is refused at start instead (exit 2): a controller
 # that is refused on every write retries forever. A ConfigMap name is a DNS subdomain of RFC 1123, a
 # namespace a DNS label (apimachinery's NameIsDNSSubdomain and ValidateNamespaceName).
-_DNS_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
-_DNS_SUBDOMAIN = re.compile(rf"{_DNS_LABEL}(\.{_DNS_LABEL})*")
-_DNS_LABEL_RE = re.compile(_DNS_LABEL)
-_MAX_SUBDOMAIN = 253
-_MAX_LABEL = 63
-
-
 def check_configmap_name(name: str) -> None:
     """SettingsError with the rule unless the API server would accept `name` for a ConfigMap."""
-    if not (len(name) <= _MAX_SUBDOMAIN and _DNS_SUBDOMAIN.fullmatch(name)):
+    if not (len(name) <= MAX_DNS_SUBDOMAIN and DNS_SUBDOMAIN.fullmatch(name)):
         raise SettingsError(
             f"--configmap / NODE_PING_CONFIGMAP {name!r} is not a valid ConfigMap name: use at most "
-            f"{_MAX_SUBDOMAIN} characters, lower-case letters, digits, '-' and '.', starting and ending with a "
+            f"{MAX_DNS_SUBDOMAIN} characters, lower-case letters, digits, '-' and '.', starting and ending with a "
             "letter or digit (an RFC 1123 DNS subdomain, e.g. node-ping-nodes)")
 
 
 def check_namespace(name: str) -> None:
     """SettingsError with the rule unless `name` is a valid namespace name."""
-    if not (len(name) <= _MAX_LABEL and _DNS_LABEL_RE.fullmatch(name)):
+    if not (len(name) <= MAX_DNS_LABEL and DNS_LABEL.fullmatch(name)):
         raise SettingsError(
-            f"--namespace / POD_NAMESPACE {name!r} is not a valid namespace name: use at most {_MAX_LABEL} "
+            f"--namespace / POD_NAMESPACE {name!r} is not a valid namespace name: use at most {MAX_DNS_LABEL} "
             "characters, lower-case letters, digits and '-', starting and ending with a letter or digit "
             "(an RFC 1123 DNS label, e.g. monitoring)")
 
@@ -60,6 +62,8 @@ class DiscoverSettings:
     namespace: str
     configmap: str
     address_types: tuple[str, ...] = DEFAULT_ADDRESS_TYPES
+    # Label selector of the Nodes to list (the nodes the exporter DaemonSet runs on); None: all of them.
+    node_selector: str | None = None
     # The API server ends each watch after this long; the controller resumes from the last
     # resourceVersion, so a silently dead connection is noticed within this time.
     watch_timeout_seconds: int = 300
@@ -93,6 +97,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
              "(env NODE_PING_CONFIGMAP; required)")
     add("--address-types", default=_env("NODE_PING_ADDRESS_TYPES", ",".join(DEFAULT_ADDRESS_TYPES)),
         help="node address types to use, most preferred first (env NODE_PING_ADDRESS_TYPES; default %(default)s)")
+    add("--node-selector", default=_env("NODE_PING_NODE_SELECTOR", ""),
+        help="label selector of the Nodes to ping, as kubectl -l takes it, e.g. kubernetes.io/os=linux: the "
+             "nodes the exporter runs on (env NODE_PING_NODE_SELECTOR; default: every Node)")
     add("--kubeconfig", type=Path, default=None,
         help="kubeconfig file, for running it by hand (default: the pod's service account)")
     add("-v", "--verbose", action="store_true", help="log every retry and every ConfigMap event")
@@ -110,7 +117,8 @@ def settings_from_args(args: argparse.Namespace, namespace_file: Path = NAMESPAC
             raise SettingsError(f"set the namespace: --namespace or POD_NAMESPACE (outside a pod, "
                                 f"{namespace_file} does not exist to fall back on)") from None
     return DiscoverSettings(namespace=namespace, configmap=args.configmap,
-                            address_types=parse_address_types(args.address_types))
+                            address_types=parse_address_types(args.address_types),
+                            node_selector=parse_label_selector(args.node_selector))
 
 
 def core_api(kubeconfig: Path | None) -> Any:

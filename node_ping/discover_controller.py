@@ -1,10 +1,11 @@
 """The discovery controller: Nodes in the API server -> the nodes.json key of one ConfigMap.
 
 Three threads of control, one job each:
-  - nodes: one list + watch of all Nodes for the whole cluster, kept in a cache of targets. Nodes
-    stay plain JSON dicts (never client models) and live only until turned into targets, one list
-    page at a time, so memory follows the target count, not the size of Node objects. A watch
-    that expires (410 Gone) leads to a fresh list; a watch that ends or breaks resumes from the last
+  - nodes: one list + watch of all Nodes for the whole cluster (or of those the label selector
+    picks: the nodes the exporter runs on), kept in a cache of targets. Nodes stay plain JSON
+    dicts (never client models) and live only until turned into targets, one list page at a time,
+    so memory follows the target count, not the size of Node objects. A watch that expires
+    (410 Gone) leads to a fresh list; a watch that ends or breaks resumes from the last
     resourceVersion seen, so nothing is missed and nothing is listed twice without need.
   - configmap: a watch of the ConfigMap itself (field selector metadata.name=<name>), so an edit or
     deletion by someone else is noticed at once and put right.
@@ -272,7 +273,9 @@ class Discovery:
                 if resource_version is None:
                     resource_version = self._list_nodes()
                     backoff.succeeded()
-                for event in self._stream(self._api.list_node, resource_version=resource_version):
+                # With a label selector, the API server reports a Node relabelled out of it as DELETED.
+                for event in self._stream(self._api.list_node, resource_version=resource_version,
+                                          label_selector=self._settings.node_selector):
                     backoff.succeeded()
                     resource_version = self._node_event(event)
                 backoff.succeeded()
@@ -310,7 +313,8 @@ class Discovery:
         for name in sorted(newly_unaddressed):
             self._log_unaddressed(name)
         if first:
-            log.info("listed %d Nodes, %d of them with a usable address", listed, len(targets))
+            selected = f" with labels {self._settings.node_selector}" if self._settings.node_selector else ""
+            log.info("listed %d Nodes%s, %d of them with a usable address", listed, selected, len(targets))
         else:
             self._log_differences(before, targets)
         if first or before != targets:
@@ -326,6 +330,7 @@ class Discovery:
         would outgrow the container's memory limit.
         """
         response = self._api.list_node(limit=self._settings.page_size, _continue=token,
+                                       label_selector=self._settings.node_selector,
                                        _request_timeout=self._settings.request_timeout, _preload_content=False)
         try:
             body = json.loads(response.data)

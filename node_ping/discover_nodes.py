@@ -8,8 +8,9 @@ them as literals and the controller never has to deserialize whole Node models.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from node_ping.config import SettingsError
 from node_ping.targets import ConfigError, NodeTarget, normalise_ip, parse_nodes
@@ -19,6 +20,19 @@ DEFAULT_ADDRESS_TYPES = ("InternalIP", "ExternalIP")
 # Hostname, InternalDNS and ExternalDNS hold names, but nodes.json needs IP addresses (fping -A
 # reports by address), so only the two IP address types can be chosen.
 ADDRESS_TYPES = ("InternalIP", "ExternalIP")
+
+# Kubernetes' rules for names (RFC 1123) and labels, as apimachinery's validation applies them.
+DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+DNS_SUBDOMAIN = re.compile(rf"{DNS_LABEL.pattern}(\.{DNS_LABEL.pattern})*")
+MAX_DNS_LABEL = 63
+MAX_DNS_SUBDOMAIN = 253
+_LABEL_NAME = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?")
+_MAX_LABEL_NAME = 63
+# A label selector's tokens as the API server's lexer splits it: an operator or parenthesis, or a
+# run of anything else (keys, values, and the words `in` and `notin`).
+_SELECTOR_TOKEN = re.compile(r"\s*(!=|==|=|!|,|\(|\)|<|>|[^\s!=,()<>]+)")
+_SELECTOR_SYMBOLS = {"!=", "==", "=", "!", ",", "(", ")", "<", ">"}
+_SELECTOR_EXAMPLE = "kubernetes.io/os=linux or kubernetes.io/os in (linux),!example.com/no-ping"
 
 
 def parse_address_types(text: str, source: str = "--address-types / NODE_PING_ADDRESS_TYPES") -> tuple[str, ...]:
@@ -38,6 +52,101 @@ def parse_address_types(text: str, source: str = "--address-types / NODE_PING_AD
         raise SettingsError(f"{source} is empty; list one or more of {', '.join(ADDRESS_TYPES)}, "
                             "most preferred first")
     return tuple(chosen)
+
+
+def parse_label_selector(text: str, source: str = "--node-selector / NODE_PING_NODE_SELECTOR") -> str | None:
+    """A label selector of Nodes as `kubectl get nodes -l` takes it; None when blank (every Node).
+
+    Checked the way the API server's parser (labels.Parse) checks it, so a typo stops the start with
+    exit 2 instead of an HTTP 400 on every list until someone reads the log. Returned as written:
+    the API server does the selecting.
+    """
+    tokens = [match.group(1) for match in _SELECTOR_TOKEN.finditer(text)]
+    if not tokens:
+        return None
+    _SelectorChecker(text, tokens, source).check()
+    return text.strip()
+
+
+class _SelectorChecker:
+    """Walks a selector's tokens by labels.Parse's grammar: requirements separated by commas."""
+
+    def __init__(self, text: str, tokens: list[str], source: str) -> None:
+        self.text, self.tokens, self.source = text, tokens, source
+        self.position = 0
+
+    def fail(self, problem: str) -> NoReturn:
+        raise SettingsError(f"{self.source} {self.text!r}: {problem}; write it as for kubectl get nodes -l, "
+                            f"e.g. {_SELECTOR_EXAMPLE}")
+
+    def take(self) -> str | None:
+        self.position += 1
+        return self.tokens[self.position - 1] if self.position <= len(self.tokens) else None
+
+    def peek(self) -> str | None:
+        return self.tokens[self.position] if self.position < len(self.tokens) else None
+
+    def check(self) -> None:
+        while True:
+            self.requirement()
+            separator = self.take()
+            if separator is None:
+                return
+            if separator != ",":
+                self.fail(f"expected ',' between requirements, found {separator!r}")
+
+    def requirement(self) -> None:
+        first = self.take()
+        if first == "!":  # the label is absent
+            self.key(self.take())
+            return
+        self.key(first)
+        operator = self.peek()
+        if operator in (None, ","):  # the label is present
+            return
+        self.take()
+        if operator in ("=", "==", "!="):
+            if self.peek() not in (None, ","):  # `key=` selects the empty value
+                self.value(self.take() or "")
+        elif operator in ("in", "notin"):
+            self.value_list(operator)
+        elif operator in ("<", ">"):
+            if not re.fullmatch(r"-?[0-9]+", self.take() or ""):
+                self.fail(f"{operator!r} needs a whole number")
+        else:
+            self.fail(f"unexpected {operator!r} after the key {first!r}")
+
+    def key(self, token: str | None) -> None:
+        if token is None or token in _SELECTOR_SYMBOLS:
+            self.fail(f"expected a label key, found {'the end' if token is None else repr(token)}")
+        prefix, slash, name = token.rpartition("/")
+        if slash and not (len(prefix) <= MAX_DNS_SUBDOMAIN and DNS_SUBDOMAIN.fullmatch(prefix)):
+            self.fail(f"{token!r} is not a label key: its prefix must be a DNS subdomain (lower case)")
+        if not (len(name) <= _MAX_LABEL_NAME and _LABEL_NAME.fullmatch(name)):
+            self.fail(f"{token!r} is not a label key: the name must be at most {_MAX_LABEL_NAME} letters, "
+                      "digits, '-', '_' and '.', starting and ending with a letter or digit")
+
+    def value(self, token: str) -> None:
+        if token in _SELECTOR_SYMBOLS or not (len(token) <= _MAX_LABEL_NAME and _LABEL_NAME.fullmatch(token)):
+            self.fail(f"{token!r} is not a label value: at most {_MAX_LABEL_NAME} letters, digits, '-', '_' "
+                      "and '.', starting and ending with a letter or digit")
+
+    def value_list(self, operator: str) -> None:
+        if self.take() != "(":
+            self.fail(f"expected '(' after {operator!r}")
+        values = [""]  # `in (a,)` holds a and the empty value, as the API server reads it
+        while (found := self.take()) != ")":
+            if found is None:
+                self.fail("missing ')'")
+            elif found == ",":
+                values.append("")
+            elif values[-1]:
+                self.fail(f"expected ',' or ')' after {values[-1]!r}, found {found!r}")
+            else:
+                self.value(found)
+                values[-1] = found
+        if values == [""]:
+            self.fail(f"{operator!r} needs at least one value")
 
 
 def node_name(node: Mapping[str, Any]) -> str:

@@ -10,6 +10,9 @@ No API server can run on the test machine, so this speaks just enough of the RES
     do it, an ERROR event with code 410 in a 200 stream, or (`expired_as_http`) a plain HTTP 410;
   - ConfigMaps: get, create (409 AlreadyExists), replace (409 Conflict on a stale resourceVersion),
     delete, and a watch filtered by fieldSelector=metadata.name=<name>;
+  - labelSelector on lists and watches (=, ==, !=, in, notin, key, !key; 400 for anything else),
+    with the API server's rule for watches: an object whose labels move it out of the selection
+    arrives as DELETED, one that moves in as ADDED;
   - faults: every request answered with an error status, connections dropped or left hanging
     (`fault`), open watches cut (`drop_watches`), and another writer slipping in just before the
     next ConfigMap update (`edit_before_next_put`).
@@ -21,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import re
 import socket
 import threading
 import time
@@ -51,11 +55,75 @@ class _Event:
     collection: str  # "nodes" or "configmaps/<namespace>"
     type: str
     object: Obj
+    previous: Obj | None = None  # for MODIFIED, the object before: label-selected watches need it
+
+
+@dataclass(frozen=True)
+class _Selector:
+    """What one list or watch asks for: fieldSelector (only metadata.name=<name>) and labelSelector."""
+
+    name: str | None = None
+    labels: tuple[tuple[str, str, frozenset[str]], ...] = ()  # (key, operator, values)
+
+    @classmethod
+    def parse(cls, field_selector: str | None, label_selector: str | None) -> _Selector:
+        """ValueError with the API server's kind of message for what this stand-in does not understand."""
+        name = None
+        if field_selector is not None:
+            if not field_selector.startswith("metadata.name="):
+                raise ValueError(f"unsupported field selector {field_selector}")
+            name = field_selector.partition("=")[2]
+        requirements: list[tuple[str, str, frozenset[str]]] = []
+        key = r"([^\s!=(),]+)"
+        text = (label_selector or "").strip()
+        for part in (p.strip() for p in re.split(r",(?![^()]*\))", text)) if text else ():
+            if match := re.fullmatch(rf"!\s*{key}", part):
+                requirements.append((match[1], "!", frozenset()))
+            elif match := re.fullmatch(rf"{key}\s*(==|=|!=)\s*([^\s!=(),]*)", part):
+                requirements.append((match[1], "!=" if match[2] == "!=" else "=", frozenset([match[3]])))
+            elif match := re.fullmatch(rf"{key}\s+(in|notin)\s*\(([^()]*)\)", part):
+                requirements.append((match[1], match[2], frozenset(v.strip() for v in match[3].split(","))))
+            elif match := re.fullmatch(key, part):
+                requirements.append((match[1], "exists", frozenset()))
+            else:
+                raise ValueError(f"unable to parse requirement: {part!r}")
+        return cls(name, tuple(requirements))
+
+    def matches(self, obj: Obj) -> bool:
+        if self.name is not None and obj["metadata"]["name"] != self.name:
+            return False
+        labels = obj["metadata"].get("labels") or {}
+        for key, operator, values in self.labels:
+            present = key in labels
+            if operator == "exists":
+                ok = present
+            elif operator == "!":
+                ok = not present
+            elif operator in ("=", "in"):
+                ok = present and labels[key] in values
+            else:  # != and notin also select objects without the label, as in Kubernetes
+                ok = not present or labels[key] not in values
+            if not ok:
+                return False
+        return True
+
+    def watch_event(self, event: _Event) -> Obj | None:
+        """`event` as a watch with this selector receives it, or None if it does not."""
+        now = self.matches(event.object)
+        before = event.previous is not None and self.matches(event.previous)
+        if event.type != "MODIFIED" or now == before:
+            return {"type": event.type, "object": copy.deepcopy(event.object)} if now else None
+        if now:
+            return {"type": "ADDED", "object": copy.deepcopy(event.object)}
+        assert event.previous is not None
+        gone = copy.deepcopy(event.previous)  # the object as last selected, at the change's resourceVersion
+        gone["metadata"]["resourceVersion"] = event.object["metadata"]["resourceVersion"]
+        return {"type": "DELETED", "object": gone}
 
 
 def make_node(name: str, internal_ip: str | None = None, external_ip: str | None = None, *,
               zone: str | None = None, ready: bool = True, hostname: bool = True,
-              addresses: list[tuple[str, str]] | None = None) -> Obj:
+              addresses: list[tuple[str, str]] | None = None, labels: dict[str, str] | None = None) -> Obj:
     """A Node object as an API server returns it (only the fields that matter here)."""
     listed = list(addresses or [])
     if internal_ip:
@@ -64,12 +132,12 @@ def make_node(name: str, internal_ip: str | None = None, external_ip: str | None
         listed.append(("ExternalIP", external_ip))
     if hostname:
         listed.append(("Hostname", name))
-    labels = {"kubernetes.io/hostname": name}
+    node_labels = {"kubernetes.io/hostname": name, **(labels or {})}
     if zone is not None:
-        labels["topology.kubernetes.io/zone"] = zone
+        node_labels["topology.kubernetes.io/zone"] = zone
     return {
         "apiVersion": "v1", "kind": "Node",
-        "metadata": {"name": name, "labels": labels},
+        "metadata": {"name": name, "labels": node_labels},
         "spec": {},
         "status": {
             "addresses": [{"type": kind, "address": address} for kind, address in listed],
@@ -257,7 +325,8 @@ class FakeKubeAPI:
                                          else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
         metadata["resourceVersion"] = str(self._next_rv())
         objects[key] = obj
-        self._record(collection, "MODIFIED" if existing else "ADDED", obj)
+        # `existing` is out of the store now, and stored objects are never changed in place.
+        self._record(collection, "MODIFIED" if existing else "ADDED", obj, previous=existing)
         return obj
 
     def _remove(self, collection: str, objects: dict[Any, Obj], key: Any) -> Obj | None:
@@ -268,8 +337,8 @@ class FakeKubeAPI:
             self._record(collection, "DELETED", obj)
         return obj
 
-    def _record(self, collection: str, kind: str, obj: Obj) -> None:
-        self._history.append(_Event(self._rv, collection, kind, copy.deepcopy(obj)))
+    def _record(self, collection: str, kind: str, obj: Obj, previous: Obj | None = None) -> None:
+        self._history.append(_Event(self._rv, collection, kind, copy.deepcopy(obj), previous))
         self._latest[collection] = self._rv
         self._cond.notify_all()
 
@@ -396,18 +465,19 @@ class _Handler(BaseHTTPRequestHandler):
 
     # -- collections: list and watch -----------------------------------------------------------
 
-    def _objects(self, collection: str, selector: str | None) -> list[Obj]:
+    def _objects(self, collection: str, selector: _Selector) -> list[Obj]:
         if collection == "nodes":
             objects = list(self.api._nodes.values())
         else:
             namespace = collection.split("/", 1)[1]
             objects = [o for (ns, _), o in self.api._configmaps.items() if ns == namespace]
-        return sorted((o for o in objects if _selected(o, selector)), key=lambda o: o["metadata"]["name"])
+        return sorted((o for o in objects if selector.matches(o)), key=lambda o: o["metadata"]["name"])
 
     def _collection(self, collection: str) -> None:
-        selector = self._query.get("fieldSelector")
-        if selector is not None and not selector.startswith("metadata.name="):
-            self._send(400, _status(400, "BadRequest", f"unsupported {selector}"))
+        try:
+            selector = _Selector.parse(self._query.get("fieldSelector"), self._query.get("labelSelector"))
+        except ValueError as err:
+            self._send(400, _status(400, "BadRequest", str(err)))
             return
         if self._query.get("watch") in ("1", "true"):
             self._watch(collection, selector)
@@ -433,7 +503,7 @@ class _Handler(BaseHTTPRequestHandler):
                                "items": objects[start:start + limit]}).encode()
         self._send(200, body)
 
-    def _watch(self, collection: str, selector: str | None) -> None:
+    def _watch(self, collection: str, selector: _Selector) -> None:
         begun = self._watch_start(collection, selector)
         if begun is None:
             return  # answered with a plain HTTP 410
@@ -460,7 +530,7 @@ class _Handler(BaseHTTPRequestHandler):
         with self.api._cond:
             self.api._watch_connections.discard(self.connection)
 
-    def _watch_start(self, collection: str, selector: str | None) -> tuple[list[Obj], int] | None:
+    def _watch_start(self, collection: str, selector: _Selector) -> tuple[list[Obj], int] | None:
         """The first events of a watch and the resourceVersion it stands at; None if answered with HTTP 410."""
         api = self.api
         since_text = self._query.get("resourceVersion") or ""
@@ -478,7 +548,7 @@ class _Handler(BaseHTTPRequestHandler):
                 return [{"type": "ADDED", "object": copy.deepcopy(o)} for o in current], api._rv
             return [], int(since_text)
 
-    def _watch_wait(self, collection: str, selector: str | None, since: int, deadline: float,
+    def _watch_wait(self, collection: str, selector: _Selector, since: int, deadline: float,
                     bookmarks: bool) -> tuple[list[Obj], int]:
         """Wait for changes after `since`: (events, new resourceVersion), or _END / _CUT for how the stream ends."""
         api = self.api
@@ -499,9 +569,9 @@ class _Handler(BaseHTTPRequestHandler):
                 api.expired_answers += 1
                 message = f"too old resource version: {since} ({api._compacted})"
                 return [{"type": "ERROR", "object": _status(410, "Expired", message)}], _END
-            events = [{"type": e.type, "object": copy.deepcopy(e.object)} for e in api._history
-                      if e.resource_version > since and e.collection == collection and _selected(e.object, selector)]
-            return events, api._rv
+            seen = (selector.watch_event(e) for e in api._history
+                    if e.resource_version > since and e.collection == collection)
+            return [event for event in seen if event is not None], api._rv
 
     # -- single ConfigMaps ---------------------------------------------------------------------
 
@@ -557,7 +627,3 @@ class _Handler(BaseHTTPRequestHandler):
             else:
                 answer = 405, _status(405, "MethodNotAllowed", self._method)
         self._send(*answer)
-
-
-def _selected(obj: Obj, selector: str | None) -> bool:
-    return selector is None or obj["metadata"]["name"] == selector.partition("=")[2]

@@ -35,6 +35,7 @@ from node_ping.discover_nodes import (
     needs_write,
     node_target,
     parse_address_types,
+    parse_label_selector,
     render_nodes_json,
     summarize_change,
     validate_nodes_json,
@@ -260,18 +261,25 @@ class TestSettings:
         monkeypatch.setenv("POD_NAMESPACE", "ns-from-env")
         monkeypatch.setenv("NODE_PING_CONFIGMAP", "cm-from-env")
         monkeypatch.delenv("NODE_PING_ADDRESS_TYPES", raising=False)
+        monkeypatch.delenv("NODE_PING_NODE_SELECTOR", raising=False)
         settings = settings_from_args(self.parse([]), tmp_path / "absent")
         assert (settings.namespace, settings.configmap) == ("ns-from-env", "cm-from-env")
         assert settings.address_types == ("InternalIP", "ExternalIP")
+        assert settings.node_selector is None  # every Node
+        monkeypatch.setenv("NODE_PING_NODE_SELECTOR", "kubernetes.io/os=linux")
+        assert settings_from_args(self.parse([]), tmp_path / "absent").node_selector == "kubernetes.io/os=linux"
 
     def test_flags_win_over_env_vars(self, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
         monkeypatch.setenv("POD_NAMESPACE", "ns-from-env")
         monkeypatch.setenv("NODE_PING_CONFIGMAP", "cm-from-env")
         monkeypatch.setenv("NODE_PING_ADDRESS_TYPES", "InternalIP")
-        args = self.parse(["--namespace", "ns", "--configmap", "cm", "--address-types", "externalip, InternalIP"])
+        monkeypatch.setenv("NODE_PING_NODE_SELECTOR", "kubernetes.io/os=linux")
+        args = self.parse(["--namespace", "ns", "--configmap", "cm", "--address-types", "externalip, InternalIP",
+                           "--node-selector", "pool in (a,b)"])
         settings = settings_from_args(args, tmp_path / "absent")
         assert (settings.namespace, settings.configmap) == ("ns", "cm")
         assert settings.address_types == ("ExternalIP", "InternalIP")
+        assert settings.node_selector == "pool in (a,b)"
 
     def test_namespace_falls_back_to_the_pods_own(self, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
         monkeypatch.delenv("POD_NAMESPACE", raising=False)
@@ -317,11 +325,54 @@ class TestSettings:
                                       tmp_path / "absent")
         assert (settings.namespace, settings.configmap) == (namespace, configmap)
 
+    def test_bad_node_selector_exits_2(self, caplog: pytest.LogCaptureFixture) -> None:
+        """The API server would answer every list with 400 Bad Request."""
+        assert run(self.parse(["--namespace", NS, "--configmap", CM, "--node-selector", "os=linux os=windows"])) == 2
+        assert messages(caplog, "--node-selector / NODE_PING_NODE_SELECTOR 'os=linux os=windows': expected ','")
+
     def test_run_exits_2_with_the_reason(self, monkeypatch: pytest.MonkeyPatch,
                                          caplog: pytest.LogCaptureFixture) -> None:
         monkeypatch.delenv("NODE_PING_CONFIGMAP", raising=False)
         assert run(self.parse(["--namespace", "ns"])) == 2
         assert messages(caplog, "--configmap or NODE_PING_CONFIGMAP")
+
+
+class TestLabelSelector:
+    """--node-selector is checked like the API server parses label selectors, so typos stop the start."""
+
+    @pytest.mark.parametrize("text", [
+        "kubernetes.io/os=linux", "kubernetes.io/os==linux", " a = b , c!=d ", "pool", "!example.com/no-ping",
+        "pool in (a, b)", "pool notin (a)", "pool in (a,)", "role=", "rank>3", "rank < -2", "example.com/Ab_c.9=V-1",
+    ])
+    def test_accepted(self, text: str) -> None:
+        assert parse_label_selector(text) == text.strip()
+
+    def test_blank_means_every_node(self) -> None:
+        assert parse_label_selector("") is None
+        assert parse_label_selector("  ") is None
+
+    @pytest.mark.parametrize(("text", "problem"), [
+        ("os=linux os=windows", "expected ',' between requirements, found 'os'"),
+        ("Kubernetes.io/os=linux", "'Kubernetes.io/os' is not a label key: its prefix must be a DNS subdomain"),
+        ("a/b/c=d", "'a/b/c' is not a label key"),
+        ("k" * 64, "is not a label key: the name must be at most 63"),
+        ("os=_linux", "'_linux' is not a label value"),
+        ("os=" + "v" * 64, "is not a label value: at most 63"),
+        ("pool in ()", "'in' needs at least one value"),
+        ("pool in a", "expected '(' after 'in'"),
+        ("pool in (a b)", "expected ',' or ')' after 'a', found 'b'"),
+        ("pool notin (a", "missing ')'"),
+        ("rank>high", "'>' needs a whole number"),
+        ("=linux", "expected a label key, found '='"),
+        ("a,,b", "expected a label key, found ','"),
+        ("a,", "expected a label key, found the end"),
+        ("pool linux", "unexpected 'linux' after the key 'pool'"),
+    ])
+    def test_refused_with_the_problem(self, text: str, problem: str) -> None:
+        with pytest.raises(SettingsError) as info:
+            parse_label_selector(text)
+        assert problem in str(info.value)
+        assert "e.g. kubernetes.io/os=linux" in str(info.value)
 
 
 # -- the controller against the stand-in API server ------------------------------------------------
@@ -385,6 +436,38 @@ class TestSync:
         first.thread.join(timeout=10)
         start(address_types=("ExternalIP",))
         wait_targets(kube, target("both", "203.0.113.1"), target("external-only", "203.0.113.2"))
+
+
+class TestNodeSelector:
+    """Only the nodes the exporter runs on are pinged: others would stay silent forever."""
+
+    def test_only_selected_nodes_are_listed_and_followed(self, kube: FakeKubeAPI,
+                                                         start: Callable[..., Running]) -> None:
+        linux, windows = {"kubernetes.io/os": "linux"}, {"kubernetes.io/os": "windows"}
+        kube.put_node(make_node("a", "10.0.0.1", labels=linux))
+        kube.put_node(make_node("b", "10.0.0.2", labels=linux))
+        kube.put_node(make_node("win-1", "10.0.0.11", labels=windows))
+        running = start(node_selector="kubernetes.io/os=linux")
+        wait_targets(kube, target("a", "10.0.0.1"), target("b", "10.0.0.2"))
+        assert all(r.query.get("labelSelector") == "kubernetes.io/os=linux"
+                   for r in kube.requests if r.path == NODES_PATH)
+        kube.put_node(make_node("win-2", "10.0.0.12", labels=windows))  # joins, but runs no exporter
+        kube.put_node(make_node("c", "10.0.0.3", labels=linux))
+        wait_targets(kube, target("a", "10.0.0.1"), target("b", "10.0.0.2"), target("c", "10.0.0.3"))
+        # Relabelled out of the selection: the watch reports it DELETED; relabelled in: ADDED.
+        kube.put_node(make_node("b", "10.0.0.2", labels=windows))
+        kube.put_node(make_node("win-1", "10.0.0.11", labels=linux))
+        wait_targets(kube, target("a", "10.0.0.1"), target("c", "10.0.0.3"), target("win-1", "10.0.0.11"))
+        wait_for(lambda: running.caught_up(kube), "the controller to see every change")
+        assert kube.count("GET", NODES_PATH, status=200, watch=False) == 1  # listed once, the rest watched
+
+    def test_without_a_selector_every_node_is_listed(self, kube: FakeKubeAPI,
+                                                      start: Callable[..., Running]) -> None:
+        kube.put_node(make_node("a", "10.0.0.1", labels={"kubernetes.io/os": "linux"}))
+        kube.put_node(make_node("win", "10.0.0.11", labels={"kubernetes.io/os": "windows"}))
+        start()
+        wait_targets(kube, target("a", "10.0.0.1"), target("win", "10.0.0.11"))
+        assert not [r for r in kube.requests if "labelSelector" in r.query]
 
 
 class TestNoChurn:
