@@ -27,6 +27,8 @@ import pytest
 import yaml
 from kubernetes_validate import utils as kv_utils
 
+from node_ping.discover_nodes import parse_label_selector
+
 REPO = Path(__file__).resolve().parents[1]
 CHART = REPO / "charts" / "node-ping"
 CI_VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
@@ -51,8 +53,9 @@ RUN_ENV = {
     "NODE_PING_EXTERNAL_CONFIG", "NODE_PING_COUNT", "NODE_PING_PERIOD_MS", "NODE_PING_HEALTH_FILE",
     "NODE_PING_TOPOLOGY", "NODE_PING_PEERS_PER_ZONE",
 }
-#: The env of `node-ping discover` that the chart sets.
-DISCOVER_ENV = {"POD_NAMESPACE", "NODE_PING_CONFIGMAP", "NODE_PING_ADDRESS_TYPES"}
+#: The env of `node-ping discover` that the chart sets (NODE_PING_NODE_SELECTOR while the exporter
+#: has a nodeSelector, as it has by default).
+DISCOVER_ENV = {"POD_NAMESPACE", "NODE_PING_CONFIGMAP", "NODE_PING_ADDRESS_TYPES", "NODE_PING_NODE_SELECTOR"}
 
 DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
@@ -236,6 +239,7 @@ class TestValuesSchema:
         ({"textfile": {"hostPath": "relative/dir"}}, "/textfile/hostPath"),
         ({"metrics": {"port": 70000}}, "/metrics/port"),
         ({"discovery": {"addressTypes": ["Hostname"]}}, "/discovery/addressTypes/0"),
+        ({"discovery": {"targetNodeSelector": {"kubernetes.io/os": "linux"}}}, "/discovery/targetNodeSelector"),
         ({"tolerations": {"operator": "Exists"}}, "/tolerations"),
         ({"serviceMonitor": {"interval": "30"}}, "/serviceMonitor/interval"),
     ])
@@ -352,6 +356,7 @@ class TestContainerContract:
         assert container["args"] == ["discover"]
         assert env["POD_NAMESPACE"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
         assert env["NODE_PING_ADDRESS_TYPES"]["value"] == "InternalIP,ExternalIP"
+        assert env["NODE_PING_NODE_SELECTOR"]["value"] == "kubernetes.io/os=linux"
 
     def test_running_the_container_as_rendered(self, chart: helm.Chart, tmp_path: Path) -> None:
         """Play kubelet: materialise the DaemonSet pod's volumes from the rendered ConfigMaps under
@@ -542,6 +547,45 @@ class TestScheduling:
             return str(annotations["checksum/config"])
 
         assert checksum({}) != checksum(SCENARIOS["external-targets-values.yaml"])
+
+
+class TestDiscoveryNodeSelector:
+    """Discovery lists only the nodes the exporter runs on: a node without it is pinged but never reports."""
+
+    @staticmethod
+    def selector(rendered: Rendered) -> str | None:
+        (container,) = rendered.discovery["spec"]["template"]["spec"]["containers"]
+        env = {var["name"]: var.get("value") for var in container["env"]}
+        return env.get("NODE_PING_NODE_SELECTOR")
+
+    def test_follows_the_exporters_node_selector(self, chart: helm.Chart, defaults: Rendered) -> None:
+        assert defaults.daemonset["spec"]["template"]["spec"]["nodeSelector"] == {"kubernetes.io/os": "linux"}
+        assert self.selector(defaults) == "kubernetes.io/os=linux"
+        pools = render(chart, {"nodeSelector": {"node.example.com/pool": "workers", "kubernetes.io/os": "linux"}})
+        assert self.selector(pools) == "kubernetes.io/os=linux,node.example.com/pool=workers"
+
+    def test_exporter_on_every_node_means_every_node(self, chart: helm.Chart) -> None:
+        rendered = render(chart, {"nodeSelector": None})
+        assert "nodeSelector" not in rendered.daemonset["spec"]["template"]["spec"]
+        assert self.selector(rendered) is None
+
+    def test_override(self, chart: helm.Chart) -> None:
+        wanted = "kubernetes.io/os=linux,node.example.com/pool notin (gpu)"
+        rendered = render(chart, {"discovery": {"targetNodeSelector": wanted}})
+        assert self.selector(rendered) == wanted
+
+    def test_the_discovery_pods_own_placement_does_not_count(self, chart: helm.Chart) -> None:
+        rendered = render(chart, {"discovery": {"nodeSelector": {"node.example.com/pool": "system"}}})
+        assert self.selector(rendered) == "kubernetes.io/os=linux"
+
+    def test_node_ping_accepts_what_the_chart_renders(self, chart: helm.Chart) -> None:
+        with_discovery = [render(chart, values) for values in SCENARIOS.values()
+                          if values.get("discovery", {}).get("enabled", True)]
+        assert with_discovery
+        for rendered in with_discovery:
+            selector = self.selector(rendered)
+            assert selector is not None
+            assert parse_label_selector(selector) == selector
 
 
 def cycle_seconds(values: dict[str, Any]) -> int:
