@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from node_ping import __version__, diagnose, discover
-from node_ping.config import Settings, SettingsError, parse_listen_address
+from node_ping.config import Settings, SettingsError, env, parse_listen_address
 from node_ping.signals import stop_on_signals
 
 log = logging.getLogger("node_ping")
@@ -22,13 +21,8 @@ log = logging.getLogger("node_ping")
 EXAMPLES = Path(__file__).parent / "examples"
 
 
-def _env(name: str, default: str | None = None) -> str | None:
-    value = os.environ.get(name)
-    return value if value not in (None, "") else default
-
-
 def _env_int(name: str, default: int) -> int:
-    text = _env(name)
+    text = env(name)
     if text is None:
         return default
     try:
@@ -39,22 +33,22 @@ def _env_int(name: str, default: int) -> int:
 
 def _add_probe_options(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
-    add("--node-name", default=_env("MY_NODE_NAME"), help="this node's name (env MY_NODE_NAME)")
-    add("--config", type=Path, default=Path(_env("NODE_PING_CONFIG", "/config/nodes.json") or ""),
+    add("--node-name", default=env("MY_NODE_NAME"), help="this node's name (env MY_NODE_NAME)")
+    add("--config", type=Path, default=Path(env("NODE_PING_CONFIG", "/config/nodes.json") or ""),
         help="JSON list of {name, ipAddress[, zone]} (env NODE_PING_CONFIG; default %(default)s)")
     add("--external-config", type=Path,
-        default=Path(_env("NODE_PING_EXTERNAL_CONFIG", "/config/external.json") or ""),
+        default=Path(env("NODE_PING_EXTERNAL_CONFIG", "/config/external.json") or ""),
         help="JSON list of {name, host}; a missing file means none (env NODE_PING_EXTERNAL_CONFIG; "
              "default %(default)s)")
     add("--count", type=int, default=None, help="pings per target per cycle (env NODE_PING_COUNT; default 30)")
     add("--period-ms", type=int, default=None,
         help="milliseconds between two pings to one target (env NODE_PING_PERIOD_MS; default 1000)")
-    add("--topology", default=_env("NODE_PING_TOPOLOGY", "full"), choices=("full", "zone"),
+    add("--topology", default=env("NODE_PING_TOPOLOGY", "full"), choices=("full", "zone"),
         help="full: probe every node; zone: every node of the own zone plus k per other zone "
              "(env NODE_PING_TOPOLOGY; default %(default)s)")
     add("--peers-per-zone", type=int, default=None,
         help="k for --topology zone (env NODE_PING_PEERS_PER_ZONE; default 3)")
-    add("--fping", default=_env("NODE_PING_FPING", "fping"),
+    add("--fping", default=env("NODE_PING_FPING", "fping"),
         help="fping binary (env NODE_PING_FPING; default %(default)s)")
     add("-v", "--verbose", action="store_true", help="log every cycle")
 
@@ -68,14 +62,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="the DaemonSet loop (default)")
     _add_probe_options(run)
-    run.add_argument("--textfile-dir", type=Path, default=_env("PROMETHEUS_TEXTFILE_DIR"),
+    run.add_argument("--textfile-dir", type=Path, default=env("PROMETHEUS_TEXTFILE_DIR"),
                      help="node-exporter's textfile directory (env PROMETHEUS_TEXTFILE_DIR)")
-    run.add_argument("--prefix", default=_env("PROMETHEUS_TEXTFILE_PREFIX", "node-ping_"),
+    run.add_argument("--prefix", default=env("PROMETHEUS_TEXTFILE_PREFIX", "node-ping_"),
                      help="file name prefix (env PROMETHEUS_TEXTFILE_PREFIX; default %(default)s)")
     run.add_argument("--cycles", type=int, default=None, help="stop after N cycles (default: run forever)")
-    run.add_argument("--listen-address", default=_env("NODE_PING_LISTEN_ADDRESS"),
+    run.add_argument("--listen-address", default=env("NODE_PING_LISTEN_ADDRESS"),
                      help="also serve /metrics over HTTP, e.g. :9797 (env NODE_PING_LISTEN_ADDRESS)")
-    run.add_argument("--health-file", type=Path, default=_env("NODE_PING_HEALTH_FILE"),
+    run.add_argument("--health-file", type=Path, default=env("NODE_PING_HEALTH_FILE"),
                      help="touched after every successful cycle, for `node-ping health` "
                           "(env NODE_PING_HEALTH_FILE)")
 
@@ -85,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="probe the built-in loopback example (127.0.0.1, 127.0.0.2, ::1, localhost)")
 
     health = commands.add_parser("health", help="exit 0 if a cycle succeeded recently (liveness probe)")
-    health.add_argument("--health-file", type=Path, default=_env("NODE_PING_HEALTH_FILE"),
+    health.add_argument("--health-file", type=Path, default=env("NODE_PING_HEALTH_FILE"),
                         help="the file `run --health-file` touches (env NODE_PING_HEALTH_FILE)")
     health.add_argument("--max-age", type=float, required=True, help="seconds since the last successful cycle")
 

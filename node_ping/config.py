@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from node_ping.topology import MODES
+
+
+def env(name: str, default: str | None = None) -> str | None:
+    """An env var's value; unset and empty both mean `default` (Kubernetes renders unset values as "")."""
+    value = os.environ.get(name)
+    return value if value not in (None, "") else default
 
 
 class SettingsError(Exception):

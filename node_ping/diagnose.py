@@ -16,7 +16,6 @@ import http.client
 import itertools
 import json
 import math
-import os
 import re
 import sys
 import time
@@ -31,6 +30,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from node_ping import __version__
+from node_ping.config import env
 from node_ping.verdict import Counts, Matrix, Pair, Thresholds, Verdict, diagnose
 
 EXIT_HEALTHY, EXIT_FAULTS, EXIT_ERROR = 0, 1, 2
@@ -561,7 +561,7 @@ def request_headers(flags: Sequence[str], env: str, bearer_token_file: str | Non
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    url = os.environ.get("NODE_PING_PROMETHEUS_URL") or None
+    url = env("NODE_PING_PROMETHEUS_URL")
     add = parser.add_argument
     add("--prometheus", default=url, required=url is None, metavar="URL",
         help="Prometheus base URL, e.g. http://prometheus.monitoring:9090; user:password@ in it is sent as "
@@ -589,7 +589,7 @@ def run(args: argparse.Namespace) -> int:
     at = args.time if args.time is not None else time.time()
     thresholds = Thresholds(loss_ratio=min(args.loss_threshold, 100.0) / 100, latency_ms=args.latency_threshold)
     try:
-        headers = request_headers(args.header, os.environ.get(HEADERS_ENV, ""), args.bearer_token_file)
+        headers = request_headers(args.header, env(HEADERS_ENV, "") or "", args.bearer_token_file)
         prometheus = Prometheus(args.prometheus, args.timeout, headers)
         matrix = fetch_matrix(prometheus, args.window, at)
         check_data(matrix, prometheus, args.window, at)

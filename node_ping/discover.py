@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from node_ping import __version__
-from node_ping.config import SettingsError
+from node_ping.config import SettingsError, env
 from node_ping.discover_nodes import (
     DEFAULT_ADDRESS_TYPES,
     DNS_LABEL,
@@ -83,21 +82,16 @@ class DiscoverSettings:
         check_configmap_name(self.configmap)
 
 
-def _env(name: str, default: str | None = None) -> str | None:
-    value = os.environ.get(name)
-    return value if value not in (None, "") else default
-
-
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
-    add("--namespace", default=_env("POD_NAMESPACE"),
+    add("--namespace", default=env("POD_NAMESPACE"),
         help="namespace of the ConfigMap (env POD_NAMESPACE; default: the pod's own namespace)")
-    add("--configmap", default=_env("NODE_PING_CONFIGMAP"),
+    add("--configmap", default=env("NODE_PING_CONFIGMAP"),
         help="name of the ConfigMap whose nodes.json key this keeps up to date; created if missing "
              "(env NODE_PING_CONFIGMAP; required)")
-    add("--address-types", default=_env("NODE_PING_ADDRESS_TYPES", ",".join(DEFAULT_ADDRESS_TYPES)),
+    add("--address-types", default=env("NODE_PING_ADDRESS_TYPES", ",".join(DEFAULT_ADDRESS_TYPES)),
         help="node address types to use, most preferred first (env NODE_PING_ADDRESS_TYPES; default %(default)s)")
-    add("--node-selector", default=_env("NODE_PING_NODE_SELECTOR", ""),
+    add("--node-selector", default=env("NODE_PING_NODE_SELECTOR", ""),
         help="label selector of the Nodes to ping, as kubectl -l takes it, e.g. kubernetes.io/os=linux: the "
              "nodes the exporter runs on (env NODE_PING_NODE_SELECTOR; default: every Node)")
     add("--kubeconfig", type=Path, default=None,
