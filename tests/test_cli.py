@@ -118,6 +118,17 @@ class TestRunCommand:
         assert sorted(p.name for p in textfile.iterdir()) == ["README", "node-ping_me.prom", "smartmon.prom"]
 
 
+    def test_listen_address_in_use_is_a_clear_error(self, setup: dict[str, str]) -> None:
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            port = taken.getsockname()[1]
+            code, _, err = finish(node_ping("run", "--cycles", "1", "--listen-address", f"127.0.0.1:{port}",
+                                            env=setup))
+        assert code == 2 and f"cannot serve metrics on 127.0.0.1:{port}" in err
+        assert "Traceback" not in err
+
+
 class TestSignals:
     """SIGTERM/SIGINT end the program within 2 s, with no temp file and no fping child left."""
 
