@@ -12,6 +12,8 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+from tests.processes import stop as stop_process
+
 NODE_EXPORTER = "prometheus-node-exporter"
 
 
@@ -51,9 +53,4 @@ def node_exporter(textfile_dir: Path, netns: str | None = None, host: str = "127
                 time.sleep(0.1)
         yield url
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, grace_s=5)

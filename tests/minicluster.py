@@ -38,6 +38,7 @@ import yaml
 
 from tests import netlab
 from tests.exporters import NODE_EXPORTER, node_exporter
+from tests.processes import stop as stop_process
 from tests.promdata import running_prometheus
 from tests.promtools import RULES_FILE, run_promtool
 
@@ -221,13 +222,7 @@ table inet nodeping_test {
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+    stop_process(process)
 
 
 def _node_ping(stack: contextlib.ExitStack, host: netlab.Host, name: str, *, nodes_json: Path, external_json: Path,

@@ -20,6 +20,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.processes import stop as stop_process
+
 Pair = tuple[str, str]
 
 STEP_S = 15
@@ -150,13 +152,7 @@ def _ready(url: str) -> bool:
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=15)
+    stop_process(process, grace_s=15)
 
 
 @contextlib.contextmanager

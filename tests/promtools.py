@@ -212,3 +212,17 @@ def promql_test(workdir: Path, input_series: Mapping[str, str], cases: list[dict
     path = workdir / "queries.test.yaml"
     path.write_text(yaml.safe_dump(test_file, sort_keys=False, allow_unicode=True), encoding="utf-8")
     return run_promtool("test", "rules", str(path))
+
+
+def assert_silencers_come_first(groups: list[dict[str, Any]]) -> int:
+    """A rule sees another rule's ALERTS in the same evaluation only if that rule is earlier in the
+    group: assert that for every `ALERTS{alertname="X"}` a rule reads, and return how many there are."""
+    checked = 0
+    for group in groups:
+        seen: list[str] = []
+        for rule in group["rules"]:
+            for silencer in re.findall(r'ALERTS\{alertname="(\w+)"', rule["expr"]):
+                assert silencer in seen, f"{rule['alert']} reads ALERTS of {silencer}, which must come first"
+                checked += 1
+            seen.append(rule["alert"])
+    return checked

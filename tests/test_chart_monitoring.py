@@ -23,7 +23,14 @@ import helm_python as helm
 import pytest
 import yaml
 
-from tests.promtools import DASHBOARD_FILE, RULES_FILE, load_rules, promql_test, run_promtool
+from tests.promtools import (
+    DASHBOARD_FILE,
+    RULES_FILE,
+    assert_silencers_come_first,
+    load_rules,
+    promql_test,
+    run_promtool,
+)
 from tests.test_chart import CHART, NAMESPACE, SCENARIOS, Rendered, render
 
 CHART_DASHBOARD = CHART / "files" / DASHBOARD_FILE.name
@@ -370,15 +377,7 @@ class TestPrometheusRuleStructure:
 
     def test_silencing_alerts_come_first_in_the_same_group(self, chart: helm.Chart) -> None:
         """A rule sees another rule's ALERTS in the same evaluation only if that rule is earlier in the group."""
-        checked = 0
-        for group in rule_groups(render(chart, MONITORING_SCENARIO)):
-            seen: list[str] = []
-            for rule in group["rules"]:
-                for silencer in re.findall(r'ALERTS\{alertname="(\w+)"', rule["expr"]):
-                    assert silencer in seen, f"{rule['alert']} reads ALERTS of {silencer}, which must come first"
-                    checked += 1
-                seen.append(rule["alert"])
-        assert checked == 4
+        assert assert_silencers_come_first(rule_groups(render(chart, MONITORING_SCENARIO))) == 4
 
 
 class TestValuesSchema:

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests import netlab
+from tests.processes import stop as stop_process
 from tests.test_netns import by_destination, run_node_ping
 
 REPO = Path(__file__).parents[1]
@@ -106,12 +107,7 @@ def responder(tmp_path: Path) -> Iterator[Responder]:
         yield start
     finally:
         for process in processes:
-            process.terminate()
-            try:
-                process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            stop_process(process, grace_s=5)
 
 
 def within(reported: float, truth: float) -> bool:

@@ -19,6 +19,7 @@ from tests.promtools import (
     RULES_TEST_FILE,
     alert_expressions,
     alert_rules,
+    assert_silencers_come_first,
     load_rules,
     metric_names,
     run_promtool,
@@ -104,15 +105,7 @@ class TestAlertConventions:
 
     def test_silencing_alerts_come_first_in_the_same_group(self) -> None:
         """A rule sees another rule's ALERTS in the same evaluation only if that rule is earlier in the group."""
-        checked = 0
-        for group in load_rules()["groups"]:
-            seen: list[str] = []
-            for rule in group["rules"]:
-                for silencer in re.findall(r'ALERTS\{alertname="(\w+)"', rule["expr"]):
-                    assert silencer in seen, f"{rule['alert']} reads ALERTS of {silencer}, which must come first"
-                    checked += 1
-                seen.append(rule["alert"])
-        assert checked >= 3
+        assert assert_silencers_come_first(load_rules()["groups"]) >= 3
 
 
 class TestUnitTestCoverage:
