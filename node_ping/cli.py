@@ -161,23 +161,7 @@ def _probe(args: argparse.Namespace, settings: Settings) -> int:
             return 2
         log.info("serving metrics on http://%s:%d/metrics", settings.listen.host, settings.listen.port)
 
-    health_failing = False
-
-    def touch_health() -> None:
-        nonlocal health_failing
-        if settings.health_file is None:
-            return
-        try:
-            settings.health_file.touch()
-        except OSError as err:
-            if not health_failing:  # once, not every cycle
-                log.warning("cannot touch health file %s: %s; the liveness probe will fail",
-                            settings.health_file, err.strerror or err)
-            health_failing = True
-        else:
-            health_failing = False
-
-    code = run(prober, stop, touch_health)
+    code = run(prober, stop, prober.touch_health)
     if args.command == "once":
         sys.stdout.write(render(prober.snapshot))
     return code

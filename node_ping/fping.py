@@ -116,7 +116,6 @@ def max_targets_per_run(period_ms: int) -> int:
     return max(1, int(SEQUENCE_NUMBERS * SEQUENCE_SAFETY * period_ms / SEQUENCE_HOLD_MS))
 
 
-
 def _start(argv: list[str]) -> subprocess.Popen[str]:
     env = {**os.environ, "LC_ALL": "C"}
     try:

@@ -69,18 +69,19 @@ class _LastGood(Generic[K]):
         self._read: Callable[[], TargetList[K]] = read
         self.targets: tuple[K, ...] = ()
 
+    def _kept(self) -> str:
+        return f"; still probing the last good list of {len(self.targets)}" if self.targets else ""
+
     def load(self, problems: _Problems) -> bool:
         """Re-read the file; on failure keep the last good list. True if the file was usable."""
         try:
             loaded = self._read()
         except ConfigError as err:
-            kept = f"; still probing the last good list of {len(self.targets)}" if self.targets else ""
-            problems.report(self.name, f"{err}{kept}")
+            problems.report(self.name, f"{err}{self._kept()}")
             return False
         if loaded.problems and not loaded.targets and self.targets:
             # Every entry bad is a broken file, not an empty cluster: do not drop every series.
-            problems.report(self.name, f"no usable entry: {_some(loaded.problems, sep='; ')}; "
-                            f"still probing the last good list of {len(self.targets)}")
+            problems.report(self.name, f"no usable entry: {_some(loaded.problems, sep='; ')}{self._kept()}")
             return False
         problems.report(self.name, None)
         problems.report(f"{self.name} entries", _some(loaded.problems, sep="; ") if loaded.problems else None)
@@ -245,6 +246,19 @@ class Prober:
                                   "the previous file is left as it was")
         else:
             self._problems.report("textfile", None)
+
+    def touch_health(self) -> None:
+        """Mark a successful cycle for `node-ping health` (the liveness probe), if configured."""
+        health_file = self.settings.health_file
+        if health_file is None:
+            return
+        try:
+            health_file.touch()
+        except OSError as err:
+            self._problems.report("health file", f"cannot touch health file {health_file}: "
+                                  f"{err.strerror or err}; the liveness probe will fail")
+        else:
+            self._problems.report("health file", None)
 
 
 def run(prober: Prober, stop: threading.Event, health: Callable[[], None] = lambda: None) -> int:

@@ -276,6 +276,18 @@ class TestRun:
         assert run(prober, threading.Event(), lambda: beats.append(1)) == 0
         assert prober.snapshot.cycles == 3 and len(beats) == 3
 
+    def test_health_file_touched_and_an_unwritable_one_logged_once(self, workdir: Path,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+        write_nodes(workdir / "nodes.json", ("a", "127.0.0.2"))
+        good = Prober(settings(workdir, cycles=1, health_file=workdir / "health"))
+        assert run(good, threading.Event(), good.touch_health) == 0
+        assert (workdir / "health").exists()
+        bad = Prober(settings(workdir, cycles=3, period_ms=1, health_file=workdir / "missing" / "health"))
+        with caplog.at_level(logging.WARNING):
+            assert run(bad, threading.Event(), bad.touch_health) == 0
+        warnings = [r.getMessage() for r in caplog.records if "health file" in r.getMessage()]
+        assert len(warnings) == 1 and "liveness probe will fail" in warnings[0]
+
     def test_last_cycle_failing_is_exit_code_1(self, workdir: Path) -> None:
         write_nodes(workdir / "nodes.json", ("a", "127.0.0.2"))
         prober = Prober(settings(workdir, cycles=1, fping="/nonexistent/fping"))
