@@ -96,7 +96,7 @@ def _children_cpu() -> float:
 
 
 def _stop(process: subprocess.Popen[str]) -> None:
-    """Terminate, then kill, and always reap: never leave an fping child behind."""
+    """Terminate, then kill, and always reap: never leave an fping child or its pipes behind."""
     if process.poll() is None:
         process.terminate()
         try:
@@ -104,6 +104,11 @@ def _stop(process: subprocess.Popen[str]) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
     process.wait()
+    # communicate() closes the pipes when fping finishes; when it was cut short they would stay
+    # open for as long as an exception's traceback keeps this frame alive.
+    for pipe in (process.stdout, process.stderr):
+        if pipe is not None:
+            pipe.close()
 
 
 def max_targets_per_run(period_ms: int) -> int:

@@ -138,13 +138,18 @@ class TestRun:
     def test_hung_fping_is_killed_at_the_deadline(self, tmp_path: Path,
                                                   started: list[subprocess.Popen[str]]) -> None:
         binary = fake_fping(tmp_path, "exec sleep 60")
-        with pytest.raises(fping.FpingTimeout, match="longer than"):
+        with pytest.raises(fping.FpingTimeout, match="longer than") as caught:
             fping.run([binary], timeout_s=0.5, stop=threading.Event())
         # Known from the start, not from a pidfile the stand-in may not have written before the
         # deadline on a slow machine: the process was waited for and is gone.
         (process,) = started
         assert process.returncode is not None
         assert not Path(f"/proc/{process.pid}").exists()
+        # The exception (held here, as a log handler may) keeps run's frame alive: its pipes must
+        # be closed anyway, or every timed-out cycle would leak two descriptors.
+        assert caught.value.__traceback__ is not None
+        assert process.stdout is not None and process.stdout.closed
+        assert process.stderr is not None and process.stderr.closed
 
     def test_killed_by_a_signal(self, tmp_path: Path) -> None:
         binary = fake_fping(tmp_path, "echo '10.0.0.1 : 0.1' >&2; kill -9 $$")

@@ -104,12 +104,12 @@ class Exporter:
     def output(self) -> Path:
         return self.textfile / f"node-ping_{SOURCE}.prom"
 
-    def usage(self) -> tuple[int, int]:
-        """Resident memory in KiB and open file descriptors, from /proc."""
+    def usage(self) -> tuple[int, frozenset[str]]:
+        """Resident memory in KiB and the open file descriptors ("3 -> pipe:[1234]"), from /proc."""
         pid = self.process.pid
         status = Path(f"/proc/{pid}/status").read_text()
         rss = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:"))
-        return rss, len(os.listdir(f"/proc/{pid}/fd"))
+        return rss, frozenset(open_descriptors(pid))
 
     def cycles(self) -> int:
         try:
@@ -173,10 +173,31 @@ def patient_fping(tmp_path: Path) -> str:
     return str(wrapper)
 
 
-def window(samples: list[tuple[int, int, int]], low: int, high: int, index: int) -> list[int]:
-    values = [s[index] for s in samples if low <= s[0] <= high]
-    assert values, f"no samples between cycles {low} and {high}"
-    return values
+def open_descriptors(pid: int) -> Iterator[str]:
+    fd_dir = Path(f"/proc/{pid}/fd")
+    for fd in fd_dir.iterdir():
+        with contextlib.suppress(FileNotFoundError):  # closed while we looked
+            yield f"{fd.name} -> {os.readlink(fd)}"
+
+
+@dataclass
+class Sample:
+    cycles: int
+    rss_kib: int
+    descriptors: frozenset[str]
+
+
+def window(samples: list[Sample], low: int, high: int) -> list[Sample]:
+    chosen = [s for s in samples if low <= s.cycles <= high]
+    assert len(chosen) >= 5, f"only {len(chosen)} samples between cycles {low} and {high}"
+    return chosen
+
+
+def held_throughout(samples: list[Sample]) -> frozenset[str]:
+    """Descriptors open in every sample: the long-lived ones. fping's pipes and the temp file come
+    and go with each cycle (a new pipe inode every time), so only a descriptor that is never
+    closed survives the intersection, whatever moment of the cycle each sample caught."""
+    return frozenset.intersection(*(s.descriptors for s in samples))
 
 
 class TestSoak:
@@ -206,15 +227,14 @@ class TestSoak:
         reader = Reader(exporter.output, honest)
         thread = threading.Thread(target=reader.loop, daemon=True)
         thread.start()
-        samples: list[tuple[int, int, int]] = []  # (cycles, rss KiB, fds)
+        samples: list[Sample] = []
         strays: set[str] = set()
         deadline = time.monotonic() + self.TIMEOUT_S
         try:
             while time.monotonic() < deadline:
                 assert exporter.process.poll() is None, exporter.log.read_text()[-2000:]
                 cycles = exporter.cycles()
-                rss, fds = exporter.usage()
-                samples.append((cycles, rss, fds))
+                samples.append(Sample(cycles, *exporter.usage()))
                 strays |= {p.name for p in exporter.textfile.iterdir()
                            if p.name != exporter.output.name and not p.name.endswith(".tmp")}
                 if cycles >= self.CYCLES:
@@ -224,20 +244,20 @@ class TestSoak:
             reader.stop.set()
             thread.join(10)
         assert exporter.stop() == 0
-        done = samples[-1][0]
+        done = samples[-1].cycles
         assert done >= self.CYCLES, f"only {done} of {self.CYCLES} cycles before the {self.TIMEOUT_S} s bound"
 
         # After warm-up nothing grows with the number of cycles: a leak of one rendered file (tens of
         # KiB) or one descriptor per cycle would show here many times over. Measured: ~27 MiB, and
         # the allocator settles within a few thousand cycles (+0.3 MiB by cycle 2000, +0.9 MiB by
         # 4000, then flat to 12,000).
-        early_rss = max(window(samples, 100, 400, 1))
-        late_rss = max(window(samples, done - 300, done, 1))
+        early, late = window(samples, 100, 400), window(samples, done - 300, done)
+        early_rss = max(s.rss_kib for s in early)
+        late_rss = max(s.rss_kib for s in late)
         assert late_rss <= early_rss + 1024, f"RSS grew from {early_rss} KiB to {late_rss} KiB over {done} cycles"
-        # Mid-cycle, fping's pipes and the temp file are open; the fewest seen is the baseline.
-        early_fds = min(window(samples, 100, 400, 2))
-        late_fds = min(window(samples, done - 300, done, 2))
-        assert late_fds <= early_fds, f"open descriptors grew from {early_fds} to {late_fds}"
+        # A leaked descriptor stays open from the cycle that leaked it on.
+        leaked = held_throughout(late) - held_throughout(early)
+        assert not leaked, f"descriptors held open by cycle {done} that were not by cycle 400: {sorted(leaked)}"
 
         assert reader.reads > 100 and not reader.failures, (reader.reads, reader.failures[:3])
         assert not strays
