@@ -27,6 +27,8 @@ from tests.promtools import (
     DASHBOARD_FILE,
     RULES_FILE,
     assert_silencers_come_first,
+    iter_panels,
+    load_dashboard,
     load_rules,
     promql_test,
     run_promtool,
@@ -99,6 +101,30 @@ def replace_each(text: str, edits: list[tuple[str, str]]) -> str:
         assert old in text, f"{old!r} not in {text!r}"
         text = text.replace(old, new)
     return text
+
+
+# Textfile prefixes with the files each must and must not match: regex metacharacters, a quote
+# and a backslash match only themselves.
+PREFIXES = [
+    ("node-ping_", "node-ping_a.prom", "other_a.prom"),
+    ("nping_", "nping_a.prom", "node-ping_a.prom"),
+    ("np.v2+", "np.v2+a.prom", "npXv22a.prom"),
+    ('q"b\\_', 'q"b\\_a.prom', "qb_a.prom"),
+]
+
+
+def assert_textfile_age_of(expr: str, matched: str, unmatched: str, tmp_path: Path) -> None:
+    """`expr` is the age of the files node-exporter read whose name is `matched`, not `unmatched`."""
+    # Both files were last written at time 0, so at 10m both are 600 s old. node-exporter puts the
+    # full path in the `file` label (a PromQL string: quotes and backslashes escaped).
+    def file_label(name: str) -> str:
+        path = "/var/run/node-exporter-textfile/" + name
+        return 'file="' + path.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+    series = {f"node_textfile_mtime_seconds{{{file_label(name)}}}": "0x10" for name in (matched, unmatched)}
+    case = {"expr": expr, "eval_time": "10m", "exp_samples": [{"labels": f"{{{file_label(matched)}}}", "value": 600}]}
+    result = promql_test(tmp_path, series, [case])
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 class TestInstall:
@@ -331,25 +357,12 @@ class TestRuleOptions:
         for name, rule in rules.items():
             assert rule["annotations"]["runbook_url"] == f"{base}#{name.lower()}"
 
-    @pytest.mark.parametrize(("prefix", "matched", "unmatched"), [
-        ("node-ping_", "node-ping_a.prom", "other_a.prom"),
-        ("nping_", "nping_a.prom", "node-ping_a.prom"),
-        # Regex metacharacters in the prefix match only themselves.
-        ("np.v2+", "np.v2+a.prom", "npXv22a.prom"),
-    ])
+    @pytest.mark.parametrize(("prefix", "matched", "unmatched"), PREFIXES)
     def test_textfile_prefix(self, chart: helm.Chart, tmp_path: Path, prefix: str, matched: str,
                              unmatched: str) -> None:
         """NodePingTextfileStale watches the files this release writes, `<textfile.prefix>*.prom`."""
         rules = rules_by_alert(rule_groups(render(chart, with_rules({"textfile": {"prefix": prefix}}))))
-        expr = rules["NodePingTextfileStale"]["expr"]
-        # Both files were last written at time 0, so at 10m both are 600 s old. node-exporter puts the
-        # full path in the `file` label.
-        directory = "/var/run/node-exporter-textfile/"
-        series = {f'node_textfile_mtime_seconds{{file="{directory}{name}"}}': "0x10" for name in (matched, unmatched)}
-        case = {"expr": expr, "eval_time": "10m",
-                "exp_samples": [{"labels": f'{{file="{directory}{matched}"}}', "value": 600}]}
-        result = promql_test(tmp_path, series, [case])
-        assert result.returncode == 0, result.stdout + result.stderr
+        assert_textfile_age_of(rules["NodePingTextfileStale"]["expr"], matched, unmatched, tmp_path)
 
 
 class TestPrometheusRuleStructure:
@@ -431,6 +444,20 @@ class TestDashboardConfigMap:
         assert text == DASHBOARD_FILE.read_text(encoding="utf-8")
         assert "{{" in text
         assert json.loads(text)["uid"] == "node-ping"
+
+    @pytest.mark.parametrize(("prefix", "matched", "unmatched"), PREFIXES)
+    def test_textfile_age_panel_follows_the_prefix(self, chart: helm.Chart, tmp_path: Path, prefix: str,
+                                                   matched: str, unmatched: str) -> None:
+        values = {"grafanaDashboard": {"enabled": True}, "textfile": {"prefix": prefix}}
+        rendered = json.loads(render(chart, values).one("ConfigMap", "node-ping-dashboard")["data"]["node-ping.json"])
+        (age,) = [target for panel in iter_panels(rendered["panels"]) if panel.get("title") == "Textfile age"
+                  for target in panel["targets"]]
+        assert_textfile_age_of(age["expr"], matched, unmatched, tmp_path)
+        # Nothing else in the dashboard changes.
+        (shipped,) = [target for panel in iter_panels(load_dashboard()["panels"])
+                      if panel.get("title") == "Textfile age" for target in panel["targets"]]
+        age["expr"] = shipped["expr"]
+        assert rendered == load_dashboard()
 
     def test_fits_the_size_limits(self, chart: helm.Chart) -> None:
         configmap = render(chart, MONITORING_SCENARIO).one("ConfigMap", "node-ping-dashboard")
