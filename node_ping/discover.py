@@ -85,7 +85,8 @@ class DiscoverSettings:
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
     add("--namespace", default=env("POD_NAMESPACE"),
-        help="namespace of the ConfigMap (env POD_NAMESPACE; default: the pod's own namespace)")
+        help="namespace of the ConfigMap (env POD_NAMESPACE; default: the namespace of the --kubeconfig's "
+             "current context, else the pod's own namespace)")
     add("--configmap", default=env("NODE_PING_CONFIGMAP"),
         help="name of the ConfigMap whose nodes.json key this keeps up to date; created if missing "
              "(env NODE_PING_CONFIGMAP; required)")
@@ -104,15 +105,30 @@ def settings_from_args(args: argparse.Namespace, namespace_file: Path = NAMESPAC
     if not args.configmap:
         raise SettingsError("set the ConfigMap to keep up to date: --configmap or NODE_PING_CONFIGMAP")
     namespace = args.namespace
+    if not namespace and args.kubeconfig is not None:
+        namespace = kubeconfig_namespace(args.kubeconfig)
     if not namespace:
         try:
             namespace = namespace_file.read_text(encoding="utf-8").strip()
         except OSError:
-            raise SettingsError(f"set the namespace: --namespace or POD_NAMESPACE (outside a pod, "
-                                f"{namespace_file} does not exist to fall back on)") from None
+            raise SettingsError(f"set the namespace: --namespace, POD_NAMESPACE or a namespace in the kubeconfig's "
+                                f"current context (outside a pod, {namespace_file} does not exist to fall back "
+                                f"on)") from None
     return DiscoverSettings(namespace=namespace, configmap=args.configmap,
                             address_types=parse_address_types(args.address_types),
                             node_selector=parse_label_selector(args.node_selector))
+
+
+def kubeconfig_namespace(kubeconfig: Path) -> str | None:
+    """The namespace of the kubeconfig's current context, which kubectl would use; None if it names none."""
+    try:
+        from kubernetes import config  # noqa: PLC0415  (see the module docstring)
+
+        _, current = config.list_kube_config_contexts(config_file=str(kubeconfig))  # type: ignore[no-untyped-call]
+    except Exception:  # a missing package, an unreadable or invalid file: run() reports it in full
+        return None
+    namespace = current.get("context", {}).get("namespace") if isinstance(current, dict) else None
+    return namespace if isinstance(namespace, str) and namespace else None
 
 
 def core_api(kubeconfig: Path | None) -> Any:

@@ -287,12 +287,29 @@ class TestSettings:
         settings = settings_from_args(self.parse(["--configmap", "cm"]), tmp_path / "namespace")
         assert settings.namespace == "kube-system"
 
+    def test_namespace_of_the_kubeconfigs_current_context(self, monkeypatch: pytest.MonkeyPatch,
+                                                           tmp_path: Path) -> None:
+        monkeypatch.delenv("POD_NAMESPACE", raising=False)
+        (tmp_path / "namespace").write_text("kube-system\n")
+        kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", "https://127.0.0.1:1", namespace="monitoring")
+        args = self.parse(["--configmap", "cm", "--kubeconfig", str(kubeconfig)])
+        assert settings_from_args(args, tmp_path / "namespace").namespace == "monitoring"
+        args = self.parse(["--configmap", "cm", "--kubeconfig", str(kubeconfig), "--namespace", "ns"])
+        assert settings_from_args(args, tmp_path / "namespace").namespace == "ns"
+        # A context without a namespace, or a kubeconfig that is not one, falls through.
+        for text in (write_kubeconfig(tmp_path / "plain", "https://127.0.0.1:1").read_text(), "not: [a kubeconfig"):
+            kubeconfig.write_text(text)
+            args = self.parse(["--configmap", "cm", "--kubeconfig", str(kubeconfig)])
+            assert settings_from_args(args, tmp_path / "namespace").namespace == "kube-system"
+            with pytest.raises(SettingsError, match="a namespace in the kubeconfig's current context"):
+                settings_from_args(args, tmp_path / "absent")
+
     def test_missing_settings_say_what_to_set(self, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
         monkeypatch.delenv("POD_NAMESPACE", raising=False)
         monkeypatch.delenv("NODE_PING_CONFIGMAP", raising=False)
         with pytest.raises(SettingsError, match="--configmap or NODE_PING_CONFIGMAP"):
             settings_from_args(self.parse([]), tmp_path / "absent")
-        with pytest.raises(SettingsError, match="--namespace or POD_NAMESPACE"):
+        with pytest.raises(SettingsError, match="--namespace, POD_NAMESPACE"):
             settings_from_args(self.parse(["--configmap", "cm"]), tmp_path / "absent")
 
     def test_address_types(self) -> None:
@@ -775,21 +792,29 @@ class TestApiTrouble:
         wait_for(lambda: not watch_threads(), "the watch threads to end", timeout=5)
 
 
+def write_kubeconfig(path: Path, server: str, namespace: str | None = None) -> Path:
+    context: dict[str, str] = {"cluster": "fake", "user": "fake"}
+    if namespace is not None:
+        context["namespace"] = namespace
+    path.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "fake",
+        "clusters": [{"name": "fake", "cluster": {"server": server}}],
+        "users": [{"name": "fake", "user": {"token": "not-a-secret"}}],
+        "contexts": [{"name": "fake", "context": context}],
+    }))
+    return path
+
+
 class TestCommand:
     """`node-ping discover` as the Deployment runs it: a kubeconfig, and SIGTERM or SIGINT to stop."""
 
     @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
     def test_runs_and_stops_on_signal(self, kube: FakeKubeAPI, tmp_path: Path, signum: signal.Signals) -> None:
         kube.put_node(make_node("a", "10.0.0.1", zone="z1"))
-        kubeconfig = tmp_path / "kubeconfig"
-        kubeconfig.write_text(json.dumps({
-            "apiVersion": "v1", "kind": "Config", "current-context": "fake",
-            "clusters": [{"name": "fake", "cluster": {"server": kube.url}}],
-            "users": [{"name": "fake", "user": {"token": "not-a-secret"}}],
-            "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake"}}],
-        }))
-        env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
-        env.update(POD_NAMESPACE=NS, NODE_PING_CONFIGMAP=CM, PYTHONPATH=str(REPO))
+        # Run by hand: the namespace comes from the kubeconfig's context, as with kubectl.
+        kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", kube.url, namespace=NS)
+        env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower() and k != "POD_NAMESPACE"}
+        env.update(NODE_PING_CONFIGMAP=CM, PYTHONPATH=str(REPO))
         process = subprocess.Popen([sys.executable, "-m", "node_ping", "discover", "--kubeconfig", str(kubeconfig)],
                                    cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
