@@ -68,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="file name prefix (env PROMETHEUS_TEXTFILE_PREFIX; default %(default)s)")
     run.add_argument("--cycles", type=int, default=None, help="stop after N cycles (default: run forever)")
     run.add_argument("--listen-address", default=env("NODE_PING_LISTEN_ADDRESS"),
-                     help="also serve /metrics over HTTP, e.g. :9797 (env NODE_PING_LISTEN_ADDRESS)")
+                     help="also serve /metrics over HTTP: :9797 (every interface, IPv4 and IPv6), 127.0.0.1:9797 "
+                          "or [::1]:9797 (env NODE_PING_LISTEN_ADDRESS)")
     run.add_argument("--health-file", type=Path, default=env("NODE_PING_HEALTH_FILE"),
                      help="touched after every successful cycle, for `node-ping health` "
                           "(env NODE_PING_HEALTH_FILE)")
@@ -136,6 +137,7 @@ def _probe(args: argparse.Namespace, settings: Settings) -> int:
     # Imported here so `node-ping --help` and `health` stay fast and light.
     from node_ping.loop import Prober, run  # noqa: PLC0415
     from node_ping.metrics import SnapshotCollector, new_registry, render  # noqa: PLC0415
+    from node_ping.serve import serve_metrics  # noqa: PLC0415
     from node_ping.textfile import remove_stale  # noqa: PLC0415
 
     log.info("node-ping %s starting: %s", __version__, settings)
@@ -151,15 +153,13 @@ def _probe(args: argparse.Namespace, settings: Settings) -> int:
         except OSError as err:
             log.warning("cannot clean up %s: %s", settings.textfile_dir, err)
     if settings.listen is not None:
-        from prometheus_client import start_http_server  # noqa: PLC0415
-
         try:
-            start_http_server(settings.listen.port, settings.listen.host, registry=new_registry(collector))
+            _, where = serve_metrics(settings.listen, new_registry(collector))
         except OSError as err:
-            print(f"node-ping: error: cannot serve metrics on {settings.listen.host}:{settings.listen.port}: "
+            print(f"node-ping: error: cannot serve metrics on {args.listen_address}: "
                   f"{err.strerror or err}; choose another --listen-address", file=sys.stderr)
             return 2
-        log.info("serving metrics on http://%s:%d/metrics", settings.listen.host, settings.listen.port)
+        log.info("serving metrics on %s", where)
 
     code = run(prober, stop, prober.touch_health)
     if args.command == "once":

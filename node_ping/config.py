@@ -24,6 +24,10 @@ _PREFIX = re.compile(r"^[A-Za-z0-9_.-]+$")
 _NODE_NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9_.-]*[A-Za-z0-9])?$")
 
 
+EVERY_INTERFACE = ""
+"""The host of a listen address given as `:PORT`: every interface, IPv6 and IPv4."""
+
+
 @dataclass(frozen=True)
 class ListenAddress:
     host: str
@@ -79,9 +83,8 @@ class Settings:
 
 
 def parse_listen_address(text: str) -> ListenAddress:
-    """`:9797`, `0.0.0.0:9797`, `[::1]:9797` -> host and port."""
+    """`:9797` (every interface), `0.0.0.0:9797`, `[::1]:9797` -> host and port."""
     host, sep, port_text = text.rpartition(":")
     if not sep or not port_text.isdigit() or not 0 < int(port_text) < 65536:
         raise SettingsError(f"listen address {text!r} must look like :9797, 127.0.0.1:9797 or [::1]:9797")
-    host = host.strip("[]") or "0.0.0.0"  # noqa: S104 - serving metrics on every interface is the point
-    return ListenAddress(host, int(port_text))
+    return ListenAddress(host.strip("[]") or EVERY_INTERFACE, int(port_text))
