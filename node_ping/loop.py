@@ -68,12 +68,18 @@ class _LastGood(Generic[K]):
         self.name = name
         self._read: Callable[[], TargetList[K]] = read
         self.targets: tuple[K, ...] = ()
+        self._ever_read = False
+
+    @property
+    def usable(self) -> bool:
+        """This file was read at least once: this cycle probes what it last said (perhaps nothing)."""
+        return self._ever_read
 
     def _kept(self) -> str:
         return f"; still probing the last good list of {len(self.targets)}" if self.targets else ""
 
     def load(self, problems: _Problems) -> bool:
-        """Re-read the file; on failure keep the last good list. True if the file was usable."""
+        """Re-read the file; on failure keep the last good list. True if the file was read without a problem."""
         try:
             loaded = self._read()
         except ConfigError as err:
@@ -86,6 +92,7 @@ class _LastGood(Generic[K]):
         problems.report(self.name, None)
         problems.report(f"{self.name} entries", _some(loaded.problems, sep="; ") if loaded.problems else None)
         self.targets = loaded.targets
+        self._ever_read = True
         return not loaded.problems
 
 
@@ -105,6 +112,29 @@ def _own_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+@dataclass(frozen=True)
+class Outcome:
+    """How a cycle went."""
+
+    probed: bool  # fping ran and reported on every target (or there was nothing to probe)
+    published: bool  # the result reached the textfile or the HTTP endpoint (or stdout, for `once`)
+    lists_usable: bool  # each target list was read, or a last good one was kept; False: probing blind
+
+    @property
+    def ok(self) -> bool:
+        """The prober works: what the liveness probe checks. A bad target list is not its fault, and
+        a restart would not fix it; the config error counter and alert say so instead."""
+        return self.probed and self.published
+
+    @property
+    def complete(self) -> bool:
+        """Nothing was missing: what `once` and `run --cycles` exit with."""
+        return self.ok and self.lists_usable
+
+
+STOPPED = Outcome(probed=False, published=False, lists_usable=True)
+
+
 class Prober:
     """Holds what outlives a cycle: cumulative counters, the last good target lists, error counts."""
 
@@ -116,7 +146,9 @@ class Prober:
         self._external = _LastGood("external list", lambda: read_external(settings.external_config_path))
         self._node_totals: dict[NodeTarget, _Totals] = {}
         self._external_totals: dict[ExternalTarget, _Totals] = {}
-        self.snapshot = Snapshot(source_node=settings.node_name)
+        # Starting the clock at start-up, not leaving the gauge out, lets "no success for 5 minutes"
+        # fire for a prober that has never succeeded (no NET_RAW, say) as for one that stopped.
+        self.snapshot = Snapshot(source_node=settings.node_name, last_success_ts=clock())
         self.on_snapshot: Callable[[Snapshot], None] = lambda snapshot: None
 
     def _error(self, kind: str) -> None:
@@ -134,13 +166,15 @@ class Prober:
             self._problems.report("external names", _some(failures, sep="; ") if failures else None)
         return {target: resolved.addresses[target.host] for target in targets if target.host in resolved.addresses}
 
-    def cycle(self, stop: threading.Event) -> bool:
-        """Probe every target once (count pings each) and publish the result. True on success."""
+    def cycle(self, stop: threading.Event) -> Outcome:
+        """Probe every target once (count pings each) and publish the result."""
         started = time.monotonic()
         s = self.settings
+        lists_usable = True
         for target_file in (self._nodes, self._external):
             if not target_file.load(self._problems):
                 self._error("config")
+                lists_usable = lists_usable and target_file.usable
         nodes = select_peers(s.node_name, self._nodes.targets, s.topology, s.peers_per_zone)
         external = self._resolve_external(self._external.targets, stop)
         node_addresses = {node: node.address for node in nodes}
@@ -149,7 +183,7 @@ class Prober:
 
         probed = self._probe(addresses, stop)
         if probed is None:
-            return False  # stopping: publish nothing half-done
+            return STOPPED  # publish nothing half-done
         reports, fping_cpu, ok = probed
         node_rows = self._account(self._node_totals, node_addresses, reports, lambda n: (n.name, n.address))
         # A name that did not resolve this cycle is still configured: keep its counters.
@@ -169,10 +203,10 @@ class Prober:
             fping_cpu_s=prev.fping_cpu_s + fping_cpu,
             own_cpu_s=_own_cpu(),
         )
-        self.publish()
+        outcome = Outcome(probed=ok, published=self.publish(), lists_usable=lists_usable)
         log.debug("cycle %d: %d node and %d external targets in %.1f s (%s)", self.snapshot.cycles, len(nodes),
-                  len(external), time.monotonic() - started, "ok" if ok else "with errors")
-        return ok
+                  len(external), time.monotonic() - started, outcome)
+        return outcome
 
     def _probe(self, addresses: Sequence[str],
                stop: threading.Event) -> tuple[dict[str, CycleStats], float, bool] | None:
@@ -230,22 +264,28 @@ class Prober:
         return tuple(TargetRow(labels(t), v.sent, v.received, v.rtt_sum_ms, v.last)
                      for t, v in sorted(totals.items()))
 
-    def publish(self) -> None:
-        """Write the textfile (if configured) and hand the snapshot to the HTTP collector."""
+    def publish(self) -> bool:
+        """Write the textfile (if configured) and hand the snapshot to the HTTP collector.
+
+        False when the result reached nobody: the textfile could not be written and no HTTP
+        endpoint serves it either. The write error counter is then only in memory, so the
+        liveness probe is what makes such a pod visible."""
         self.on_snapshot(self.snapshot)
         s = self.settings
         if s.textfile_dir is None:
-            return
+            return True
         path = output_path(s.textfile_dir, s.prefix, s.node_name)
         try:
             write_atomic(path, render_chunks(self.snapshot))
         except OSError as err:
             self._error("write")
             self.on_snapshot(self.snapshot)
-            self._problems.report("textfile", f"cannot write {path}: {err.strerror or err}; "
-                                  "the previous file is left as it was")
-        else:
-            self._problems.report("textfile", None)
+            served = s.listen is not None
+            self._problems.report("textfile", f"cannot write {path}: {err.strerror or err}; the previous file is "
+                                  f"left as it was{'' if served else ' and this cycle counts as failed'}")
+            return served
+        self._problems.report("textfile", None)
+        return True
 
     def touch_health(self) -> None:
         """Mark a successful cycle for `node-ping health` (the liveness probe), if configured."""
@@ -264,29 +304,29 @@ class Prober:
 def run(prober: Prober, stop: threading.Event, health: Callable[[], None] = lambda: None) -> int:
     """Repeat cycles until `stop` is set or --cycles is reached. Never exits on a bad cycle.
 
-    Returns 0, or 1 when --cycles was reached and the last cycle failed (so `once` in a script
-    tells success from failure); a stop by signal is always 0."""
+    Returns 0, or 1 when --cycles was reached and the last cycle was not complete (so `once` in a
+    script tells success from failure); a stop by signal is always 0."""
     s = prober.settings
     done = 0
-    ok = True
+    outcome = Outcome(probed=True, published=True, lists_usable=True)
     while not stop.is_set() and (s.cycles is None or done < s.cycles):
         started = time.monotonic()
         try:
-            ok = prober.cycle(stop)
+            outcome = prober.cycle(stop)
         except Exception:
             # A bug must not become a crash loop: log it with its traceback, count it, go on.
             log.exception("cycle failed unexpectedly; continuing")
             prober.snapshot = dataclasses.replace(prober.snapshot, exceptions=prober.snapshot.exceptions + 1)
-            prober.publish()  # the count must reach the file, or a bug in every cycle looks like a stale file
-            ok = False
+            # The count must reach the file, or a bug in every cycle looks like a stale file.
+            outcome = Outcome(probed=False, published=prober.publish(), lists_usable=True)
         if stop.is_set():
             break
         done += 1
-        if ok:
+        if outcome.ok:
             health()
         # A cycle normally lasts count x period; if it failed fast, wait that long before retrying.
         remaining = s.nominal_cycle_s - (time.monotonic() - started)
-        if (not ok or not prober.snapshot.targets["node"] + prober.snapshot.targets["external"]) \
+        if (not outcome.ok or not prober.snapshot.targets["node"] + prober.snapshot.targets["external"]) \
                 and remaining > 0 and (s.cycles is None or done < s.cycles):
             stop.wait(remaining)
-    return 0 if ok or stop.is_set() else 1
+    return 0 if outcome.complete or stop.is_set() else 1

@@ -124,7 +124,8 @@ def _self_metrics(snap: Snapshot) -> Iterator[Metric]:
                "How much longer than nominal the last cycle took; large values mean a starved prober.", src,
                {"": lateness})
     yield _own(GaugeMetricFamily, "node_ping_last_success_timestamp_seconds",
-               "Unix time the last successful cycle ended.", src, {"": snap.last_success_ts})
+               "Unix time the last successful cycle ended; until one has, when node-ping started.", src,
+               {"": snap.last_success_ts})
     yield _own(CounterMetricFamily, "node_ping_fping_cpu_seconds", "CPU time (user+system) used by fping.", src,
                {"": snap.fping_cpu_s})
     yield _own(CounterMetricFamily, "node_ping_cpu_seconds", "CPU time (user+system) used by node-ping itself.",

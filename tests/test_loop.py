@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from node_ping.config import Settings
-from node_ping.loop import Prober, run
+from node_ping.config import ListenAddress, Settings
+from node_ping.loop import Outcome, Prober, run
 from tests.test_metrics import families
 
 
@@ -54,16 +54,16 @@ class TestTargetsChange:
         write_nodes(nodes, ("self", "127.0.0.1"), ("a", "127.0.0.2"))
         prober = Prober(settings(workdir))
         stop = threading.Event()
-        assert prober.cycle(stop)
+        assert prober.cycle(stop).ok
         assert destinations(prom(workdir), "kube_node_ping_packets_sent_total") == {"a": 3}
 
         write_nodes(nodes, ("self", "127.0.0.1"), ("a", "127.0.0.2"), ("b", "127.0.0.3"), ("c", "::1"))
-        assert prober.cycle(stop)
+        assert prober.cycle(stop).ok
         sent = destinations(prom(workdir), "kube_node_ping_packets_sent_total")
         assert sent == {"a": 6, "b": 3, "c": 3}  # counters accumulate; newcomers start at one cycle
 
         write_nodes(nodes, ("self", "127.0.0.1"), ("c", "::1"))
-        assert prober.cycle(stop)
+        assert prober.cycle(stop).ok
         series = prom(workdir)
         assert destinations(series, "kube_node_ping_packets_sent_total") == {"c": 6}
         assert destinations(series, "kube_node_ping_rtt_min").keys() == {"c"}
@@ -74,7 +74,7 @@ class TestTargetsChange:
         (workdir / "external.json").write_text(json.dumps([{"name": "same", "host": "127.0.0.2"},
                                                            {"name": "lo", "host": "localhost"}]))
         prober = Prober(settings(workdir))
-        assert prober.cycle(threading.Event())
+        assert prober.cycle(threading.Event()).ok
         series = prom(workdir)
         assert destinations(series, "kube_node_ping_packets_received_total") == {"a": 3}
         assert destinations(series, "external_ping_packets_received_total") == {"same": 3, "lo": 3}
@@ -88,7 +88,7 @@ class TestManyTargets:
         # fping.max_targets_per_run), so 30 targets need three processes side by side.
         write_nodes(workdir / "nodes.json", *[(f"n{i}", f"127.0.2.{i + 1}") for i in range(30)])
         prober = Prober(settings(workdir, period_ms=2))
-        assert prober.cycle(threading.Event())
+        assert prober.cycle(threading.Event()).ok
         # Every target has a complete report from one of the processes. (Received is not asserted:
         # at a 2 ms period a briefly descheduled fping may rightly count a loopback reply as late.)
         sent = destinations(prom(workdir), "kube_node_ping_packets_sent_total")
@@ -104,7 +104,7 @@ class TestBadInput:
         write_nodes(nodes, ("a", "127.0.0.2"))
         prober = Prober(settings(workdir))
         stop = threading.Event()
-        assert prober.cycle(stop)
+        assert prober.cycle(stop).ok
         nodes.write_text('[{"name": "a", "ipAddress": ')  # a ConfigMap update cut short
         with caplog.at_level(logging.WARNING):
             for _ in range(3):
@@ -153,11 +153,11 @@ class TestBadInput:
     def test_fping_missing_then_installed(self, workdir: Path) -> None:
         write_nodes(workdir / "nodes.json", ("a", "127.0.0.2"))
         good = Prober(settings(workdir))
-        assert good.cycle(threading.Event())
+        assert good.cycle(threading.Event()).ok
         before = prom(workdir)
         broken = settings(workdir, fping="/nonexistent/fping")
         good.settings = broken
-        assert not good.cycle(threading.Event())
+        assert not good.cycle(threading.Event()).ok
         after = prom(workdir)
         # The ping data of the last good cycle is still there; the error is visible next to it.
         assert after["kube_node_ping_packets_sent_total"] == before["kube_node_ping_packets_sent_total"]
@@ -171,7 +171,7 @@ class TestBadInput:
         (workdir / "nodes.json").write_text("[]")
         (workdir / "external.json").write_text(json.dumps([{"name": "lo", "host": "localhost"}]))
         prober = Prober(settings(workdir))
-        assert prober.cycle(threading.Event())
+        assert prober.cycle(threading.Event()).ok
 
         def failing_getaddrinfo(*_args: object, **_kwargs: object) -> list[object]:
             raise socket.gaierror(-3, "Temporary failure in name resolution")
@@ -224,14 +224,16 @@ class TestTextfileFaults:
     def test_read_only_directory(self, workdir: Path, small_mount: Path) -> None:
         write_nodes(workdir / "nodes.json", ("a", "127.0.0.2"))
         prober = Prober(settings(workdir, textfile_dir=small_mount))
-        assert prober.cycle(threading.Event())
+        assert prober.cycle(threading.Event()).ok
         good = (small_mount / "node-ping_self.prom").read_text()
         subprocess.run(["mount", "-o", "remount,ro", str(small_mount)], check=True)
-        assert prober.cycle(threading.Event())  # probing itself worked
+        outcome = prober.cycle(threading.Event())
+        # Probing worked, but its result reached nobody: not a success (the liveness probe fails).
+        assert outcome.probed and not outcome.published and not outcome.ok
         assert (small_mount / "node-ping_self.prom").read_text() == good
         assert prober.snapshot.errors["write"] == 1
         subprocess.run(["mount", "-o", "remount,rw", str(small_mount)], check=True)
-        assert prober.cycle(threading.Event())
+        assert prober.cycle(threading.Event()).ok
         series = families((small_mount / "node-ping_self.prom").read_text())
         assert {labels["kind"]: v for labels, v in series["node_ping_errors_total"]}["write"] == 1
         assert destinations(series, "kube_node_ping_packets_sent_total") == {"a": 9}
@@ -239,7 +241,7 @@ class TestTextfileFaults:
     def test_full_directory(self, workdir: Path, small_mount: Path) -> None:
         write_nodes(workdir / "nodes.json", ("a", "127.0.0.2"))
         prober = Prober(settings(workdir, textfile_dir=small_mount))
-        assert prober.cycle(threading.Event())
+        assert prober.cycle(threading.Event()).ok
         good = (small_mount / "node-ping_self.prom").read_text()
         filler = small_mount / "other-exporter.prom"
         subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=4k", "count=64"], check=False,
@@ -249,7 +251,7 @@ class TestTextfileFaults:
         assert sorted(p.name for p in small_mount.iterdir()) == ["node-ping_self.prom", "other-exporter.prom"]
         assert prober.snapshot.errors["write"] == 1
         filler.unlink()
-        assert prober.cycle(threading.Event())
+        assert prober.cycle(threading.Event()).ok
         assert "node_ping_errors_total" in (small_mount / "node-ping_self.prom").read_text()
 
     def test_directory_removed_and_recreated(self, workdir: Path) -> None:
@@ -293,13 +295,48 @@ class TestRun:
         prober = Prober(settings(workdir, cycles=1, fping="/nonexistent/fping"))
         assert run(prober, threading.Event()) == 1
 
+    def test_unwritable_textfile_is_a_failed_cycle_unless_served_over_http(self, workdir: Path) -> None:
+        """Nobody sees the write error counter of a file that cannot be written: only the
+        liveness probe can tell. With the HTTP endpoint on, the result is still published."""
+        write_nodes(workdir / "nodes.json", ("a", "127.0.0.2"))
+        beats: list[int] = []
+        missing = workdir / "no-such-dir"
+        prober = Prober(settings(workdir, cycles=2, period_ms=1, textfile_dir=missing))
+        assert run(prober, threading.Event(), lambda: beats.append(1)) == 1
+        assert beats == [] and prober.snapshot.errors["write"] == 2
+        served = Prober(settings(workdir, cycles=2, period_ms=1, textfile_dir=missing,
+                                 listen=ListenAddress("127.0.0.1", 9)))
+        assert run(served, threading.Event(), lambda: beats.append(1)) == 0
+        assert beats == [1, 1] and served.snapshot.errors["write"] == 2
+
+    @pytest.mark.parametrize("content", [None, "not json", '{"name": "a"}'], ids=["missing", "not-json", "object"])
+    def test_a_node_list_never_read_is_exit_code_1_but_healthy(self, workdir: Path, content: str | None) -> None:
+        """`once` on a missing or broken nodes.json probed nothing it was asked to: a script must see
+        that. The liveness probe must not: a restart would not fix the ConfigMap."""
+        if content is not None:
+            (workdir / "nodes.json").write_text(content)
+        beats: list[int] = []
+        prober = Prober(settings(workdir, cycles=1))
+        assert run(prober, threading.Event(), lambda: beats.append(1)) == 1
+        assert beats == [1] and prober.snapshot.errors["config"] == 1
+
+    def test_a_broken_list_with_a_last_good_one_is_exit_code_0(self, workdir: Path) -> None:
+        write_nodes(workdir / "nodes.json", ("a", "127.0.0.2"))
+        prober = Prober(settings(workdir, cycles=1))
+        assert run(prober, threading.Event()) == 0
+        (workdir / "nodes.json").write_text("not json")
+        prober.settings = settings(workdir, cycles=1)
+        assert run(prober, threading.Event()) == 0  # still probing the last good list
+        assert prober.snapshot.errors["config"] == 1
+        assert destinations(prom(workdir), "kube_node_ping_packets_sent_total") == {"a": 6}
+
     def test_a_bug_in_a_cycle_does_not_end_the_loop(self, workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         write_nodes(workdir / "nodes.json", ("a", "127.0.0.2"))
         prober = Prober(settings(workdir, cycles=2, period_ms=1))
         calls = iter([ZeroDivisionError("bug"), None])
         original = prober.cycle
 
-        def flaky(stop: threading.Event) -> bool:
+        def flaky(stop: threading.Event) -> Outcome:
             error = next(calls)
             if error:
                 raise error

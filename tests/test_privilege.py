@@ -25,6 +25,7 @@ import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -176,7 +177,9 @@ def assert_clear_failure(outcome: Outcome, message: str) -> None:
     assert outcome.value("kube_node_ping_exceptions_total") == 1
     for name in PING_SERIES:  # no "sent" to imply loss, no 0 ms RTT
         assert name not in outcome.series, (name, outcome.series[name])
-    assert "node_ping_last_success_timestamp_seconds" not in outcome.series
+    # Never a success: the gauge holds the start-up time, so "no success for 5 minutes" can fire.
+    started = datetime.strptime(outcome.log[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()  # the first log line
+    assert abs(outcome.value("node_ping_last_success_timestamp_seconds") - started) < 1
     assert outcome.value("node_ping_targets", kind="node") == 2
 
 
@@ -264,7 +267,7 @@ class TestNoReplyAtAll:
             prober = Prober(Settings(node_name="self", textfile_dir=tmp_path / "textfile",
                                      config_path=tmp_path / "nodes.json", external_config_path=tmp_path / "x.json",
                                      count=COUNT, period_ms=10, fping=fake_fping(tmp_path, answering)))
-            ok = prober.cycle(threading.Event())
+            ok = prober.cycle(threading.Event()).ok
             return ok, families((tmp_path / "textfile" / "node-ping_self.prom").read_text())
 
         return run
