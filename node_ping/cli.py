@@ -146,12 +146,7 @@ def _probe(args: argparse.Namespace, settings: Settings) -> int:
     collector = SnapshotCollector(prober.snapshot)
     prober.on_snapshot = lambda snapshot: setattr(collector, "snapshot", snapshot)
 
-    if settings.textfile_dir is not None:
-        try:
-            for path in remove_stale(settings.textfile_dir, settings.prefix):
-                log.info("removed stale file %s from an earlier run", path)
-        except OSError as err:
-            log.warning("cannot clean up %s: %s", settings.textfile_dir, err)
+    # The port first: an instance that cannot start must not have removed anybody's file.
     if settings.listen is not None:
         try:
             _, where = serve_metrics(settings.listen, new_registry(collector))
@@ -160,6 +155,12 @@ def _probe(args: argparse.Namespace, settings: Settings) -> int:
                   f"{err.strerror or err}; choose another --listen-address", file=sys.stderr)
             return 2
         log.info("serving metrics on %s", where)
+    if settings.textfile_dir is not None:
+        try:
+            for path in remove_stale(settings.textfile_dir, settings.prefix):
+                log.info("removed stale file %s from an earlier run", path)
+        except OSError as err:
+            log.warning("cannot clean up %s: %s", settings.textfile_dir, err)
 
     code = run(prober, stop, prober.touch_health)
     if args.command == "once":

@@ -7,6 +7,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from node_ping.textfile import MAX_NAME_BYTES
 from node_ping.topology import MODES
 
 
@@ -66,20 +67,24 @@ class Settings:
         if not _NODE_NAME.match(self.node_name) or len(self.node_name) > 253:
             raise SettingsError(f"node name {self.node_name!r} is not a valid Kubernetes node name "
                                 "(letters, digits, '-', '.', '_'; it becomes part of a file name)")
+        if len(f"{self.prefix}{self.node_name}.prom".encode()) > MAX_NAME_BYTES:
+            raise SettingsError(f"the textfile name {self.prefix}<node name>.prom would be longer than the "
+                                f"{MAX_NAME_BYTES} bytes file systems allow ({len(self.node_name)}-character node "
+                                "name): use a shorter --prefix")
         if not _PREFIX.match(self.prefix):
-            raise SettingsError(f"prefix {self.prefix!r} must be non-empty and use only letters, digits, "
-                                "'_', '-' and '.': node-ping removes <prefix>*.prom at start-up, and an empty "
-                                "or wildcard prefix would delete other exporters' files")
+            raise SettingsError(f"--prefix / PROMETHEUS_TEXTFILE_PREFIX {self.prefix!r} must be non-empty and use "
+                                "only letters, digits, '_', '-' and '.': node-ping removes <prefix>*.prom at "
+                                "start-up, and an empty or wildcard prefix would delete other exporters' files")
         if not 1 <= self.count <= 10_000:
-            raise SettingsError(f"--count {self.count} must be between 1 and 10000")
+            raise SettingsError(f"--count / NODE_PING_COUNT {self.count} must be between 1 and 10000")
         if not 1 <= self.period_ms <= 3_600_000:
-            raise SettingsError(f"--period-ms {self.period_ms} must be between 1 and 3600000")
+            raise SettingsError(f"--period-ms / NODE_PING_PERIOD_MS {self.period_ms} must be between 1 and 3600000")
         if self.cycles is not None and self.cycles < 1:
             raise SettingsError(f"--cycles {self.cycles} must be at least 1")
         if self.topology not in MODES:
-            raise SettingsError(f"--topology {self.topology!r} must be one of: {', '.join(MODES)}")
+            raise SettingsError(f"--topology / NODE_PING_TOPOLOGY {self.topology!r} must be one of: {', '.join(MODES)}")
         if self.peers_per_zone < 1:
-            raise SettingsError(f"--peers-per-zone {self.peers_per_zone} must be at least 1")
+            raise SettingsError(f"--peers-per-zone / NODE_PING_PEERS_PER_ZONE {self.peers_per_zone} must be at least 1")
 
 
 def parse_listen_address(text: str) -> ListenAddress:

@@ -100,7 +100,8 @@ class TestRunCommand:
         ("MY_NODE_NAME", [], "MY_NODE_NAME"),
         ("PROMETHEUS_TEXTFILE_DIR", [], "PROMETHEUS_TEXTFILE_DIR"),
         (None, ["--prefix", ""], "prefix"),
-        (None, ["--count", "0"], "--count"),
+        (None, ["--count", "0"], "--count / NODE_PING_COUNT 0 must be"),
+        (None, ["--node-name", "n" * 250], "longer than the 255 bytes file systems allow"),
         (None, ["--listen-address", "nonsense"], "listen address"),
     ])
     def test_bad_settings_exit_2_with_a_clear_message(self, setup: dict[str, str], drop: str | None,
@@ -112,13 +113,19 @@ class TestRunCommand:
 
     def test_startup_removes_only_own_stale_files(self, setup: dict[str, str]) -> None:
         textfile = Path(setup["PROMETHEUS_TEXTFILE_DIR"])
-        for name in ("node-ping_renamed-node.prom", "node-ping_me.prom.999.tmp", "smartmon.prom", "README"):
+        for name in ("node-ping_renamed-node.prom", "node-ping_me.prom.0123456789abcdef.tmp", "smartmon.prom",
+                     "README"):
             (textfile / name).write_text("x 1\n")
+        old = time.time() - 3600  # a temp file left by a crash an hour ago
+        os.utime(textfile / "node-ping_me.prom.0123456789abcdef.tmp", (old, old))
         assert finish(node_ping("run", "--cycles", "1", "--count", "1", "--period-ms", "100", env=setup))[0] == 0
         assert sorted(p.name for p in textfile.iterdir()) == ["README", "node-ping_me.prom", "smartmon.prom"]
 
 
     def test_listen_address_in_use_is_a_clear_error(self, setup: dict[str, str]) -> None:
+        # The file of the instance that holds the port: one that cannot start leaves it alone.
+        running = Path(setup["PROMETHEUS_TEXTFILE_DIR"]) / "node-ping_me.prom"
+        running.write_text("x 1\n")
         with socket.socket() as taken:
             taken.bind(("127.0.0.1", 0))
             taken.listen()
@@ -127,6 +134,7 @@ class TestRunCommand:
                                             env=setup))
         assert code == 2 and f"cannot serve metrics on 127.0.0.1:{port}" in err
         assert "Traceback" not in err
+        assert running.read_text() == "x 1\n"
 
 
 class TestSignals:

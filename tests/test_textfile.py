@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 
 import pytest
 
-from node_ping.textfile import output_path, remove_stale, write_atomic
+from node_ping.textfile import (
+    MAX_NAME_BYTES,
+    TEMP_SUFFIX,
+    TEMP_TOKEN_CHARS,
+    output_path,
+    remove_stale,
+    temp_prefix,
+    write_atomic,
+)
 
 
 class TestWriteAtomic:
@@ -39,13 +49,48 @@ class TestRemoveStale:
     """Start-up clean-up touches our prefix only: other exporters share the directory."""
 
     def test_removes_only_own_files(self, tmp_path: Path) -> None:
-        ours = ["node-ping_old-node.prom", "node-ping_n1.prom", "node-ping_n1.prom.123.tmp"]
+        ours = ["node-ping_old-node.prom", "node-ping_n1.prom", "node-ping_n1.prom.0123456789abcdef.tmp"]
         theirs = ["node_exporter_smartmon.prom", "node-ping.prom", "xnode-ping_a.prom", "node-ping_notes.txt"]
         for name in ours + theirs:
             (tmp_path / name).write_text("x 1\n")
-        removed = remove_stale(tmp_path, "node-ping_")
+        an_hour_later = time.time() + 3600
+        removed = remove_stale(tmp_path, "node-ping_", now=an_hour_later)
         assert sorted(p.name for p in removed) == sorted(ours)
         assert sorted(p.name for p in tmp_path.iterdir()) == sorted(theirs)
+
+    def test_a_fresh_temp_file_is_another_writers_and_stays(self, tmp_path: Path) -> None:
+        """A second instance starting on the node (a surge during a rolling update) must not pull the
+        temp file from under the first one's write."""
+        in_flight = tmp_path / "node-ping_n1.prom.0123456789abcdef.tmp"
+        in_flight.write_text("x 1\n")
+        assert remove_stale(tmp_path, "node-ping_") == []
+        assert in_flight.exists()
+
+
+class TestNames:
+    def test_temp_names_differ_between_writers(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Named by a random token, not the pid: in containers every node-ping is pid 1."""
+        path = output_path(tmp_path, "node-ping_", "n1")
+        seen: list[str] = []
+        real_replace = os.replace
+
+        def spy(src: str | Path, dst: str | Path) -> None:
+            seen.append(Path(src).name)
+            real_replace(src, dst)
+
+        monkeypatch.setattr(os, "replace", spy)
+        for value in range(20):
+            write_atomic(path, f"a {value}\n")
+        assert len(set(seen)) == 20
+        assert all(name.startswith("node-ping_n1.prom.") and name.endswith(".tmp") for name in seen)
+
+    def test_longest_output_name_still_has_room_for_the_temp_token(self, tmp_path: Path) -> None:
+        name = "node-ping_" + "n" * (MAX_NAME_BYTES - len("node-ping_") - len(".prom"))
+        path = tmp_path / f"{name}.prom"
+        assert len(path.name) == MAX_NAME_BYTES
+        write_atomic(path, "a 1\n")
+        assert [p.name for p in tmp_path.iterdir()] == [path.name]
+        assert len(temp_prefix(path.name)) + TEMP_TOKEN_CHARS + len(TEMP_SUFFIX) <= MAX_NAME_BYTES
 
     def test_refuses_empty_prefix(self, tmp_path: Path) -> None:
         (tmp_path / "other.prom").write_text("x 1\n")
