@@ -227,16 +227,17 @@ class Prober:
             self._error("fping")
             self._problems.report("fping", f"fping failed: {err}; keeping the previous results")
             return {}, 0.0, False
-        self._problems.report("fping", None)
         # Summarised line by line: 5,000 x 30 floats are never held at once.
         reports = {address: summarize(samples) for address, samples in complete_reports(result.report, s.count)}
         canary = reports.get(CANARY) if CANARY in addresses else reports.pop(CANARY, None)
         if canary is not None and not canary.received and not any(r.received for r in reports.values()):
             self._error("fping")
             self._problems.report("fping", "fping got no reply at all, not even from 127.0.0.1: it cannot receive "
-                                  "ICMP replies here (fping 5.1 without NET_RAW uses ICMP datagram sockets and "
-                                  "drops every reply); give the container NET_RAW. Nothing counted this cycle")
+                                  "ICMP replies here. Without NET_RAW, fping 5.1 uses ICMP datagram sockets and "
+                                  "drops every reply: give the container NET_RAW. With it, a firewall in this "
+                                  "network namespace drops echo replies. Nothing counted this cycle")
             return {}, result.cpu_seconds, False
+        self._problems.report("fping", None)
         # Without a complete report we do not know what was sent: count nothing for it, and say so.
         missing = [address for address in addresses if address not in reports]
         if missing:
@@ -261,6 +262,10 @@ class Prober:
             stats = reports.get(address)
             if stats is not None:
                 totals.setdefault(target, _Totals()).add(stats)
+            elif target in totals:
+                # No report this cycle (fping failed): the RTT gauges describe the last cycle, and there
+                # was none for this target. The counters stay; the gauges go until the next report.
+                totals[target].last = None
         return tuple(TargetRow(labels(t), v.sent, v.received, v.rtt_sum_ms, v.last)
                      for t, v in sorted(totals.items()))
 

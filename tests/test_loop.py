@@ -159,8 +159,10 @@ class TestBadInput:
         good.settings = broken
         assert not good.cycle(threading.Event()).ok
         after = prom(workdir)
-        # The ping data of the last good cycle is still there; the error is visible next to it.
+        # The counters of the last good cycle are still there; the error is visible next to them. The
+        # RTT gauges describe the last cycle, and this one measured nothing: they are gone until it does.
         assert after["kube_node_ping_packets_sent_total"] == before["kube_node_ping_packets_sent_total"]
+        assert before["kube_node_ping_rtt_min"] and "kube_node_ping_rtt_min" not in after
         assert {labels["kind"]: v for labels, v in after["node_ping_errors_total"]}["fping"] == 1
         assert after["kube_node_ping_exceptions_total"][0][1] == 1
         assert after["node_ping_last_success_timestamp_seconds"] == before["node_ping_last_success_timestamp_seconds"]

@@ -15,6 +15,7 @@ that means: a binary whose file capability is not in the bounding set cannot be 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import shutil
@@ -277,6 +278,18 @@ class TestNoReplyAtAll:
         assert not ok
         assert {labels["kind"]: v for labels, v in series["node_ping_errors_total"]}["fping"] == 1
         assert "kube_node_ping_packets_sent_total" not in series
+
+    def test_logged_once_while_it_lasts(self, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+        (tmp_path / "nodes.json").write_text('[{"name": "a", "ipAddress": "10.0.0.2"}]')
+        prober = Prober(Settings(node_name="self", textfile_dir=None, config_path=tmp_path / "nodes.json",
+                                 external_config_path=tmp_path / "x.json", count=COUNT, period_ms=10,
+                                 fping=fake_fping(tmp_path, "nothing")))
+        with caplog.at_level(logging.INFO, logger="node_ping.loop"):
+            for _ in range(3):
+                assert not prober.cycle(threading.Event()).ok
+        messages = [record.getMessage() for record in caplog.records]
+        assert len([m for m in messages if "not even from 127.0.0.1" in m]) == 1, messages
+        assert not [m for m in messages if "resolved" in m], messages
 
     def test_loopback_answering_means_the_loss_is_real(self, probe: Callable[[str], tuple[bool, Series]]) -> None:
         ok, series = probe("127.0.0.1")
