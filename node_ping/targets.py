@@ -57,10 +57,24 @@ def normalise_ip(value: str) -> str:
     """Return the canonical text of an IP address (as fping -A prints it); ValueError if it is none."""
     address = ipaddress.ip_address(value.strip())
     if address.is_unspecified or address.is_multicast:
-        raise ValueError(f"{value!r} is not a unicast address")
+        raise ValueError(f"{value!r} is not a valid unicast IPv4 or IPv6 address")
+    if isinstance(address, ipaddress.IPv6Address) and address.scope_id and address.scope_id.isdigit():
+        # fping reports a link-local target by interface name (%eth0), never by index: its result
+        # would never be matched, and the same host could be listed twice unnoticed.
+        raise ValueError(f"{value!r} has a numeric zone; name the interface instead, e.g. "
+                         f"{str(address).split('%')[0]}%eth0")
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         return str(address.ipv4_mapped)
     return str(address)
+
+
+def _json_type(value: object) -> str:
+    """What JSON calls the type of a decoded value."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    return {dict: "object", str: "string", int: "number", float: "number"}.get(type(value), type(value).__name__)
 
 
 def is_ip(value: str) -> bool:
@@ -88,11 +102,13 @@ def _text_field(entry: dict[str, Any], key: str, where: str) -> str:
 def _node(entry: dict[str, Any], where: str) -> NodeTarget:
     name = _text_field(entry, "name", where)
     raw_address = _text_field(entry, "ipAddress", where)
+    if not is_ip(raw_address):
+        raise ValueError(f"{where}: ipAddress {raw_address!r} of node {name!r} is not a valid "
+                         "unicast IPv4 or IPv6 address")
     try:
         address = normalise_ip(raw_address)
-    except ValueError:
-        raise ValueError(f"{where}: ipAddress {raw_address!r} of node {name!r} is not a valid "
-                         "unicast IPv4 or IPv6 address") from None
+    except ValueError as err:
+        raise ValueError(f"{where}: ipAddress of node {name!r}: {err}") from None
     zone = entry.get("zone")
     if zone is not None and not isinstance(zone, str):
         raise ValueError(f"{where}: zone of node {name!r} must be a string or absent")
@@ -105,8 +121,8 @@ def _external(entry: dict[str, Any], where: str) -> ExternalTarget:
     if is_ip(host):
         try:
             host = normalise_ip(host)
-        except ValueError:
-            raise ValueError(f"{where}: host {host!r} of {name!r} is not a unicast address") from None
+        except ValueError as err:
+            raise ValueError(f"{where}: host of {name!r}: {err}") from None
     elif not _HOSTNAME.match(host):
         raise ValueError(f"{where}: host {host!r} of {name!r} is neither an IP address nor a DNS name")
     return ExternalTarget(name=name, host=host)
@@ -125,7 +141,7 @@ def _parse(text: str, source: str, example: str, make: Callable[[dict[str, Any],
         # The decoder's limits: numbers of more than 4300 digits, nesting deeper than the stack.
         raise ConfigError(f"{source} cannot be decoded ({err}); it must hold a JSON list like {example}") from None
     if not isinstance(data, list):
-        raise ConfigError(f"{source} holds a JSON {type(data).__name__}, not a list; "
+        raise ConfigError(f"{source} holds a JSON {_json_type(data)}, not a list; "
                           f"it must look like {example}")
     targets: list[T] = []
     problems: list[str] = []

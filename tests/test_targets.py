@@ -35,8 +35,9 @@ class TestNodes:
         ("", "is empty"),
         ("   \n", "is empty"),
         ("[{", "not valid JSON"),
-        ('{"name": "a"}', "not a list"),
-        ("42", "not a list"),
+        ('{"name": "a"}', "holds a JSON object, not a list"),
+        ("42", "holds a JSON number, not a list"),
+        ("null", "holds a JSON null, not a list"),
     ])
     def test_unusable_file_raises_with_fix(self, text: str, fragment: str) -> None:
         with pytest.raises(ConfigError, match=fragment) as info:
@@ -55,6 +56,8 @@ class TestNodes:
         ({"name": "x", "ipAddress": "-f/etc/shadow"}, "starts with '-'"),
         ({"name": "-x", "ipAddress": "10.0.0.9"}, "starts with '-'"),
         ({"name": "x", "ipAddress": "10.0.0.9", "zone": 3}, "zone"),
+        # fping names the interface in its report: a result for %2 would never be matched.
+        ({"name": "x", "ipAddress": "fe80::1%2"}, "numeric zone; name the interface instead, e.g. fe80::1%eth0"),
         ("10.0.0.9", "not a JSON object"),
     ])
     def test_bad_entry_is_skipped_and_named(self, entry: object, fragment: str) -> None:
@@ -88,7 +91,8 @@ class TestExternal:
                                             {"name": "web", "host": "example.com."}]))
         assert loaded.targets == (ExternalTarget("dns", "8.8.8.8"), ExternalTarget("web", "example.com."))
 
-    @pytest.mark.parametrize("host", ["-q", "exa mple.com", "a..b", "x" * 64 + ".com", "1.2.3.4.5:80"])
+    @pytest.mark.parametrize("host", ["-q", "exa mple.com", "a..b", "x" * 64 + ".com", "1.2.3.4.5:80", "fe80::1%2",
+                                      "224.0.0.1"])
     def test_bad_hosts_are_skipped(self, host: str) -> None:
         loaded = parse_external(json.dumps([{"name": "bad", "host": host}]))
         assert loaded.targets == () and len(loaded.problems) == 1
