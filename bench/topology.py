@@ -25,6 +25,9 @@ def main() -> None:
     parser.add_argument("--zones", type=int, default=20)
     parser.add_argument("--peers-per-zone", type=int, default=3)
     args = parser.parse_args()
+    if args.zones < 2 or args.nodes < 2 * args.zones or args.peers_per_zone < 1:
+        parser.error("zone mode needs --zones 2 or more, at least two --nodes per zone and --peers-per-zone 1 "
+                     "or more")
     n, k = args.nodes, args.peers_per_zone
     nodes = [NodeTarget(f"node-{i:05d}", f"10.{i // 65536}.{i // 256 % 256}.{i % 256}", f"zone-{i % args.zones}")
              for i in range(n)]

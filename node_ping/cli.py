@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 import time
 from collections.abc import Sequence
@@ -15,6 +16,9 @@ from pathlib import Path
 from node_ping import __version__, diagnose, discover
 from node_ping.config import Settings, SettingsError, env, parse_listen_address
 from node_ping.signals import stop_on_signals
+
+INTERRUPTED = 130
+"""Exit code of `once` stopped by a signal, as shells report a command ended by Ctrl-C."""
 
 log = logging.getLogger("node_ping")
 
@@ -82,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     health = commands.add_parser("health", help="exit 0 if a cycle succeeded recently (liveness probe)")
     health.add_argument("--health-file", type=Path, default=env("NODE_PING_HEALTH_FILE"),
                         help="the file `run --health-file` touches (env NODE_PING_HEALTH_FILE)")
-    health.add_argument("--max-age", type=float, required=True, help="seconds since the last successful cycle")
+    health.add_argument("--max-age", type=_seconds, required=True, help="seconds since the last successful cycle")
 
     for name, module, help_text in (
         ("discover", discover, "keep the nodes.json ConfigMap in step with the cluster's nodes"),
@@ -123,8 +127,11 @@ def _health(args: argparse.Namespace) -> int:
         return 2
     try:
         age = time.time() - args.health_file.stat().st_mtime
-    except OSError:
+    except FileNotFoundError:
         print(f"unhealthy: {args.health_file} does not exist: no cycle has succeeded yet", file=sys.stderr)
+        return 1
+    except OSError as err:
+        print(f"unhealthy: cannot read {args.health_file}: {err.strerror or err}", file=sys.stderr)
         return 1
     if age > args.max_age:
         print(f"unhealthy: last successful cycle {age:.0f} s ago (limit {args.max_age:.0f} s)", file=sys.stderr)
@@ -164,8 +171,21 @@ def _probe(args: argparse.Namespace, settings: Settings) -> int:
 
     code = run(prober, stop, prober.touch_health)
     if args.command == "once":
+        if stop.is_set():
+            return INTERRUPTED  # a cut-short cycle has nothing worth printing
         sys.stdout.write(render(prober.snapshot))
     return code
+
+
+def _seconds(text: str) -> float:
+    """A positive, finite number of seconds (NaN compares false with everything: never unhealthy)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a positive number of seconds")
+    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -104,6 +104,8 @@ def settings_from_args(args: argparse.Namespace, namespace_file: Path = NAMESPAC
     """Validate the command line once; SettingsError names the flag and the fix."""
     if not args.configmap:
         raise SettingsError("set the ConfigMap to keep up to date: --configmap or NODE_PING_CONFIGMAP")
+    if args.kubeconfig is not None and not args.kubeconfig.is_file():
+        raise SettingsError(f"--kubeconfig {args.kubeconfig} does not exist or is not a file")
     namespace = args.namespace
     if not namespace and args.kubeconfig is not None:
         namespace = kubeconfig_namespace(args.kubeconfig)

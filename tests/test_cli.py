@@ -140,6 +140,19 @@ class TestRunCommand:
 class TestSignals:
     """SIGTERM/SIGINT end the program within 2 s, with no temp file and no fping child left."""
 
+    def test_once_interrupted_prints_nothing_and_says_so(self, setup: dict[str, str]) -> None:
+        """Ctrl-C on `once`: no half-cycle of zeros on stdout for a script to take as data."""
+        process = node_ping("once", "--count", "200", "--period-ms", "50", env=setup)
+        try:
+            wait_for(lambda: children(process.pid))
+            process.send_signal(signal.SIGINT)
+            code, out, err = finish(process)
+        finally:
+            process.kill()
+            process.wait()
+        assert code == 130, err
+        assert out == ""
+
     @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
     def test_stop_during_fping(self, setup: dict[str, str], signum: signal.Signals) -> None:
         process = node_ping("run", "--count", "200", "--period-ms", "50", env=setup)
@@ -232,6 +245,15 @@ class TestHttpAndHealth:
     def test_health_before_first_cycle(self, tmp_path: Path) -> None:
         code, _, err = finish(node_ping("health", "--health-file", str(tmp_path / "none"), "--max-age", "9"))
         assert code == 1 and "no cycle has succeeded" in err
+
+    @pytest.mark.parametrize("max_age", ["nan", "inf", "0", "-5", "soon"])
+    def test_a_max_age_that_cannot_fail_is_refused(self, tmp_path: Path, max_age: str) -> None:
+        """NaN compares false with every age: the probe would pass for ever."""
+        health = tmp_path / "health"
+        health.touch()
+        os.utime(health, (0, 0))  # 1970: stale whatever the limit
+        code, _, err = finish(node_ping("health", "--health-file", str(health), "--max-age", max_age))
+        assert code == 2 and "--max-age" in err
 
 
 class TestOnce:

@@ -304,6 +304,11 @@ class TestSettings:
             with pytest.raises(SettingsError, match="a namespace in the kubeconfig's current context"):
                 settings_from_args(args, tmp_path / "absent")
 
+    def test_missing_kubeconfig_is_named(self, tmp_path: Path) -> None:
+        args = self.parse(["--configmap", "cm", "--kubeconfig", str(tmp_path / "absent")])
+        with pytest.raises(SettingsError, match=r"--kubeconfig .*absent does not exist"):
+            settings_from_args(args, tmp_path / "namespace")
+
     def test_missing_settings_say_what_to_set(self, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
         monkeypatch.delenv("POD_NAMESPACE", raising=False)
         monkeypatch.delenv("NODE_PING_CONFIGMAP", raising=False)
