@@ -2,9 +2,11 @@
 without a binary) for the default values and every ci/*-values.yaml scenario.
 
 Checked: what `helm install` and `helm lint` say, every object against the Kubernetes API schemas
-of each version the chart's kubeVersion claims, the values schema, that the DaemonSet hands
-`node-ping run` the env, files and paths it reads, least-privilege RBAC, the security context, the
-liveness probe, the monitors, and that values.yaml and README.md document every value.
+of each version the chart's kubeVersion claims, that every manifest gives each key once, the values
+schema (and that it refuses what `node-ping run` refuses), that the DaemonSet hands `node-ping run`
+the env, files and paths it reads, the static node list, labels, least-privilege RBAC, the security
+context, the liveness probe, the monitors, NOTES.txt, and that values.yaml and README.md document
+every value.
 """
 
 from __future__ import annotations
@@ -27,7 +29,10 @@ import pytest
 import yaml
 from kubernetes_validate import utils as kv_utils
 
+from node_ping.config import Settings, SettingsError, parse_listen_address
 from node_ping.discover_nodes import parse_label_selector
+from node_ping.targets import parse_nodes
+from node_ping.textfile import output_path, remove_stale
 
 REPO = Path(__file__).resolve().parents[1]
 CHART = REPO / "charts" / "node-ping"
@@ -61,6 +66,24 @@ DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]
 DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 
 
+class UniqueKeyLoader(yaml.SafeLoader):
+    """A safe YAML loader that refuses a key given twice in one mapping, as Flux, kustomize and
+    Argo CD do (PyYAML and Helm silently keep the last one)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def load_manifests(text: str) -> list[dict[str, Any]]:
+    return [obj for obj in yaml.load_all(text, Loader=UniqueKeyLoader) if obj]
+
+
 @dataclass(frozen=True)
 class Rendered:
     """One `helm template`: the objects, the NOTES.txt text and the values Helm used."""
@@ -79,6 +102,11 @@ class Rendered:
 
     def has(self, kind: str) -> bool:
         return bool(self.all(kind))
+
+    @property
+    def notes_text(self) -> str:
+        """NOTES.txt as one line of words, so that checks do not depend on where lines wrap."""
+        return " ".join(self.notes.split())
 
     @property
     def daemonset(self) -> dict[str, Any]:
@@ -109,7 +137,7 @@ def render(chart: helm.Chart, values: dict[str, Any] | None = None, *,
            release: str = RELEASE, namespace: str = NAMESPACE) -> Rendered:
     manifests = chart.render(values or {}, name=release, namespace=namespace)
     objects = [obj for path, text in sorted(manifests.items()) if path.endswith((".yaml", ".yml"))
-               for obj in yaml.safe_load_all(text) if obj]
+               for obj in load_manifests(text)]
     notes = next((text for path, text in manifests.items() if path.endswith("NOTES.txt")), "")
     return Rendered(objects, notes, chart.merge_values(values or {}))
 
@@ -242,6 +270,9 @@ class TestValuesSchema:
         ({"discovery": {"targetNodeSelector": {"kubernetes.io/os": "linux"}}}, "/discovery/targetNodeSelector"),
         ({"tolerations": {"operator": "Exists"}}, "/tolerations"),
         ({"serviceMonitor": {"interval": "30"}}, "/serviceMonitor/interval"),
+        ({"dnsPolicy": "None"}, "/dnsPolicy"),  # would need a dnsConfig the chart cannot give
+        ({"nameOverride": "Node_Ping"}, "/nameOverride"),  # object names and a label value
+        ({"fullnameOverride": "np.prod"}, "/fullnameOverride"),  # not a DNS label: no Service name
     ])
     def test_rejects(self, chart: helm.Chart, values: dict[str, Any], where: str) -> None:
         with pytest.raises(helm.HelmValuesError) as info:
@@ -270,6 +301,68 @@ class TestValuesSchema:
         chart.validate_schema(chart.merge_values(
             {"prometheusRule": {"enabled": True, "labels": {"release": "kps"}},
              "grafanaDashboard": {"enabled": True, "namespace": "grafana"}}))
+
+
+def schema_accepts(chart: helm.Chart, values: dict[str, Any]) -> bool:
+    try:
+        chart.validate_schema(chart.merge_values(values))
+    except helm.HelmValuesError:
+        return False
+    return True
+
+
+def program_accepts(node_name: str = "node-a", **settings: Any) -> bool:
+    """Whether `node-ping run` starts with these settings instead of exiting (and the pod crash-looping)."""
+    try:
+        Settings(node_name=node_name, textfile_dir=Path("/textfile"), **settings)
+    except SettingsError:
+        return False
+    return True
+
+
+def listen_port_accepted(port: int) -> bool:
+    try:
+        parse_listen_address(f":{port}")
+    except SettingsError:
+        return False
+    return True
+
+
+class TestSchemaMatchesTheProgram:
+    """values.schema.json refuses what `node-ping run` would refuse at start, so a bad value fails
+    the install instead of crash-looping every exporter pod; and accepts everything else."""
+
+    @pytest.mark.parametrize("prefix", ["node-ping_", "node-ping-a_", "np.v2-", "a", "node ping_", "np/",
+                                        "np*", "np+", "nö_", "../np"])
+    def test_textfile_prefix(self, chart: helm.Chart, prefix: str) -> None:
+        assert schema_accepts(chart, {"textfile": {"prefix": prefix}}) is program_accepts(prefix=prefix)
+
+    @pytest.mark.parametrize("length", [249, 250])
+    def test_textfile_prefix_length(self, chart: helm.Chart, length: int) -> None:
+        """`<prefix><node name>.prom` must fit in a file name (255 bytes) on every node, even one
+        whose name has a single character."""
+        prefix = "p" * length
+        assert schema_accepts(chart, {"textfile": {"prefix": prefix}}) is program_accepts("a", prefix=prefix)
+
+    @pytest.mark.parametrize("count", [0, 1, 30, 10_000, 10_001])
+    def test_ping_count(self, chart: helm.Chart, count: int) -> None:
+        assert schema_accepts(chart, {"ping": {"count": count}}) is program_accepts(count=count)
+
+    @pytest.mark.parametrize("period_ms", [0, 1, 1000, 3_600_000, 3_600_001])
+    def test_ping_period(self, chart: helm.Chart, period_ms: int) -> None:
+        assert schema_accepts(chart, {"ping": {"periodMs": period_ms}}) is program_accepts(period_ms=period_ms)
+
+    @pytest.mark.parametrize("peers", [0, 1, 3])
+    def test_peers_per_zone(self, chart: helm.Chart, peers: int) -> None:
+        assert schema_accepts(chart, {"topology": {"peersPerZone": peers}}) is program_accepts(peers_per_zone=peers)
+
+    @pytest.mark.parametrize("mode", ["full", "zone", "ring"])
+    def test_topology_mode(self, chart: helm.Chart, mode: str) -> None:
+        assert schema_accepts(chart, {"topology": {"mode": mode}}) is program_accepts(topology=mode)
+
+    @pytest.mark.parametrize("port", [0, 1, 9797, 65535, 65536])
+    def test_metrics_port(self, chart: helm.Chart, port: int) -> None:
+        assert schema_accepts(chart, {"metrics": {"port": port}}) is listen_port_accepted(port)
 
 
 class TestContainerContract:
@@ -441,7 +534,7 @@ class TestRBAC:
             assert all(subject["name"] != fullname for subject in binding["subjects"])
 
     def test_discovery_cluster_role(self, defaults: Rendered) -> None:
-        role = defaults.one("ClusterRole", "node-ping-discovery")
+        role = defaults.one("ClusterRole", f"{NAMESPACE}-node-ping-discovery")
         assert role["rules"] == [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["list", "watch"]}]
 
     def test_discovery_role_is_limited_to_its_configmap(self, defaults: Rendered) -> None:
@@ -458,7 +551,7 @@ class TestRBAC:
         subject = [{"kind": "ServiceAccount", "name": "node-ping-discovery", "namespace": NAMESPACE}]
         cluster_binding = defaults.one("ClusterRoleBinding")
         assert cluster_binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
-                                              "name": "node-ping-discovery"}
+                                              "name": f"{NAMESPACE}-node-ping-discovery"}
         assert cluster_binding["subjects"] == subject
         binding = defaults.one("RoleBinding")
         assert binding["metadata"]["namespace"] == NAMESPACE
@@ -468,6 +561,24 @@ class TestRBAC:
         pod = defaults.discovery["spec"]["template"]["spec"]
         assert pod["serviceAccountName"] == "node-ping-discovery"
         assert pod["automountServiceAccountToken"] is True
+
+    @pytest.mark.parametrize("release", [RELEASE, "r" * 44 + "-prod-eu1"])
+    def test_same_release_in_two_namespaces(self, chart: helm.Chart, release: str) -> None:
+        """Cluster-scoped names carry the namespace, so a second installation of the same release
+        name elsewhere neither collides with nor takes over the first one's ClusterRole(Binding);
+        namespaces that differ only at their end (and long ones) stay apart."""
+        cluster_names = []
+        for namespace in ("monitoring", "staging", "n" * 62 + "a", "n" * 62 + "b"):
+            rendered = render(chart, release=release, namespace=namespace)
+            role = rendered.one("ClusterRole")["metadata"]["name"]
+            binding = rendered.one("ClusterRoleBinding")
+            account = rendered.discovery["spec"]["template"]["spec"]["serviceAccountName"]
+            assert binding["metadata"]["name"] == role
+            assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role}
+            assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account, "namespace": namespace}]
+            assert DNS_SUBDOMAIN.match(role) and len(role) <= 253, role
+            cluster_names.append(role)
+        assert len(set(cluster_names)) == len(cluster_names), cluster_names
 
     def test_no_rbac_without_discovery(self, chart: helm.Chart) -> None:
         rendered = render(chart, SCENARIOS["static-nodes-values.yaml"])
@@ -547,6 +658,111 @@ class TestScheduling:
             return str(annotations["checksum/config"])
 
         assert checksum({}) != checksum(SCENARIOS["external-targets-values.yaml"])
+
+
+#: Value sets that give one label in more than one place: a chart label in commonLabels, and
+#: commonLabels next to every object's and pod's own labels.
+OVERLAPPING_LABELS: dict[str, dict[str, Any]] = {
+    "commonLabels over chart labels": {
+        "commonLabels": {"app.kubernetes.io/part-of": "network", "app.kubernetes.io/name": "other",
+                         "app.kubernetes.io/instance": "other", "app.kubernetes.io/component": "other",
+                         "app.kubernetes.io/managed-by": "kubectl", "helm.sh/chart": "other"},
+    },
+    "pod labels": {
+        "commonLabels": {"team": "network"},
+        "podLabels": {"team": "probes", "app.kubernetes.io/component": "other", "app.kubernetes.io/name": "x"},
+        "discovery": {"podLabels": {"team": "discovery", "app.kubernetes.io/component": "exporter"}},
+    },
+    "service monitor": {
+        "commonLabels": {"release": "other"},
+        "serviceMonitor": {"enabled": True, "labels": {"release": "kps", "app.kubernetes.io/component": "x"}},
+        "prometheusRule": {"enabled": True, "labels": {"release": "kps", "app.kubernetes.io/instance": "x"}},
+        "grafanaDashboard": {"enabled": True, "labels": {"release": "kps", "app.kubernetes.io/part-of": "x"}},
+    },
+    "pod monitor": {
+        "commonLabels": {"release": "kps", "grafana_dashboard": "0"},
+        "podMonitor": {"enabled": True, "labels": {"release": "kps"}},
+        "grafanaDashboard": {"enabled": True},
+    },
+}
+
+
+class TestLabels:
+    """Each object's labels are one map, given once: Flux, kustomize and Argo CD refuse a manifest
+    with a key twice. A value set in several places takes the most specific one, and nothing
+    changes the labels the selectors are built from."""
+
+    @pytest.mark.parametrize("values", OVERLAPPING_LABELS.values(), ids=OVERLAPPING_LABELS.keys())
+    def test_every_key_once(self, chart: helm.Chart, values: dict[str, Any]) -> None:
+        manifests = chart.render(values, name=RELEASE, namespace=NAMESPACE)
+        for path, text in manifests.items():
+            if path.endswith(".yaml"):
+                try:
+                    load_manifests(text)
+                except yaml.YAMLError as err:
+                    pytest.fail(f"{path}: {err}")
+
+    @pytest.mark.parametrize("values", OVERLAPPING_LABELS.values(), ids=OVERLAPPING_LABELS.keys())
+    def test_selectors_still_select(self, chart: helm.Chart, values: dict[str, Any]) -> None:
+        rendered = render(chart, values)
+        for obj in rendered.objects:
+            labels = obj["metadata"]["labels"]
+            assert labels["app.kubernetes.io/name"] == "node-ping", obj["kind"]
+            assert labels["app.kubernetes.io/instance"] == RELEASE, obj["kind"]
+            assert labels["app.kubernetes.io/managed-by"] == "Helm", obj["kind"]
+            assert labels.get("app.kubernetes.io/component", "exporter") in {"exporter", "discovery"}, obj["kind"]
+        exporter = rendered.daemonset["spec"]["template"]["metadata"]["labels"]
+        assert exporter["app.kubernetes.io/component"] == "exporter"
+        assert rendered.daemonset["spec"]["selector"]["matchLabels"].items() <= exporter.items()
+        if rendered.has("Deployment"):
+            discovery = rendered.discovery["spec"]["template"]["metadata"]["labels"]
+            assert discovery["app.kubernetes.io/component"] == "discovery"
+            assert rendered.discovery["spec"]["selector"]["matchLabels"].items() <= discovery.items()
+        for monitor in rendered.all("PodMonitor"):
+            assert monitor["spec"]["selector"]["matchLabels"].items() <= exporter.items()
+        for monitor in rendered.all("ServiceMonitor"):
+            service = rendered.one("Service")
+            assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+            assert service["spec"]["selector"].items() <= exporter.items()
+
+    @pytest.mark.parametrize("values", OVERLAPPING_LABELS.values(), ids=OVERLAPPING_LABELS.keys())
+    @pytest.mark.parametrize("version", [KUBE_VERSIONS[0], KUBE_VERSIONS[-1]])
+    def test_objects_validate(self, chart: helm.Chart, values: dict[str, Any], version: str) -> None:
+        for obj in render(chart, values).objects:
+            if obj["kind"] not in CRD_KINDS:
+                kubernetes_validate.validate(obj, version, strict=True)
+
+    def test_values_stay_strings(self, chart: helm.Chart) -> None:
+        """A release name YAML would read as a boolean or a number is still a string label value."""
+        for release in ("true", "1e3"):
+            rendered = render(chart, {"serviceMonitor": {"enabled": True}, "fullnameOverride": "np"},
+                              release=release)
+            for obj in rendered.objects:
+                assert obj["metadata"]["labels"]["app.kubernetes.io/instance"] == release, obj["kind"]
+            assert rendered.daemonset["spec"]["selector"]["matchLabels"]["app.kubernetes.io/instance"] == release
+            assert rendered.one("Service")["spec"]["selector"]["app.kubernetes.io/instance"] == release
+
+    def test_the_most_specific_value_wins(self, chart: helm.Chart) -> None:
+        rendered = render(chart, OVERLAPPING_LABELS["service monitor"])
+        assert rendered.one("ServiceMonitor")["metadata"]["labels"]["release"] == "kps"
+        assert rendered.one("PrometheusRule")["metadata"]["labels"]["release"] == "kps"
+        assert rendered.daemonset["metadata"]["labels"]["release"] == "other"
+        dashboard = rendered.one("ConfigMap", "node-ping-dashboard")["metadata"]["labels"]
+        assert dashboard["app.kubernetes.io/part-of"] == "x"
+        # The sidecar's label keeps its value although commonLabels gives it another.
+        sidecar = render(chart, OVERLAPPING_LABELS["pod monitor"]).one("ConfigMap", "node-ping-dashboard")
+        assert sidecar["metadata"]["labels"]["grafana_dashboard"] == "1"
+        pods = render(chart, OVERLAPPING_LABELS["pod labels"])
+        assert pods.daemonset["spec"]["template"]["metadata"]["labels"]["team"] == "probes"
+        assert pods.discovery["spec"]["template"]["metadata"]["labels"]["team"] == "discovery"
+        assert pods.daemonset["metadata"]["labels"]["team"] == "network"
+
+    def test_common_labels_override_the_other_chart_labels(self, chart: helm.Chart) -> None:
+        rendered = render(chart, OVERLAPPING_LABELS["commonLabels over chart labels"])
+        for obj in rendered.objects:
+            labels = obj["metadata"]["labels"]
+            assert labels["app.kubernetes.io/part-of"] == "network", obj["kind"]
+            assert labels["helm.sh/chart"] == "other", obj["kind"]
 
 
 class TestDiscoveryNodeSelector:
@@ -659,11 +875,102 @@ class TestMonitors:
         assert rendered.exporter_env["NODE_PING_LISTEN_ADDRESS"]["value"] == ":9798"
         assert not rendered.has("Service")
 
+    @pytest.mark.parametrize("release", ["2nd", "np.prod"])
+    def test_service_name_must_be_a_dns_label(self, chart: helm.Chart, release: str) -> None:
+        """Helm takes these release names, the API server no Service named after them: the render
+        fails and names the fix, instead of the install failing halfway."""
+        helm.validate_release_name(release)  # raises for a name Helm refuses
+        monitored = {"serviceMonitor": {"enabled": True}}
+        with pytest.raises(helm.HelmError, match="fullnameOverride") as info:
+            render(chart, monitored, release=release)
+        assert f"{release}-node-ping" in str(info.value)
+        service = render(chart, {**monitored, "fullnameOverride": "np-prod"}, release=release).one("Service")
+        assert service["metadata"]["name"] == "np-prod"
+        # No Service, no constraint: every other object takes a DNS subdomain.
+        assert render(chart, {"podMonitor": {"enabled": True}}, release=release).has("PodMonitor")
+
+    def test_one_monitor_only(self, chart: helm.Chart) -> None:
+        """Both monitors would scrape every exporter twice, doubling every series."""
+        with pytest.raises(helm.HelmError, match=re.escape("serviceMonitor.enabled and podMonitor.enabled")):
+            render(chart, {"serviceMonitor": {"enabled": True}, "podMonitor": {"enabled": True}})
+
     def test_monitor_in_another_namespace(self, chart: helm.Chart) -> None:
         rendered = render(chart, {"podMonitor": {"enabled": True, "namespace": "prometheus"}})
         monitor = rendered.one("PodMonitor")
         assert monitor["metadata"]["namespace"] == "prometheus"
         assert monitor["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
+
+
+def static(nodes: list[dict[str, str]], **values: Any) -> dict[str, Any]:
+    """Values for discovery off with these `nodes`."""
+    return {"discovery": {"enabled": False}, "nodes": nodes, **values}
+
+
+def exporter_skips(nodes: list[dict[str, str]]) -> bool:
+    """Whether `node-ping run` would skip an entry of this nodes.json (and log why)."""
+    return bool(parse_nodes(json.dumps(nodes)).problems)
+
+
+#: Static node lists: each must render if and only if the exporter uses every entry.
+STATIC_NODES = {
+    "ipv4": [{"name": "a", "ipAddress": "192.0.2.11"}],
+    "ipv6": [{"name": "a", "ipAddress": "2001:db8::13"}],
+    "ipv6 upper case": [{"name": "a", "ipAddress": "2001:DB8::13"}],
+    "ipv6 in full": [{"name": "a", "ipAddress": "2001:db8:0:0:0:0:0:13"}],
+    "ipv6 with ipv4 tail": [{"name": "a", "ipAddress": "::ffff:192.0.2.11"}],
+    "ipv6 loopback": [{"name": "a", "ipAddress": "::1"}],
+    "ipv6 scope": [{"name": "a", "ipAddress": "fe80::1%eth0"}],
+    "spaces around": [{"name": " a ", "ipAddress": " 192.0.2.11 "}],
+    "host name": [{"name": "a", "ipAddress": "worker-1.example.com"}],
+    "short host name": [{"name": "a", "ipAddress": "worker-1"}],
+    "cidr": [{"name": "a", "ipAddress": "192.0.2.0/24"}],
+    "ipv6 cidr": [{"name": "a", "ipAddress": "2001:db8::/64"}],
+    "octet too big": [{"name": "a", "ipAddress": "192.0.2.256"}],
+    "leading zero": [{"name": "a", "ipAddress": "192.0.2.011"}],
+    "three octets": [{"name": "a", "ipAddress": "192.0.2"}],
+    "two double colons": [{"name": "a", "ipAddress": "2001::db8::1"}],
+    "nine groups": [{"name": "a", "ipAddress": "1:2:3:4:5:6:7:8:9"}],
+    "long group": [{"name": "a", "ipAddress": "2001:db8::12345"}],
+    "unspecified": [{"name": "a", "ipAddress": "0.0.0.0"}],  # noqa: S104 - an address to refuse
+    "ipv6 unspecified": [{"name": "a", "ipAddress": "::"}],
+    "multicast": [{"name": "a", "ipAddress": "224.0.0.1"}],
+    "ipv6 multicast": [{"name": "a", "ipAddress": "ff02::1"}],
+    "name with a dash first": [{"name": "-a", "ipAddress": "192.0.2.11"}],
+    "blank name": [{"name": " ", "ipAddress": "192.0.2.11"}],
+    "duplicate name": [{"name": "a", "ipAddress": "192.0.2.11"}, {"name": "a", "ipAddress": "192.0.2.12"}],
+    "duplicate name with spaces": [{"name": "a", "ipAddress": "192.0.2.11"}, {"name": "a ", "ipAddress": "192.0.2.12"}],
+    "duplicate address": [{"name": "a", "ipAddress": "192.0.2.11"}, {"name": "b", "ipAddress": "192.0.2.11"}],
+    "two nodes": [{"name": "a", "ipAddress": "192.0.2.11"}, {"name": "b", "ipAddress": "2001:db8::12"}],
+}
+
+
+class TestStaticNodes:
+    """With discovery off, the chart refuses a `nodes` entry that the exporter would skip, and says
+    which one and why, instead of pods that quietly ping fewer nodes than listed."""
+
+    @pytest.mark.parametrize("nodes", STATIC_NODES.values(), ids=STATIC_NODES.keys())
+    def test_refuses_what_the_exporter_skips(self, chart: helm.Chart, nodes: list[dict[str, str]]) -> None:
+        try:
+            render(chart, static(nodes))
+        except helm.HelmError as err:
+            assert exporter_skips(nodes), f"the exporter takes {nodes}, the chart refuses it: {err}"
+        else:
+            assert not exporter_skips(nodes), f"the chart renders {nodes}, the exporter skips some of it"
+
+    @pytest.mark.parametrize(("nodes", "message"), [
+        (STATIC_NODES["duplicate name"], "nodes: name 'a' is listed twice"),
+        (STATIC_NODES["host name"], "nodes: ipAddress 'worker-1.example.com' of node 'a' is not an IPv4 or IPv6 "
+                                    "address"),
+        (STATIC_NODES["cidr"], "nodes: ipAddress '192.0.2.0/24' of node 'a' is not an IPv4 or IPv6 address"),
+        (STATIC_NODES["duplicate address"], "nodes: ipAddress '192.0.2.11' of node 'b' is listed twice"),
+    ])
+    def test_message(self, chart: helm.Chart, nodes: list[dict[str, str]], message: str) -> None:
+        with pytest.raises(helm.HelmError, match=re.escape(message)):
+            render(chart, static(nodes))
+
+    def test_ignored_while_discovery_is_on(self, chart: helm.Chart) -> None:
+        rendered = render(chart, {"nodes": STATIC_NODES["duplicate name"]})
+        assert "nodes.json" not in rendered.one("ConfigMap")["data"]
 
 
 class TestNotes:
@@ -685,30 +992,83 @@ class TestNotes:
         notes = render(chart, SCENARIOS["podmonitor-values.yaml"]).notes
         assert "curl -s http://localhost:9798/metrics" in notes
 
+    @pytest.mark.parametrize(("ping", "seconds"), [({}, 30), ({"count": 20, "periodMs": 500}, 10),
+                                                   ({"count": 7, "periodMs": 333}, 3)])
+    def test_first_cycle_time(self, chart: helm.Chart, ping: dict[str, int], seconds: int) -> None:
+        """The first file appears after count * periodMs, as the chart README says (30 s by default);
+        the liveness slack is not part of it."""
+        notes = render(chart, {"ping": ping}).notes
+        assert f"After the first cycle (about {seconds} s)" in notes
+        assert "The first `.prom` file appears after one cycle, about `ping.count * ping.periodMs` (30 s by default)" \
+            in (CHART / "README.md").read_text()
 
-def documented_keys() -> tuple[list[str], list[str]]:
-    """(documented, undocumented) dotted keys of values.yaml. A key is documented by a `# --`
-    comment in the comment block right above it (helm-docs); a mapping without one is fine when all
+    def test_pod_list_shows_the_exporters_only(self, scenario: Rendered) -> None:
+        (selector,) = re.findall(r"get pods -l (\S+) -o wide", scenario.notes)
+        labels = dict(pair.split("=") for pair in selector.split(","))
+        assert labels == scenario.daemonset["spec"]["selector"]["matchLabels"]
+        if scenario.has("Deployment"):
+            assert not labels.items() <= scenario.discovery["spec"]["template"]["metadata"]["labels"].items()
+
+    @pytest.mark.parametrize(("nodes", "count"), [(STATIC_NODES["ipv4"], "the 1 node"),
+                                                  (STATIC_NODES["two nodes"], "the 2 nodes")])
+    def test_static_node_count(self, chart: helm.Chart, nodes: list[dict[str, str]], count: str) -> None:
+        notes = render(chart, static(nodes)).notes_text
+        assert f"every exporter pings {count} listed in the value `nodes`, except its own node" in notes
+        assert "node(s)" not in notes
+
+    def test_a_single_static_node_pings_nothing(self, chart: helm.Chart) -> None:
+        notes = render(chart, static(STATIC_NODES["ipv4"])).notes_text
+        assert "So a pings no node itself" in notes
+        assert "pings no node itself" not in render(chart, static(STATIC_NODES["two nodes"])).notes_text
+
+    def test_zone_mode_does_not_claim_a_full_mesh(self, chart: helm.Chart) -> None:
+        nodes = [{"name": f"{zone}{i}", "ipAddress": f"192.0.2.{10 * n + i}", "zone": zone}
+                 for n, zone in enumerate("abc") for i in range(4)]
+        notes = render(chart, static(nodes, topology={"mode": "zone", "peersPerZone": 2})).notes_text
+        assert "every exporter pings" not in notes
+        assert ("each of the 12 nodes listed in the value `nodes` is pinged by the other listed nodes of its zone "
+                "and by at least 2 listed nodes of every other zone") in notes
+
+    def test_node_exporter_reads_the_directory_as_it_sees_it(self, defaults: Rendered) -> None:
+        """README: node-exporter points at the directory as *it* sees it, the host path or its own mount."""
+        notes = defaults.notes_text
+        assert "--collector.textfile.directory=/var/run/node-exporter-textfile for node-exporter on the host" in notes
+        assert "for node-exporter in a pod, the mountPath of its hostPath volume /var/run/node-exporter-textfile" \
+            in notes
+
+    @pytest.mark.parametrize("name", ["servicemonitor-values.yaml", "podmonitor-values.yaml"])
+    def test_scraped_over_http_node_exporter_must_not_read_the_files(self, chart: helm.Chart, name: str) -> None:
+        notes = render(chart, SCENARIOS[name]).notes_text
+        assert "must read" not in notes
+        assert "do not point node-exporter's textfile collector at /var/run/node-exporter-textfile" in notes
+
+
+def documented_keys() -> tuple[dict[str, str], list[str]]:
+    """(documented, undocumented) dotted keys of values.yaml, the documented ones with their
+    description. A key is documented by a `# --` comment in the comment block right above it
+    (helm-docs), which may go on over more comment lines; a mapping without one is fine when all
     its children are documented."""
     text = (CHART / "values.yaml").read_text()
     lines = text.splitlines()
 
-    def has_doc(line: int) -> bool:
+    def doc(line: int) -> str | None:
         index = line - 1
         while index >= 0 and lines[index].lstrip().startswith("#"):
             if lines[index].lstrip().startswith("# --"):
-                return True
+                block = [comment.strip().removeprefix("#").strip() for comment in lines[index:line]]
+                return " ".join(block).removeprefix("--").strip()
             index -= 1
-        return False
+        return None
 
-    documented: list[str] = []
+    documented: dict[str, str] = {}
     undocumented: list[str] = []
 
     def walk(node: yaml.MappingNode, prefix: str) -> None:
         for key, value in node.value:
             dotted = f"{prefix}{key.value}"
-            if has_doc(key.start_mark.line):
-                documented.append(dotted)
+            description = doc(key.start_mark.line)
+            if description is not None:
+                documented[dotted] = description
             elif isinstance(value, yaml.MappingNode) and value.value:
                 walk(value, dotted + ".")
             else:
@@ -731,17 +1091,41 @@ class TestDocumentation:
 
     def test_readme_values_table(self, chart: helm.Chart) -> None:
         """Each documented value has a row `| `key` | type | `default` | description |` whose default
-        is the value in values.yaml, written as compact JSON."""
+        is the value in values.yaml, written as compact JSON, and whose description is its comment."""
         readme = (CHART / "README.md").read_text()
-        rows = {match.group(1): match.group(2) for match in
-                re.finditer(r"^\| `([^`]+)` \| \w+ \| `([^`]*)` \|", readme, re.MULTILINE)}
+        rows = {match.group(1): (match.group(2), match.group(3)) for match in
+                re.finditer(r"^\| `([^`]+)` \| \w+ \| `([^`]*)` \| (.*) \|$", readme, re.MULTILINE)}
         documented, _ = documented_keys()
         assert sorted(rows) == sorted(documented)
-        for key in documented:
+        for key, description in documented.items():
             default: Any = chart.values
             for part in key.split("."):
                 default = default[part]
-            assert json.loads(rows[key]) == default, key
+            assert json.loads(rows[key][0]) == default, key
+            assert rows[key][1] == description, key
+
+    def test_how_releases_share_a_textfile_directory(self, tmp_path: Path) -> None:
+        """textfile.prefix says that releases sharing a directory need prefixes none of which starts
+        another, with an example and a counter-example; the exporter's start-up clean-up
+        (`<prefix>*.prom`) proves both right."""
+        documented, _ = documented_keys()
+        doc = documented["textfile.prefix"]
+        assert "no prefix may be the start of another's" in doc
+        example = re.search(r"\(e\.g\. `([^`]+)` and `([^`]+)`, not `([^`]+)` and `([^`]+)`\)", doc)
+        assert example, doc
+        good, bad = example.groups()[:2], example.groups()[2:]
+
+        def survives_clean_up(own: str, other: str) -> bool:
+            """Whether the release with prefix `other` keeps its file when `own`'s exporter starts."""
+            directory = tmp_path / f"{own}{other}"
+            directory.mkdir()
+            kept = output_path(directory, other, "node-a")
+            kept.write_text("")
+            remove_stale(directory, own)
+            return kept.exists()
+
+        assert survives_clean_up(*good) and survives_clean_up(*reversed(good))
+        assert not survives_clean_up(*bad)
 
     def test_readme_commands(self) -> None:
         readme = (CHART / "README.md").read_text()

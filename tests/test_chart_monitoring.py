@@ -103,13 +103,13 @@ def replace_each(text: str, edits: list[tuple[str, str]]) -> str:
     return text
 
 
-# Textfile prefixes with the files each must and must not match: regex metacharacters, a quote
-# and a backslash match only themselves.
+# Textfile prefixes with the files each must and must not match: the one regex metacharacter a
+# prefix may hold (values.schema.json allows letters, digits, '_', '-' and '.') matches only itself.
 PREFIXES = [
     ("node-ping_", "node-ping_a.prom", "other_a.prom"),
     ("nping_", "nping_a.prom", "node-ping_a.prom"),
-    ("np.v2+", "np.v2+a.prom", "npXv22a.prom"),
-    ('q"b\\_', 'q"b\\_a.prom', "qb_a.prom"),
+    ("np.v2-", "np.v2-a.prom", "npXv2-a.prom"),
+    ("np-b.", "np-b.a.prom", "np-b_a.prom"),
 ]
 
 
@@ -242,7 +242,7 @@ class TestTuning:
         values = with_rules({
             "prometheusRule": {"alerts": {t.key: t.settings for t in TUNINGS},
                                "additionalRuleLabels": {"team": "network"}},
-            "textfile": {"prefix": "np.v2+"},
+            "textfile": {"prefix": "np.v2-"},
         })
         groups = rule_groups(render(chart, values))
         rules = rules_by_alert(groups)

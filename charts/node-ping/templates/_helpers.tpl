@@ -31,38 +31,45 @@ Chart name and version, for the helm.sh/chart label.
 {{- end }}
 
 {{/*
-Labels on every object.
+The labels of one object, as one map rendered once: Flux, kustomize and Argo CD refuse a key given
+twice. Call with (dict "ctx" $ "component" "exporter" "extra" $map); component and extra are
+optional. The most specific value wins: `extra` (the object's or pod's own labels) over
+commonLabels over the chart's descriptive labels (helm.sh/chart, version, part-of). The identity
+labels are the chart's alone, and values that give them are ignored: the selectors are built from
+name, instance and component, and Helm's ownership check reads managed-by.
 */}}
 {{- define "node-ping.labels" -}}
-helm.sh/chart: {{ include "node-ping.chart" . }}
-{{ include "node-ping.selectorLabels" . }}
-{{- if .Chart.AppVersion }}
-app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+{{- $ctx := .ctx }}
+{{- $descriptive := dict "helm.sh/chart" (include "node-ping.chart" $ctx) "app.kubernetes.io/part-of" (include "node-ping.name" $ctx) }}
+{{- with $ctx.Chart.AppVersion }}
+{{- $_ := set $descriptive "app.kubernetes.io/version" . }}
 {{- end }}
-app.kubernetes.io/managed-by: {{ .Release.Service }}
-app.kubernetes.io/part-of: {{ include "node-ping.name" . }}
-{{- with .Values.commonLabels }}
-{{ toYaml . }}
-{{- end }}
+{{- $given := mustMergeOverwrite (dict) (default (dict) $ctx.Values.commonLabels) (default (dict) .extra) }}
+{{- $given = omit $given "app.kubernetes.io/name" "app.kubernetes.io/instance" "app.kubernetes.io/component" "app.kubernetes.io/managed-by" }}
+{{- $identity := include "node-ping.selectorLabels" . | fromYaml }}
+{{- $_ := set $identity "app.kubernetes.io/managed-by" $ctx.Release.Service }}
+{{- toYaml (mustMergeOverwrite (dict) $descriptive $given $identity) }}
 {{- end }}
 
 {{/*
-Selector labels shared by both components; each workload adds app.kubernetes.io/component so
-that the exporter's and discovery's selectors never overlap.
+Selector labels, as YAML: name and instance, plus app.kubernetes.io/component when given, so that
+the exporter's and discovery's selectors never overlap. Call with (dict "ctx" $ "component" $c).
+Built as a map so that a release name YAML would read as a number or a boolean stays a string.
 */}}
 {{- define "node-ping.selectorLabels" -}}
-app.kubernetes.io/name: {{ include "node-ping.name" . }}
-app.kubernetes.io/instance: {{ .Release.Name }}
+{{- $labels := dict "app.kubernetes.io/name" (include "node-ping.name" .ctx) "app.kubernetes.io/instance" .ctx.Release.Name }}
+{{- with .component }}
+{{- $_ := set $labels "app.kubernetes.io/component" . }}
+{{- end }}
+{{- toYaml $labels }}
 {{- end }}
 
 {{- define "node-ping.exporter.selectorLabels" -}}
-{{ include "node-ping.selectorLabels" . }}
-app.kubernetes.io/component: exporter
+{{- include "node-ping.selectorLabels" (dict "ctx" . "component" "exporter") }}
 {{- end }}
 
 {{- define "node-ping.discovery.selectorLabels" -}}
-{{ include "node-ping.selectorLabels" . }}
-app.kubernetes.io/component: discovery
+{{- include "node-ping.selectorLabels" (dict "ctx" . "component" "discovery") }}
 {{- end }}
 
 {{/*
@@ -90,6 +97,16 @@ Names of the objects the components share.
 
 {{- define "node-ping.discovery.fullname" -}}
 {{- printf "%s-discovery" (include "node-ping.fullname" .) }}
+{{- end }}
+
+{{/*
+Name of discovery's ClusterRole and ClusterRoleBinding: cluster-scoped, so the namespace is part of
+it, or the same release name in two namespaces would share (and fight over) one pair. Never cut:
+at most 63 + 1 + 73 characters, far below the 253 a name may have, and a cut could make two
+namespaces' names equal again.
+*/}}
+{{- define "node-ping.discovery.clusterName" -}}
+{{- printf "%s-%s" .Release.Namespace (include "node-ping.discovery.fullname" .) }}
 {{- end }}
 
 {{- define "node-ping.serviceAccountName" -}}
@@ -123,13 +140,17 @@ Renders "true" or "".
 {{- if or .Values.metrics.enabled .Values.serviceMonitor.enabled .Values.podMonitor.enabled }}true{{- end }}
 {{- end }}
 
+{{/* Time the pings of one cycle take in whole seconds: count pings period milliseconds apart, rounded up. */}}
+{{- define "node-ping.pingSeconds" -}}
+{{- div (add (mul (int .Values.ping.count) (int .Values.ping.periodMs)) 999) 1000 }}
+{{- end }}
+
 {{/*
-Length of one cycle in whole seconds: count pings period milliseconds apart, rounded up, plus
-slack for the last replies and the textfile write.
+Length of one cycle for the liveness probe: the pings plus slack for the last replies and the
+textfile write.
 */}}
 {{- define "node-ping.cycleSeconds" -}}
-{{- $pingMs := mul (int .Values.ping.count) (int .Values.ping.periodMs) }}
-{{- add (div (add $pingMs 999) 1000) (int .Values.livenessProbe.cycleSlackSeconds) }}
+{{- add (include "node-ping.pingSeconds" . | int) (int .Values.livenessProbe.cycleSlackSeconds) }}
 {{- end }}
 
 {{- define "node-ping.dnsPolicy" -}}
