@@ -87,6 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     health.add_argument("--health-file", type=Path, default=env("NODE_PING_HEALTH_FILE"),
                         help="the file `run --health-file` touches (env NODE_PING_HEALTH_FILE)")
     health.add_argument("--max-age", type=_seconds, required=True, help="seconds since the last successful cycle")
+    for sub in (run, once, health):
+        sub.set_defaults(command_parser=sub)  # errors found after parsing show this command's usage
 
     for name, module, help_text in (
         ("discover", discover, "keep the nodes.json ConfigMap in step with the cluster's nodes"),
@@ -212,5 +214,5 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise SettingsError("nowhere to put the metrics: set PROMETHEUS_TEXTFILE_DIR or --textfile-dir "
                                 "(and/or --listen-address)")
     except SettingsError as err:
-        parser.error(str(err))
+        args.command_parser.error(str(err))
     return _probe(args, settings)
