@@ -181,7 +181,9 @@ class Prober:
         # One probe per address, shared by every target on it.
         addresses = list(dict.fromkeys([*node_addresses.values(), *external.values()]))
 
+        probe_started = time.monotonic()
         probed = self._probe(addresses, stop)
+        probe_s = time.monotonic() - probe_started
         if probed is None:
             return STOPPED  # publish nothing half-done
         reports, fping_cpu, ok = probed
@@ -198,6 +200,7 @@ class Prober:
             cycles=prev.cycles + 1,
             targets={"node": len(nodes), "external": len(external)},
             cycle_duration_s=time.monotonic() - started if ok and addresses else prev.cycle_duration_s,
+            probe_duration_s=probe_s if ok and addresses else prev.probe_duration_s,
             cycle_nominal_s=s.nominal_cycle_s,
             last_success_ts=self._clock() if ok else prev.last_success_ts,
             fping_cpu_s=prev.fping_cpu_s + fping_cpu,

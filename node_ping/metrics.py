@@ -45,6 +45,7 @@ class Snapshot:
     cycles: int = 0
     targets: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TARGET_KINDS, 0))
     cycle_duration_s: float | None = None
+    probe_duration_s: float | None = None  # the pings alone: what a starved prober stretches
     cycle_nominal_s: float | None = None
     last_success_ts: float | None = None
     fping_cpu_s: float = 0.0
@@ -107,8 +108,8 @@ def _own(kind: type[CounterMetricFamily] | type[GaugeMetricFamily], name: str, h
 
 def _self_metrics(snap: Snapshot) -> Iterator[Metric]:
     src = snap.source_node
-    lateness = (None if snap.cycle_duration_s is None or snap.cycle_nominal_s is None
-                else snap.cycle_duration_s - snap.cycle_nominal_s)
+    lateness = (None if snap.probe_duration_s is None or snap.cycle_nominal_s is None
+                else snap.probe_duration_s - snap.cycle_nominal_s)
     yield _own(CounterMetricFamily, "kube_node_ping_exceptions", "Cycles that ended in an error.", src,
                {"": snap.exceptions})
     yield _own(CounterMetricFamily, "node_ping_errors", "Errors by kind: config, fping, write, dns.", src,
@@ -121,7 +122,8 @@ def _self_metrics(snap: Snapshot) -> Iterator[Metric]:
     yield _own(GaugeMetricFamily, "node_ping_cycle_nominal_seconds", "Nominal cycle length: count x period.", src,
                {"": snap.cycle_nominal_s})
     yield _own(GaugeMetricFamily, "node_ping_cycle_lateness_seconds",
-               "How much longer than nominal the last cycle took; large values mean a starved prober.", src,
+               "How much longer than nominal the last cycle's pings took (DNS look-ups and the write not "
+               "included); large values mean a starved prober.", src,
                {"": lateness})
     yield _own(GaugeMetricFamily, "node_ping_last_success_timestamp_seconds",
                "Unix time the last successful cycle ended; until one has, when node-ping started.", src,

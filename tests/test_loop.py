@@ -8,8 +8,10 @@ import logging
 import socket
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -187,6 +189,22 @@ class TestBadInput:
         monkeypatch.setattr(socket, "getaddrinfo", real_getaddrinfo)
         prober.cycle(threading.Event())
         assert destinations(prom(workdir), "external_ping_packets_sent_total") == {"lo": 6}
+
+    def test_slow_dns_is_not_prober_lateness(self, workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Lateness is the sign of a starved prober: a slow resolver lengthens the cycle, not that."""
+        real_getaddrinfo = socket.getaddrinfo
+
+        def slow_getaddrinfo(*args: Any, **kwargs: Any) -> Any:
+            time.sleep(0.5)
+            return real_getaddrinfo(*args, **kwargs)
+
+        monkeypatch.setattr(socket, "getaddrinfo", slow_getaddrinfo)
+        write_nodes(workdir / "nodes.json", ("a", "127.0.0.2"))
+        (workdir / "external.json").write_text(json.dumps([{"name": "lo", "host": "localhost"}]))
+        assert Prober(settings(workdir, count=1)).cycle(threading.Event()).ok
+        series = prom(workdir)
+        assert series["node_ping_cycle_duration_seconds"][0][1] >= 0.5
+        assert series["node_ping_cycle_lateness_seconds"][0][1] < 0.3
 
     def test_dns_failure_is_counted_and_other_targets_probed(self, workdir: Path,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:

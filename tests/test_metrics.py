@@ -22,7 +22,7 @@ def sample_snapshot() -> Snapshot:
         external=(TargetRow(("dns", "8.8.8.8"), 3, 3, 30.0, summarize([10.0, 10.0, 10.0])),),
         errors={"config": 1, "dns": 0, "fping": 2, "write": 0},
         exceptions=2, cycles=7, targets={"node": 2, "external": 1},
-        cycle_duration_s=3.25, cycle_nominal_s=3.0, last_success_ts=1_700_000_000.0,
+        cycle_duration_s=3.5, probe_duration_s=3.25, cycle_nominal_s=3.0, last_success_ts=1_700_000_000.0,
         fping_cpu_s=0.5, own_cpu_s=1.25,
     )
 

@@ -40,7 +40,7 @@ class TestReadme:
     def test_every_metric_in_the_tables_is_exported(self) -> None:
         text = render(Snapshot(source_node="n", nodes=(TargetRow(("a", "10.0.0.1"), 1, 1, 1.0, summarize([1.0])),),
                                external=(TargetRow(("b", "h"), 1, 1, 1.0, summarize([1.0])),),
-                               cycle_duration_s=1.0, cycle_nominal_s=1.0, last_success_ts=1.0))
+                               cycle_duration_s=1.0, probe_duration_s=1.0, cycle_nominal_s=1.0, last_success_ts=1.0))
         exported = set(re.findall(r"^# TYPE (\S+)", text, flags=re.MULTILINE))
         exported |= {name + "_total" for name in exported}
         documented = set(re.findall(r"^\| `([a-z_]+)(?:\{[a-z]+\})?` \|", section("Metrics"), flags=re.MULTILINE))
