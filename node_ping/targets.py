@@ -182,22 +182,31 @@ def parse_external(text: str, source: str = "external.json") -> TargetList[Exter
     return _parse(text, source, EXTERNAL_EXAMPLE, _external, lambda t: t.host)
 
 
-def _read(path: Path) -> str:
+def _read(path: Path, setting: str) -> str:
+    """The file's text; ConfigError with the fix when it cannot be had."""
     try:
         return path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError(f"{path} does not exist; mount the node list there or set "
-                          "NODE_PING_CONFIG / --config") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise ConfigError(f"cannot read {path}: {err}") from None
+        raise ConfigError(f"{path} does not exist; mount the list there or point {setting} at it") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path} is a directory, not a file; point {setting} at the JSON file in it "
+                          "(a ConfigMap volume holds one file per key)") from None
+    except PermissionError:
+        raise ConfigError(f"cannot read {path}: permission denied; make it readable for the user node-ping "
+                          "runs as") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path} is not UTF-8 text (byte {err.start} cannot be decoded); save it as UTF-8 "
+                          "JSON") from None
+    except OSError as err:
+        raise ConfigError(f"cannot read {path}: {err.strerror or err}") from None
 
 
 def read_nodes(path: Path) -> TargetList[NodeTarget]:
-    return parse_nodes(_read(path), str(path))
+    return parse_nodes(_read(path, "NODE_PING_CONFIG / --config"), str(path))
 
 
 def read_external(path: Path) -> TargetList[ExternalTarget]:
     """Read external.json; a missing file means no external targets."""
     if not path.exists():
         return TargetList(())
-    return parse_external(_read(path), str(path))
+    return parse_external(_read(path, "NODE_PING_EXTERNAL_CONFIG / --external-config"), str(path))

@@ -79,8 +79,19 @@ class TestNodes:
         assert parse_nodes("[]").targets == ()
 
     def test_missing_file_is_an_error(self, tmp_path: Path) -> None:
-        with pytest.raises(ConfigError, match="does not exist"):
+        with pytest.raises(ConfigError, match=r"does not exist.*NODE_PING_CONFIG / --config"):
             read_nodes(tmp_path / "nodes.json")
+
+    def test_unreadable_files_say_what_to_do(self, tmp_path: Path) -> None:
+        (tmp_path / "dir").mkdir()
+        with pytest.raises(ConfigError, match="is a directory, not a file; point NODE_PING_CONFIG"):
+            read_nodes(tmp_path / "dir")
+        latin1 = tmp_path / "latin1.json"
+        latin1.write_bytes('[{"name": "n\xf6de", "ipAddress": "10.0.0.1"}]'.encode("latin-1"))
+        with pytest.raises(ConfigError, match=r"is not UTF-8 text .*save it as UTF-8"):
+            read_nodes(latin1)
+        with pytest.raises(ConfigError, match=r"is a directory.*NODE_PING_EXTERNAL_CONFIG"):
+            read_external(tmp_path / "dir")
 
 
 class TestExternal:
