@@ -404,10 +404,12 @@ class TestFpingFaults:
         assert failed["node_ping_cycles_total"][""] == good["node_ping_cycles_total"][""] + 1
         assert failed["node_ping_errors_total"]["fping"] == 1
         assert failed["kube_node_ping_exceptions_total"][""] == 1
-        # Nothing of the killed run is counted: the ping data is the last good cycle's.
+        # Nothing of the killed run is counted: the counters are the last good cycle's, and the RTT
+        # gauges, which describe the last cycle, are gone: it measured nothing.
         for name in ("kube_node_ping_packets_sent_total", "kube_node_ping_packets_received_total",
-                     "kube_node_ping_rtt_milliseconds_total", "kube_node_ping_rtt_min"):
+                     "kube_node_ping_rtt_milliseconds_total"):
             assert failed[name] == good[name], name
+        assert good["kube_node_ping_rtt_min"] and "kube_node_ping_rtt_min" not in failed
         assert failed["node_ping_last_success_timestamp_seconds"] == good["node_ping_last_success_timestamp_seconds"]
 
         recovered = wait_for(exporter, int(failed["node_ping_cycles_total"][""]) + 1)
