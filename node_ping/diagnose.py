@@ -1,7 +1,9 @@
 """`node-ping diagnose`: read the loss and latency matrix from Prometheus and name what is broken.
 
-The HTTP part is thin: six instant queries over the range, at one evaluation time so they agree,
-with the headers the user gave (tokens, a Mimir tenant); credentials never appear in any output.
+The HTTP part is thin: instant queries at one evaluation time so they agree (six over the range
+for the matrix, four at its end for each source's freshness), with the headers the user gave
+(tokens, a Mimir tenant); credentials never appear in any output. Warnings in Prometheus's answers
+(a partial response from Thanos, say) go to stderr and into the JSON.
 The analysis is `node_ping.verdict.diagnose`, a pure function of the matrix; this module turns its
 verdicts into text for people (verdicts, then the matrices as evidence) or JSON for scripts.
 Exit codes: 0 healthy, 1 faults found, 2 bad flags, Prometheus unreachable, refusing, not
@@ -31,14 +33,30 @@ from typing import IO, Any
 
 from node_ping import __version__
 from node_ping.config import env
-from node_ping.verdict import Counts, Matrix, Pair, Thresholds, Verdict, diagnose
+from node_ping.verdict import (
+    Counts,
+    Freshness,
+    Matrix,
+    Pair,
+    Thresholds,
+    Verdict,
+    diagnose,
+    natural_key,
+    natural_pair_key,
+    stale_sources,
+)
 
 EXIT_HEALTHY, EXIT_FAULTS, EXIT_ERROR = 0, 1, 2
 
 NODE_PREFIX, EXTERNAL_PREFIX = "kube_node_ping", "external_ping"
 NODE_LABELS, EXTERNAL_LABELS = ("source_node", "destination_node"), ("source_node", "destination_name")
 
-_DURATION = re.compile(r"^(\d+(ms|s|m|h|d|w|y))+$")
+# Prometheus's own duration syntax (prometheus/common model.ParseDuration): each unit at most once,
+# largest first. Its value must be above 0 and fit Go's time.Duration in whole milliseconds.
+_DURATION = re.compile(r"(?:([0-9]+)y)?(?:([0-9]+)w)?(?:([0-9]+)d)?(?:([0-9]+)h)?(?:([0-9]+)m)?(?:([0-9]+)s)?"
+                       r"(?:([0-9]+)ms)?")
+_DURATION_UNITS_MS = (365 * 86_400_000, 7 * 86_400_000, 86_400_000, 3_600_000, 60_000, 1000, 1)
+_MAX_DURATION_MS = (2**63 - 1) // 1_000_000
 # Longer names are shortened in the matrices (with a legend), so a row of a 20-node cluster still
 # fits a terminal; 12 characters hold "ip-10-0-1-23" and most cloud short names.
 _LABEL_WIDTH = 12
@@ -105,8 +123,16 @@ class Prometheus:
         if "://" not in url:
             url = f"http://{url}"
         userinfo, address = _split_userinfo(url)
+        if "?" in address or "#" in address:
+            # /api/v1/query is appended to the URL, so a query string or fragment would end up in front
+            # of it. The URL is not quoted: what follows ? or # may be a token, and a password with an
+            # unescaped ? or # would be cut in the wrong place.
+            raise DiagnoseError("--prometheus has a query string or fragment (? or #): give the base URL alone, "
+                                "e.g. http://prometheus:9090 (a path prefix such as /prometheus is fine); "
+                                "send tokens with --header or --bearer-token-file")
         self.url = address.rstrip("/")  # what is requested and shown: never the credentials
         self.timeout = timeout
+        self.warnings: list[str] = []  # from every answer so far, each once, in order
         try:
             parsed = urllib.parse.urlsplit(self.url)
             valid = parsed.scheme in ("http", "https") and bool(parsed.hostname)
@@ -190,10 +216,15 @@ class Prometheus:
             reply = json.loads(body)
         except ValueError:
             raise DiagnoseError(not_prometheus) from None
-        if not isinstance(reply, dict) or not isinstance(reply.get("data"), dict):
+        if not isinstance(reply, dict):
             raise DiagnoseError(not_prometheus)
-        if reply.get("status") != "success":
-            raise DiagnoseError(f"Prometheus at {self.url} refused the query: {reply.get('error', reply)}")
+        # An error answer has no data: its status and error come first, or it reads as "not Prometheus".
+        if reply.get("status") == "error":
+            detail = str(reply.get("error") or reply.get("errorType") or "no reason given")[:500]
+            raise DiagnoseError(f"Prometheus at {self.url} answered the query with an error: {detail}")
+        if reply.get("status") != "success" or not isinstance(reply.get("data"), dict):
+            raise DiagnoseError(not_prometheus)
+        self._note_warnings(reply.get("warnings"))
         data = reply["data"]
         if data.get("resultType") != "vector" or not isinstance(data.get("result"), list):
             raise DiagnoseError(not_prometheus)
@@ -207,6 +238,16 @@ class Prometheus:
             if math.isfinite(value):
                 samples.append((labels, value))
         return samples
+
+    def _note_warnings(self, warnings: object) -> None:
+        """Keep the warnings of a successful answer (Thanos's partial response, say): the data may
+        be incomplete, and the user must know."""
+        if not isinstance(warnings, list):
+            return
+        for warning in warnings:
+            text = str(warning)[:500]
+            if text not in self.warnings:
+                self.warnings.append(text)
 
 
 def _first_line(body: bytes, content_type: str) -> str | None:
@@ -244,20 +285,54 @@ def _family(prometheus: Prometheus, prefix: str, labels: tuple[str, str], window
     }
 
 
+# Each source's own series at the end of the range (the instant value, within Prometheus's lookback),
+# from which `stale_sources` tells a stopped prober; several copies of a series (scraped two ways)
+# count as fresh if any is.
+_SENT_SERIES = f"{NODE_PREFIX}_packets_sent_total or {EXTERNAL_PREFIX}_packets_sent_total"
+FRESHNESS_QUERIES = {
+    "series": f"count by (source_node) ({NODE_PREFIX}_packets_sent_total) "
+              f"or count by (source_node) ({EXTERNAL_PREFIX}_packets_sent_total)",
+    "last_success": "max by (source_node) (node_ping_last_success_timestamp_seconds)",
+    "scraped_at": "max by (source_node) (timestamp(node_ping_last_success_timestamp_seconds))",
+    "nominal": "max by (source_node) (node_ping_cycle_nominal_seconds)",
+}
+
+
+def _freshness(prometheus: Prometheus, at: float) -> dict[str, Freshness]:
+    """What Prometheus holds at `at` about each source's own series (see verdict.stale_sources)."""
+    values: dict[str, dict[str, float]] = {}
+    for name, promql in FRESHNESS_QUERIES.items():
+        values[name] = {labels["source_node"]: value for labels, value in prometheus.query(promql, at)
+                        if labels.get("source_node")}
+    nodes = {node for by_node in values.values() for node in by_node}
+    return {node: Freshness(node in values["series"], values["last_success"].get(node),
+                            values["scraped_at"].get(node), values["nominal"].get(node)) for node in nodes}
+
+
 def fetch_matrix(prometheus: Prometheus, window: str, at: float) -> Matrix:
-    return Matrix(_family(prometheus, NODE_PREFIX, NODE_LABELS, window, at),
-                  _family(prometheus, EXTERNAL_PREFIX, EXTERNAL_LABELS, window, at))
+    """The matrix over the window up to `at`, with the sources whose data stopped before `at`."""
+    matrix = Matrix(_family(prometheus, NODE_PREFIX, NODE_LABELS, window, at),
+                    _family(prometheus, EXTERNAL_PREFIX, EXTERNAL_LABELS, window, at))
+    stale = stale_sources(matrix.sources(), _freshness(prometheus, at), at)
+    return Matrix(matrix.nodes, matrix.external, stale)
 
 
 def check_data(matrix: Matrix, prometheus: Prometheus, window: str, at: float) -> None:
     """Raise unless the matrix has at least one pair with pings in the window."""
     when = f"the {window} before {_iso(at)}"
     if not matrix.nodes and not matrix.external:
+        # increase() needs two samples in the window: a window shorter than two scrapes has none
+        # to give even when the series are there, and the fix is then not the DaemonSet.
+        if prometheus.query(f"count({_SENT_SERIES})", at):
+            raise DiagnoseError(
+                f"Prometheus at {prometheus.url} has node-ping series, but {when} holds fewer than two samples "
+                "of each, and increase() needs two: widen --range to at least two scrape intervals "
+                "(e.g. --range 1m for 15 s or 30 s scrapes).")
         raise DiagnoseError(
             f"Prometheus at {prometheus.url} has no node-ping data for {when}: no "
             f"{NODE_PREFIX}_packets_sent_total or {EXTERNAL_PREFIX}_packets_sent_total series. Check that the "
             "node-ping DaemonSet runs and that Prometheus scrapes node-exporter on every node, or widen --range.")
-    if not matrix.measured_nodes() and not matrix.measured_external():
+    if not matrix.sources():
         raise DiagnoseError(
             f"node-ping's counters in Prometheus at {prometheus.url} did not grow during {when}: the exporters "
             "have not completed a cycle in that time. Check the node-ping pods' logs, or widen --range.")
@@ -340,6 +415,7 @@ class Report:
     window: str
     at: float
     url: str
+    warnings: Sequence[str] = ()  # Prometheus's, e.g. a partial response: the matrix may be incomplete
 
     @property
     def healthy(self) -> bool:
@@ -351,7 +427,7 @@ def _pick(names: Sequence[str], marked: Sequence[str], limit: int) -> list[str]:
     if len(names) <= limit:
         return list(names)
     counts = Counter(marked)
-    return sorted(sorted(counts, key=lambda name: (-counts[name], name))[:limit])
+    return sorted(sorted(counts, key=lambda name: (-counts[name], natural_key(name)))[:limit], key=natural_key)
 
 
 def _matrix_section(title: str, cells: Mapping[Pair, Counts], *, rows: Mapping[str, str],
@@ -391,8 +467,10 @@ def render_text(report: Report) -> str:
     loss_pct = thresholds.loss_ratio * 100
     external = matrix.measured_external()
     # One set of labels for every node that heads a row, of the node matrices or the external one.
-    labels = abbreviate(sorted({*nodes, *(source for source, _ in external)}))
+    labels = abbreviate(sorted({*nodes, *(source for source, _ in external)}, key=natural_key))
     node_labels = {node: labels[node] for node in nodes}
+    # A stale node's row would show numbers from before its data stopped as if they were current.
+    row_labels = {node: label for node, label in node_labels.items() if node not in matrix.stale}
     # Target labels never repeat a node's name or label, so the one legend below is unambiguous.
     target_labels = abbreviate(targets, letter="t", reserved={*labels, *labels.values()})
     shown_nodes: set[str] = set()
@@ -409,16 +487,16 @@ def render_text(report: Report) -> str:
 
     sections: list[tuple[str, Mapping[Pair, Counts], Mapping[str, str], Mapping[str, str],
                          Callable[[Counts], float | None], Callable[[Counts], bool]]] = []
-    if nodes:
+    if row_labels:
         cells = matrix.measured_nodes()
         sections += [
             (f"Packet loss % (rows: from, columns: to; ! = {loss_pct:g}% or more, - = no data)",
-             cells, node_labels, node_labels, loss, lossy),
+             cells, row_labels, node_labels, loss, lossy),
             (f"Average RTT ms (! = {thresholds.latency_ms:g} ms or more, - = no reply or no data)",
-             cells, node_labels, node_labels, lambda counts: counts.rtt_avg_ms, slow),
+             cells, row_labels, node_labels, lambda counts: counts.rtt_avg_ms, slow),
         ]
     if targets:
-        sources = {source: labels[source] for source in sorted({s for s, _ in external})}
+        sources = {source: labels[source] for source in sorted({s for s, _ in external}, key=natural_key)}
         sections.append((f"External packet loss % (rows: node, columns: external target; ! = {loss_pct:g}% or more)",
                          external, sources, target_labels, loss, lossy))
     for title, section_cells, rows, columns, show, bad in sections:
@@ -440,6 +518,10 @@ def _cell_json(source: str, destination: str, counts: Counts, key: str) -> dict[
             "loss_percent": round(counts.loss_ratio * 100, 3), "rtt_avg_ms": None if avg is None else round(avg, 3)}
 
 
+def _naturally(cells: Mapping[Pair, Counts]) -> list[tuple[Pair, Counts]]:
+    return sorted(cells.items(), key=lambda item: natural_pair_key(item[0]))
+
+
 def render_json(report: Report) -> str:
     """The verdicts with their evidence numbers, and the whole matrix, for scripts."""
     matrix, thresholds = report.matrix, report.thresholds
@@ -458,8 +540,12 @@ def render_json(report: Report) -> str:
         ],
         "nodes": matrix.node_names(),
         "external_targets": matrix.external_names(),
-        "matrix": [_cell_json(s, d, c, "destination") for (s, d), c in sorted(matrix.measured_nodes().items())],
-        "external": [_cell_json(s, t, c, "target") for (s, t), c in sorted(matrix.measured_external().items())],
+        # Left out of "matrix" and "external": their numbers are from before their data stopped.
+        "stale_nodes": {node: None if ago is None else round(ago, 3)
+                        for node, ago in sorted(matrix.stale.items(), key=lambda item: natural_key(item[0]))},
+        "matrix": [_cell_json(s, d, c, "destination") for (s, d), c in _naturally(matrix.measured_nodes())],
+        "external": [_cell_json(s, t, c, "target") for (s, t), c in _naturally(matrix.measured_external())],
+        "warnings": list(report.warnings),
     }
     return json.dumps(document, indent=2) + "\n"
 
@@ -468,8 +554,21 @@ def render_json(report: Report) -> str:
 
 
 def _duration(text: str) -> str:
-    if not _DURATION.match(text):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a Prometheus duration such as 15m, 1h or 1h30m")
+    """A duration Prometheus accepts in a range selector, checked here so that a typo is a clear
+    flag error rather than a PromQL parse error from the server. Blanks around it are dropped, as
+    PromQL's lexer drops them."""
+    text = text.strip(" \t\r\n")
+    match = _DURATION.fullmatch(text)
+    if not text or match is None:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a Prometheus duration: a number and a unit for each of y, w, d, h, m, s, ms, "
+            "largest first and each at most once, e.g. 15m, 1h or 1h30m")
+    total_ms = sum(int(number) * unit for number, unit in zip(match.groups(), _DURATION_UNITS_MS, strict=True)
+                   if number)
+    if total_ms == 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is no time at all: give a range above 0, e.g. 15m")
+    if total_ms > _MAX_DURATION_MS:
+        raise argparse.ArgumentTypeError(f"{text!r} is longer than Prometheus accepts (about 292 years)")
     return text
 
 
@@ -511,6 +610,10 @@ def _number(text: str, limit: float) -> float:
 
 def _positive(text: str) -> float:
     return _number(text, math.inf)
+
+
+def _percent(text: str) -> float:
+    return _number(text, 100.0)
 
 
 def _timeout(text: str) -> float:
@@ -572,8 +675,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         help=f"end of the range: unix seconds (not milliseconds) or RFC 3339, between {_YEARS[0]} and {_YEARS[1]} "
              "(default: now)")
     add("--output", choices=("text", "json"), default="text", help="text for people, json for scripts")
-    add("--loss-threshold", type=_positive, default=5.0, metavar="PERCENT",
-        help="a pair losing this share of pings or more is bad (default %(default)g)")
+    add("--loss-threshold", type=_percent, default=5.0, metavar="PERCENT",
+        help="a pair losing this share of pings or more is bad: above 0, at most 100 (default %(default)g)")
     add("--latency-threshold", type=_positive, default=50.0, metavar="MS",
         help="a pair whose average RTT is this or more is slow (default %(default)g)")
     add("--header", action="append", default=[], metavar="'NAME: VALUE'",
@@ -585,17 +688,26 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         help=f"for each HTTP request to Prometheus, at most {_MAX_TIMEOUT_S:g} (default %(default)g)")
 
 
+def _warn(prometheus: Prometheus | None) -> None:
+    for warning in prometheus.warnings if prometheus else ():
+        sys.stderr.write(f"node-ping diagnose: warning from Prometheus, the data may be incomplete: {warning}\n")
+
+
 def run(args: argparse.Namespace) -> int:
     at = args.time if args.time is not None else time.time()
-    thresholds = Thresholds(loss_ratio=min(args.loss_threshold, 100.0) / 100, latency_ms=args.latency_threshold)
+    thresholds = Thresholds(loss_ratio=args.loss_threshold / 100, latency_ms=args.latency_threshold)
+    prometheus = None
     try:
         headers = request_headers(args.header, env(HEADERS_ENV, "") or "", args.bearer_token_file)
         prometheus = Prometheus(args.prometheus, args.timeout, headers)
         matrix = fetch_matrix(prometheus, args.window, at)
         check_data(matrix, prometheus, args.window, at)
     except DiagnoseError as err:
+        _warn(prometheus)
         sys.stderr.write(f"node-ping diagnose: {err}\n")
         return EXIT_ERROR
-    report = Report(matrix, diagnose(matrix, thresholds), thresholds, args.window, at, prometheus.url)
+    _warn(prometheus)
+    report = Report(matrix, diagnose(matrix, thresholds), thresholds, args.window, at, prometheus.url,
+                    tuple(prometheus.warnings))
     sys.stdout.write(render_json(report) if args.output == "json" else render_text(report))
     return EXIT_HEALTHY if report.healthy else EXIT_FAULTS

@@ -6,10 +6,13 @@ The output is a list of verdicts a person can act on. A bad destination column m
 cannot receive, a bad source row one that cannot send, both an isolated node; bad cells that no
 node explains are link faults; when most pairs are bad and no small set of nodes explains them,
 the fault is cluster-wide. Latency gets the same treatment, external targets a simpler one.
+A node whose own data stopped before the end of the range (`stale_sources`) is named as stale, and
+its row is left out: its numbers describe the past, not the network now.
 """
 
 from __future__ import annotations
 
+import re
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -30,13 +33,38 @@ EXTERNAL_NODE = "external-node"
 EXTERNAL_TARGET = "external-target"
 EXTERNAL_CLUSTER = "external-cluster-wide"
 NODE_SILENT = "node-silent"
+NODE_STALE = "node-stale"
 
 KINDS = (HEALTHY, NODE_ISOLATED, NODE_RECEIVE, NODE_SEND, LINK, CLUSTER, LATENCY_NODE, LATENCY_LINK,
-         LATENCY_CLUSTER, EXTERNAL_NODE, EXTERNAL_TARGET, EXTERNAL_CLUSTER, NODE_SILENT)
+         LATENCY_CLUSTER, EXTERNAL_NODE, EXTERNAL_TARGET, EXTERNAL_CLUSTER, NODE_SILENT, NODE_STALE)
 
 # A node verdict needs at least this many bad cells in its row or column: with one peer left, a
 # node fault and a link fault look the same, and the link is the smaller claim.
 _MIN_CELLS_FOR_NODE = 2
+
+# A source is stale when the last success Prometheus scraped from it was already this many nominal
+# cycles old at that scrape (and at least _STALE_FLOOR_S). See `stale_sources`.
+_STALE_CYCLES = 3
+_STALE_FLOOR_S = 60.0
+
+_DIGITS = re.compile(r"([0-9]+)")
+
+NaturalKey = tuple[tuple[str | int, ...], str]
+
+
+def natural_key(name: str) -> NaturalKey:
+    """Sort key that orders the numbers inside names by value: node-2 before node-10.
+
+    Splitting on digit runs puts text at even and numbers at odd positions, so two keys always
+    compare text with text and numbers with numbers; the name itself breaks ties (n01, n1).
+    """
+    parts = _DIGITS.split(name)
+    return tuple(int(part) if index % 2 else part for index, part in enumerate(parts)), name
+
+
+def natural_pair_key(pair: tuple[str, str]) -> tuple[NaturalKey, NaturalKey]:
+    """natural_key for a (source, destination) pair."""
+    return natural_key(pair[0]), natural_key(pair[1])
 
 
 @dataclass(frozen=True)
@@ -66,25 +94,81 @@ class Counts:
 
 @dataclass(frozen=True)
 class Matrix:
-    """What Prometheus knows about the range: node pairs and (node, external target) pairs."""
+    """What Prometheus knows about the range: node pairs and (node, external target) pairs, and the
+    source nodes whose data stopped before its end (`stale`: node -> how many seconds before the end
+    its last successful cycle ended, None when unknown)."""
 
     nodes: Mapping[Pair, Counts]
     external: Mapping[Pair, Counts] = field(default_factory=dict)
+    stale: Mapping[str, float | None] = field(default_factory=dict)
 
     def node_names(self) -> list[str]:
-        """Nodes in a measured pair: a pair that sent nothing in the range (an exporter that stopped
-        cycling, a node gone) says nothing about the nodes now, so it neither counts nor dilutes."""
-        return sorted({name for pair in self.measured_nodes() for name in pair})
+        """Nodes in a pair that sent pings in the range, stale sources included (verdicts name them).
+        A pair that sent nothing in the range (an exporter that stopped cycling before it, a node
+        gone) says nothing about the nodes, so it neither counts nor dilutes."""
+        return sorted({name for pair in _sent(self.nodes) if pair[0] != pair[1] for name in pair}, key=natural_key)
 
     def external_names(self) -> list[str]:
-        """External targets some node measured in the range (see node_names)."""
-        return sorted({target for _, target in self.measured_external()})
+        """External targets some node measures now (see measured_external)."""
+        return sorted({target for _, target in self.measured_external()}, key=natural_key)
+
+    def sources(self) -> list[str]:
+        """Nodes that sent pings in the range, to peers or to external targets, stale or not."""
+        pairs = [pair for pair in _sent(self.nodes) if pair[0] != pair[1]] + list(_sent(self.external))
+        return sorted({source for source, _ in pairs}, key=natural_key)
 
     def measured_nodes(self) -> dict[Pair, Counts]:
-        return {pair: counts for pair, counts in self.nodes.items() if counts.measured and pair[0] != pair[1]}
+        """Node pairs with current numbers: pings sent in the range, by a source that is not stale."""
+        return {pair: counts for pair, counts in _sent(self.nodes).items()
+                if pair[0] != pair[1] and pair[0] not in self.stale}
 
     def measured_external(self) -> dict[Pair, Counts]:
-        return {pair: counts for pair, counts in self.external.items() if counts.measured}
+        """(node, external target) pairs with current numbers (see measured_nodes)."""
+        return {pair: counts for pair, counts in _sent(self.external).items() if pair[0] not in self.stale}
+
+
+def _sent(cells: Mapping[Pair, Counts]) -> dict[Pair, Counts]:
+    return {pair: counts for pair, counts in cells.items() if counts.measured}
+
+
+@dataclass(frozen=True)
+class Freshness:
+    """What Prometheus holds at the end of the range about one source node's own data."""
+
+    series: bool  # its pair series (sent counters) are still there at the end of the range
+    last_success: float | None = None  # node_ping_last_success_timestamp_seconds, unix time
+    scraped_at: float | None = None  # when Prometheus scraped that value
+    nominal_s: float | None = None  # node_ping_cycle_nominal_seconds: absent until a first cycle ends
+
+
+def stale_sources(sources: Iterable[str], freshness: Mapping[str, Freshness], at: float) -> dict[str, float | None]:
+    """The sources whose data stopped before `at`, each with how long before `at` its last successful
+    cycle ended (None when that is not known).
+
+    When a prober stops, node-exporter keeps serving its last textfile: the samples stay fresh but
+    the counters go flat, so "did the counters grow in the range" cannot tell. Two signs can:
+    - its pair series are gone at `at` (node-exporter or the node itself down: Prometheus marks the
+      series stale at the first failed scrape);
+    - the last success it reported was already old when Prometheus scraped it. A working prober's
+      textfile holds a success at most one (perhaps late) cycle old whenever it is read, whatever
+      the scrape interval, which is why the scrape time and not `at` is compared. _STALE_CYCLES
+      nominal cycles leave room for a failed or late cycle or two; _STALE_FLOOR_S for very short
+      cycles, where start-up and DNS dominate, and for some clock skew between node and Prometheus.
+    A source without the gauge (an exporter older than it) is taken as fresh while its series last.
+    """
+    nominals = [f.nominal_s for f in freshness.values() if f.nominal_s]
+    # Until its first cycle ends a prober has no nominal; the DaemonSet gives every node the same.
+    fallback = max(nominals, default=0.0)
+    stale: dict[str, float | None] = {}
+    for source in sources:
+        seen = freshness.get(source)
+        if seen is None or not seen.series:
+            stale[source] = None
+        elif seen.last_success is not None and seen.scraped_at is not None:
+            grace = max(_STALE_CYCLES * (seen.nominal_s or fallback), _STALE_FLOOR_S)
+            if seen.scraped_at - seen.last_success > grace:
+                stale[source] = max(0.0, at - seen.last_success)
+    return stale
 
 
 @dataclass(frozen=True)
@@ -190,8 +274,8 @@ def _explain(nodes: Sequence[str], measured: Iterable[Pair], bad: set[Pair]) -> 
 
     send = {node for direction, node in flagged if direction == "send"}
     receive = {node for direction, node in flagged if direction == "receive"}
-    residual = sorted({tuple(sorted(cell)) for cell in bad if not explained(cell)})
-    links = tuple((pair[0], pair[1]) for pair in residual)
+    residual = {(min(cell, key=natural_key), max(cell, key=natural_key)) for cell in bad if not explained(cell)}
+    links = tuple(sorted(residual, key=natural_pair_key))
     faults = len(send | receive) + len(links)
     # "Most pairs bad" alone is not enough: two isolated nodes out of five make 70 % of the pairs
     # bad, and naming the two nodes is the better answer. Cluster-wide is for when the per-node and
@@ -212,6 +296,17 @@ def _span(values: Sequence[float], fmt: str, unit: str) -> str:
     return f"{low:{fmt}}-{high:{fmt}}{unit}"
 
 
+def _ago(seconds: float) -> str:
+    """30s, 10m, 2h5m: whole units, as a person reads a time span."""
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    if hours:
+        return f"{hours}h{minutes}m" if minutes else f"{hours}h"
+    if minutes:
+        return f"{minutes}m{secs}s" if secs else f"{minutes}m"
+    return f"{secs}s"
+
+
 def _loss_span(ratios: Sequence[float]) -> str:
     return _span([r * 100 for r in ratios], ".1f", "%")
 
@@ -222,7 +317,7 @@ def _ms_span(values: Sequence[float]) -> str:
 
 def _evidence(cells: Mapping[Pair, Counts], pairs: Iterable[Pair]) -> tuple[Evidence, ...]:
     out = []
-    for source, destination in sorted(pairs):
+    for source, destination in sorted(pairs, key=natural_pair_key):
         counts = cells[(source, destination)]
         avg = counts.rtt_avg_ms
         out.append(Evidence(source, destination, round(counts.loss_ratio * 100, 3),
@@ -235,6 +330,7 @@ class _Analysis:
 
     def __init__(self, matrix: Matrix, thresholds: Thresholds) -> None:
         self.thresholds = thresholds
+        self.stale = matrix.stale
         self.cells = matrix.measured_nodes()
         self.nodes = matrix.node_names()
         self.external = matrix.measured_external()
@@ -257,7 +353,7 @@ class _Analysis:
                          "median_loss_percent": round(statistics.median(ratios) * 100, 3)},
             )]
         verdicts: list[Verdict] = []
-        for node in sorted(found.send | found.receive):
+        for node in sorted(found.send | found.receive, key=natural_key):
             verdicts.append(self._node_loss(node, found))
         for a, b in found.links:
             verdicts.append(self._link_loss(a, b))
@@ -336,7 +432,7 @@ class _Analysis:
                          "median_rtt_ms": round(statistics.median(averages.values()), 3)},
             )]
         verdicts = []
-        for node in sorted(found.send | found.receive):
+        for node in sorted(found.send | found.receive, key=natural_key):
             # RTT is a round trip, so a slow row and a slow column mean the same: a slow node.
             row, row_slow = found.line(node, "send", self.slow)
             column, column_slow = found.line(node, "receive", self.slow)
@@ -374,7 +470,7 @@ class _Analysis:
         if len(down) >= _MIN_CELLS_FOR_NODE and len(down) * 2 > len(self.targets):
             lost = [p for p in bad if p[1] in down]
             verdicts.append(Verdict(
-                EXTERNAL_CLUSTER, tuple(sorted({p[0] for p in lost})),
+                EXTERNAL_CLUSTER, tuple(sorted({p[0] for p in lost}, key=natural_key)),
                 f"external connectivity lost cluster-wide: {len(down)} of {len(self.targets)} external targets "
                 f"are lost from most nodes ({_loss_span([self.external[p].loss_ratio for p in lost])}): "
                 "check the cluster's way out (NAT gateway, egress firewall, DNS of the targets)",
@@ -386,14 +482,14 @@ class _Analysis:
                 pairs = by_target[target]
                 lost = [p for p in pairs if p in bad]
                 verdicts.append(Verdict(
-                    EXTERNAL_TARGET, tuple(sorted(p[0] for p in lost)),
+                    EXTERNAL_TARGET, tuple(sorted((p[0] for p in lost), key=natural_key)),
                     f"external target {target} is lost from most nodes: {len(lost)} of {len(pairs)} nodes lose "
                     f"{_loss_span([self.external[p].loss_ratio for p in lost])} of the pings to it",
                     _evidence(self.external, lost), targets=(target,),
                     summary={"bad_nodes": len(lost), "nodes": len(pairs)},
                 ))
         by_node: dict[str, list[Pair]] = {}
-        for pair in sorted(bad):
+        for pair in sorted(bad, key=natural_pair_key):
             if pair[1] not in down:
                 by_node.setdefault(pair[0], []).append(pair)
         for node, lost in by_node.items():
@@ -417,8 +513,26 @@ class _Analysis:
             Verdict(NODE_SILENT, (node,),
                     f"node {node} reports no node-ping data of its own (other nodes ping it): "
                     "check that its node-ping pod runs and that Prometheus scrapes its node-exporter")
-            for node in sorted(destinations - sources)
+            for node in sorted(destinations - sources - set(self.stale), key=natural_key)
         ]
+
+    def stale_nodes(self) -> list[Verdict]:
+        """Nodes whose own data stopped before the end of the range; their rows were left out."""
+        verdicts = []
+        for node in sorted(self.stale, key=natural_key):
+            ago = self.stale[node]
+            if ago is None:
+                message = (f"node {node} stopped reporting before the end of the range: its node-ping series end "
+                           "early (the node, its node-ping pod or its node-exporter is down, or no longer "
+                           "scraped); its row is left out")
+                summary: dict[str, float] = {}
+            else:
+                message = (f"node {node} stopped reporting {_ago(ago)} before the end of the range (its last "
+                           "successful node-ping cycle), while its old numbers are still scraped: check its "
+                           "node-ping pod and its logs; its row is left out")
+                summary = {"stopped_seconds_before_end": round(ago, 3)}
+            verdicts.append(Verdict(NODE_STALE, (node,), message, summary=summary))
+        return verdicts
 
     def healthy(self) -> Verdict:
         worst = max(self.cells.items(), key=lambda item: item[1].loss_ratio, default=None)
@@ -431,7 +545,9 @@ class _Analysis:
                      f"{self.thresholds.latency_ms:g} ms average RTT")
         summary: dict[str, float] = {"pairs": len(self.cells)}
         if worst is not None:
-            parts.append(f"; worst loss {_pct(worst[1].loss_ratio)} ({worst[0][0]}->{worst[0][1]})")
+            # With nothing lost anywhere, naming one pair as the worst would point at a random pair.
+            where = f" ({worst[0][0]}->{worst[0][1]})" if worst[1].loss_ratio > 0 else ""
+            parts.append(f"; worst loss {_pct(worst[1].loss_ratio)}{where}")
             summary["worst_loss_percent"] = round(worst[1].loss_ratio * 100, 3)
         if slowest is not None:
             parts.append(f", highest average RTT {slowest[1]:.1f} ms ({slowest[0][0]}->{slowest[0][1]})")
@@ -442,8 +558,9 @@ class _Analysis:
 def diagnose(matrix: Matrix, thresholds: Thresholds | None = None) -> list[Verdict]:
     """Every independent fault the matrix shows, or a single `healthy` verdict.
 
-    Order: loss (cluster, nodes, links), latency, external targets, silent nodes.
+    Order: loss (cluster, nodes, links), latency, external targets, silent nodes, stale nodes.
     """
     analysis = _Analysis(matrix, thresholds or Thresholds())
-    verdicts = analysis.loss() + analysis.latency() + analysis.external_loss() + analysis.silent()
+    verdicts = (analysis.loss() + analysis.latency() + analysis.external_loss() + analysis.silent()
+                + analysis.stale_nodes())
     return verdicts or [analysis.healthy()]

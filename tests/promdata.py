@@ -2,7 +2,9 @@
 
 `openmetrics()` writes the counters a mesh of exporters would have produced over the last half
 hour (one sample per 15 s scrape, 30 pings per target per scrape), with chosen loss and RTT per
-pair; `backfill()` turns that into TSDB blocks with `promtool tsdb create-blocks-from openmetrics`;
+pair, and each exporter's last-success and nominal-cycle gauges; a prober can stop (counters flat,
+textfile still served) or vanish (no samples) some time before the end. `backfill()` turns that
+into TSDB blocks with `promtool tsdb create-blocks-from openmetrics`;
 `running_prometheus()` starts `prometheus` on a free loopback port over that directory and stops it
 afterwards. The last one takes any config, so end-to-end tests that scrape node-exporter reuse it.
 """
@@ -53,6 +55,12 @@ class Mesh:
     external: Sequence[str] = ()  # external target names; every node pings each
     external_loss: Mapping[Pair, float] = field(default_factory=dict)  # (node, target)
     pings_per_step: int = PINGS_PER_STEP  # 0: exporters that export but no longer complete cycles
+    # node -> seconds before the end when its prober stopped: from then on its counters are flat and
+    # its last success frozen, but node-exporter still serves them (its samples go on).
+    stopped: Mapping[str, int] = field(default_factory=dict)
+    # node -> seconds before the end when its own series end (the node or its node-exporter down);
+    # peers keep pinging it, with the loss given in `loss`.
+    gone: Mapping[str, int] = field(default_factory=dict)
 
     def node_pairs(self) -> list[Pair]:
         return [(s, d) for s in self.nodes for d in self.nodes if s != d]
@@ -75,23 +83,58 @@ def _labels(**labels: str) -> str:
     return "{" + ",".join(f'{key}="{value}"' for key, value in labels.items()) + "}"
 
 
-def _series(name: str, labels: str, per_step: float, steps: int, end: int) -> list[str]:
+@dataclass(frozen=True)
+class _Life:
+    """Which steps (indexes of scrapes, 0 the first) one exporter lived through."""
+
+    cycled: int  # the last step at which its prober completed a cycle
+    scraped: int  # the last step at which Prometheus scraped it
+
+
+def _life(mesh: Mesh, node: str, steps: int) -> _Life:
+    scraped = steps - 1 - mesh.gone.get(node, 0) // STEP_S
+    return _Life(min(scraped, steps - 1 - mesh.stopped.get(node, 0) // STEP_S), scraped)
+
+
+def _series(name: str, labels: str, per_step: float, steps: int, end: int, *,
+            life: _Life | None = None) -> list[str]:
     start = end - (steps - 1) * STEP_S
-    return [f"{name}{labels} {per_step * i:g} {start + i * STEP_S}" for i in range(steps)]
+    life = life or _Life(steps - 1, steps - 1)
+    return [f"{name}{labels} {per_step * min(i, life.cycled):g} {start + i * STEP_S}" for i in range(life.scraped + 1)]
 
 
 def _family(prefix: str, label_sets: Sequence[tuple[str, float, float]], steps: int, end: int,
-            pings: int) -> list[str]:
+            pings: int, *, lives: Sequence[_Life] | None = None) -> list[str]:
     """sent, received and RTT-sum counters for (labels, loss, rtt) per target, `pings` sent per
-    step. OpenMetrics wants each family in one block and each series' samples together in time order."""
+    step, each target's exporter living as `lives` says (all the time if None). OpenMetrics wants
+    each family in one block and each series' samples together in time order."""
     lines = []
     for metric, what in (("packets_sent", "sent"), ("packets_received", "received"),
                          ("rtt_milliseconds", "rtt")):
         lines.append(f"# TYPE {prefix}_{metric} counter")
-        for labels, loss, rtt in label_sets:
+        for index, (labels, loss, rtt) in enumerate(label_sets):
             received = pings - round(pings * loss)
             per_step = {"sent": pings, "received": received, "rtt": received * rtt}[what]
-            lines += _series(f"{prefix}_{metric}_total", labels, per_step, steps, end)
+            lines += _series(f"{prefix}_{metric}_total", labels, per_step, steps, end,
+                             life=lives[index] if lives else None)
+    return lines
+
+
+def _own_gauges(mesh: Mesh, steps: int, end: int) -> list[str]:
+    """Each exporter's last-success time (start-up until a first cycle completes) and nominal cycle
+    (one cycle per scrape here), as node-ping writes them."""
+    start = end - (steps - 1) * STEP_S
+    lives = {node: _life(mesh, node, steps) for node in mesh.nodes}
+    lines = ["# TYPE node_ping_last_success_timestamp_seconds gauge"]
+    for node, life in lives.items():
+        cycles = mesh.pings_per_step > 0
+        lines += [f"node_ping_last_success_timestamp_seconds{_labels(source_node=node)} "
+                  f"{start + (min(i, life.cycled) if cycles else 0) * STEP_S} {start + i * STEP_S}"
+                  for i in range(life.scraped + 1)]
+    lines.append("# TYPE node_ping_cycle_nominal_seconds gauge")
+    for node, life in lives.items():
+        lines += [f"node_ping_cycle_nominal_seconds{_labels(source_node=node)} {STEP_S} {start + i * STEP_S}"
+                  for i in range(life.scraped + 1)]
     return lines
 
 
@@ -112,9 +155,12 @@ def openmetrics(mesh: Mesh, end: int, minutes: int = 30) -> str:
          mesh.external_loss.get((s, t), 0.0), 12.0)
         for s, t in mesh.external_pairs()
     ]
-    lines = _family("kube_node_ping", node_sets, steps, end, mesh.pings_per_step)
+    lines = _family("kube_node_ping", node_sets, steps, end, mesh.pings_per_step,
+                    lives=[_life(mesh, s, steps) for s, _ in mesh.node_pairs()])
     if external_sets:
-        lines += _family("external_ping", external_sets, steps, end, mesh.pings_per_step)
+        lines += _family("external_ping", external_sets, steps, end, mesh.pings_per_step,
+                         lives=[_life(mesh, s, steps) for s, _ in mesh.external_pairs()])
+    lines += _own_gauges(mesh, steps, end)
     return "\n".join([*lines, "# EOF"]) + "\n"
 
 

@@ -13,12 +13,16 @@ import dataclasses
 import http.server
 import inspect
 import json
+import random
 import re
 import socket
 import tempfile
 import threading
 import time
 import types
+import urllib.error
+import urllib.parse
+import urllib.request
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
@@ -44,11 +48,15 @@ from node_ping.verdict import (
     NODE_RECEIVE,
     NODE_SEND,
     NODE_SILENT,
+    NODE_STALE,
     Counts,
+    Freshness,
     Matrix,
     Thresholds,
     Verdict,
     diagnose,
+    natural_key,
+    stale_sources,
 )
 from tests import promdata
 from tests.promdata import Mesh, receive_loss, send_loss
@@ -272,6 +280,134 @@ class TestUnmeasuredPairs:
         [verdict] = diagnose(matrix)
         assert (verdict.kind, verdict.targets) == (EXTERNAL_CLUSTER, ("dns", "web"))
         assert "2 of 2 external targets are lost from most nodes" in verdict.message
+
+
+class TestStaleSources:
+    """When a prober stops, node-exporter keeps serving its last textfile: fresh samples, flat
+    counters. Which sources count as stopped, from what Prometheus holds at the end of the range."""
+
+    AT = 1_700_000_000.0
+
+    def fresh(self, lag: float, nominal: float | None = 30.0, series: bool = True) -> Freshness:
+        """A source last scraped 5 s before AT, holding a last success `lag` seconds older than that."""
+        scraped = self.AT - 5
+        return Freshness(series, scraped - lag, scraped, nominal)
+
+    def test_served_but_frozen_is_stale_with_its_age(self) -> None:
+        assert stale_sources(["a"], {"a": self.fresh(600)}, self.AT) == {"a": 605.0}
+
+    def test_working_prober_is_not_stale_whatever_the_scrape_interval(self) -> None:
+        """Only the success's age at its scrape counts, so a scrape 4 minutes ago is no sign."""
+        scraped = self.AT - 240
+        assert stale_sources(["a"], {"a": Freshness(True, scraped - 20, scraped, 30.0)}, self.AT) == {}
+
+    def test_a_late_or_failed_cycle_or_two_is_no_alarm(self) -> None:
+        assert stale_sources(["a", "b"], {"a": self.fresh(89), "b": self.fresh(91)}, self.AT) == {"b": 96.0}
+
+    def test_short_cycles_get_a_minute(self) -> None:
+        assert stale_sources(["a", "b"], {"a": self.fresh(59, 1.0), "b": self.fresh(61, 1.0)}, self.AT) == {
+            "b": 66.0}
+
+    def test_series_gone_at_the_end(self) -> None:
+        """The node or its node-exporter is down: no pair series at the end, however recent the gauge."""
+        freshness = {"a": self.fresh(0, series=False)}
+        assert stale_sources(["a", "b"], freshness, self.AT) == {"a": None, "b": None}
+
+    def test_without_the_gauge_the_series_decide(self) -> None:
+        assert stale_sources(["a"], {"a": Freshness(True)}, self.AT) == {}
+
+    def test_before_its_first_cycle_a_prober_is_judged_by_the_others_cycle(self) -> None:
+        """Until a first cycle ends there is no nominal gauge; the last success is the start-up time."""
+        freshness = {"a": self.fresh(100, nominal=None), "b": self.fresh(10, nominal=60.0)}
+        assert stale_sources(["a", "b"], freshness, self.AT) == {}
+        freshness = {"a": self.fresh(200, nominal=None), "b": self.fresh(10, nominal=60.0)}
+        assert stale_sources(["a", "b"], freshness, self.AT) == {"a": 205.0}
+
+
+class TestStaleVerdicts:
+    """A stale node is named, and its out-of-date numbers are not taken as the network now."""
+
+    def test_all_stale_is_not_healthy(self) -> None:
+        matrix = dataclasses.replace(matrix_of(Mesh(NODES)), stale=dict.fromkeys(NODES, 600.0))
+        verdicts = diagnose(matrix)
+        assert kinds(verdicts) == [(NODE_STALE, (node,)) for node in NODES]
+        assert verdicts[0].message == (
+            "node n1 stopped reporting 10m before the end of the range (its last successful node-ping cycle), "
+            "while its old numbers are still scraped: check its node-ping pod and its logs; its row is left out")
+        assert verdicts[0].summary == {"stopped_seconds_before_end": 600.0}
+
+    def test_old_loss_of_a_stale_node_is_not_a_verdict(self) -> None:
+        """n2's row lost 50% before it stopped: that says nothing about the links now."""
+        matrix = matrix_of(Mesh(NODES, loss=send_loss(NODES, "n2", 0.5)))
+        assert kinds(diagnose(matrix)) == [(NODE_SEND, ("n2",))]
+        assert kinds(diagnose(dataclasses.replace(matrix, stale={"n2": 300.0}))) == [(NODE_STALE, ("n2",))]
+
+    def test_node_down_while_peers_lose_everything_to_it(self) -> None:
+        matrix = dataclasses.replace(matrix_of(Mesh(NODES, loss=receive_loss(NODES, "n3", 1.0))), stale={"n3": None})
+        verdicts = diagnose(matrix)
+        assert kinds(verdicts) == [(NODE_RECEIVE, ("n3",)), (NODE_STALE, ("n3",))]
+        assert verdicts[1].message == (
+            "node n3 stopped reporting before the end of the range: its node-ping series end early (the node, its "
+            "node-ping pod or its node-exporter is down, or no longer scraped); its row is left out")
+        assert verdicts[1].summary == {}
+
+    def test_stale_rows_are_left_out_of_the_matrices(self) -> None:
+        matrix = dataclasses.replace(matrix_of(Mesh(NODES, loss=send_loss(NODES, "n2", 0.5))), stale={"n2": 300.0})
+        assert matrix.node_names() == NODES
+        assert all(source != "n2" for source, _ in matrix.measured_nodes())
+        lines = render_text(report_of(matrix)).splitlines()
+        assert lines[0].startswith("node-ping diagnose: 5 nodes,")
+        start = lines.index("Packet loss % (rows: from, columns: to; ! = 5% or more, - = no data)")
+        assert lines[start + 1].split() == NODES
+        assert [line.split()[0] for line in lines[start + 2:start + 6]] == ["n1", "n3", "n4", "n5"]
+        assert "50.0" not in "\n".join(lines)
+        document = json.loads(render_json(report_of(matrix)))
+        assert document["stale_nodes"] == {"n2": 300.0}
+        assert document["nodes"] == NODES
+        assert {cell["source"] for cell in document["matrix"]} == {"n1", "n3", "n4", "n5"}
+
+
+class TestOrderAndHealthyLine:
+    """Names sort as people count (node-2 before node-10), and a healthy line names no random pair."""
+
+    def test_natural_order(self) -> None:
+        names = ["node-10", "node-2", "node-1", "node-100", "a", "node-02", "b7c10", "b7c9"]
+        assert sorted(names, key=natural_key) == ["a", "b7c9", "b7c10", "node-1", "node-02", "node-2", "node-10",
+                                                  "node-100"]
+
+    def test_matrix_rows_and_columns(self) -> None:
+        nodes = [f"node-{i}" for i in range(1, 13)]
+        matrix = matrix_of(Mesh(sorted(nodes), loss=receive_loss(nodes, "node-10", 0.3)))
+        assert matrix.node_names() == nodes
+        lines = render_text(report_of(matrix)).splitlines()
+        start = lines.index("Packet loss % (rows: from, columns: to; ! = 5% or more, - = no data)")
+        assert lines[start + 1].split() == nodes
+        assert [line.split()[0] for line in lines[start + 2:start + 14]] == nodes
+        document = json.loads(render_json(report_of(matrix)))
+        assert [cell["source"] for cell in document["matrix"]][::11] == nodes
+
+    def test_large_cluster_picks_in_natural_order(self) -> None:
+        nodes = [f"node-{i}" for i in range(1, 31)]
+        loss = {**receive_loss(nodes, "node-10", 0.3), **receive_loss(nodes, "node-9", 0.3)}
+        lines = render_text(report_of(matrix_of(Mesh(nodes, loss=loss)))).splitlines()
+        start = next(i for i, line in enumerate(lines) if line.startswith("Packet loss %"))
+        assert lines[start + 1].split() == ["node-9", "node-10"]
+        assert [line.split()[0] for line in lines[start + 2:start + 5]] == ["node-1", "node-2", "node-3"]
+
+    def test_verdicts_in_natural_order(self) -> None:
+        nodes = [f"n{i}" for i in range(1, 12)]
+        loss = {**receive_loss(nodes, "n10", 0.5), **receive_loss(nodes, "n9", 0.5), ("n2", "n11"): 0.5}
+        assert kinds(diagnose(matrix_of(Mesh(nodes, loss=loss)))) == [
+            (NODE_RECEIVE, ("n9",)), (NODE_RECEIVE, ("n10",)), (LINK, ("n2", "n11"))]
+
+    def test_no_pair_named_when_nothing_was_lost(self) -> None:
+        [verdict] = diagnose(matrix_of(Mesh(NODES)))
+        assert verdict.message == ("healthy: 5 nodes (20 pairs) below 5.0% loss and 50 ms average RTT; "
+                                   "worst loss 0.0%, highest average RTT 0.4 ms (n1->n2)")
+
+    def test_the_worst_pair_is_named_when_something_was_lost(self) -> None:
+        [verdict] = diagnose(matrix_of(Mesh(NODES, loss={("n4", "n2"): 0.04})))
+        assert "; worst loss 3.3% (n4->n2)," in verdict.message  # 1 of 30 pings per scrape
 
 
 class _CountingName(str):
@@ -556,6 +692,120 @@ class TestAgainstPrometheus:
         assert code == 2
         assert "has no node-ping data for the 15m before" in err
 
+    def test_exporters_stopped_before_the_end_are_stale_not_healthy(
+            self, capsys: pytest.CaptureFixture[str], prometheus_with: Callable[[str], str]) -> None:
+        """Every prober stopped 10 minutes ago; node-exporter still serves their last textfiles, so
+        the samples are fresh but the counters flat."""
+        code, out, _ = self.run(capsys, prometheus_with, Mesh(NAMES, stopped=dict.fromkeys(NAMES, 600)))
+        assert code == 1
+        assert [line for line in out.splitlines() if line.startswith("* [")] == [
+            f"* [node-stale] node {node} stopped reporting 10m before the end of the range (its last successful "
+            "node-ping cycle), while its old numbers are still scraped: check its node-ping pod and its logs; its "
+            "row is left out" for node in NAMES]
+        assert "Packet loss %" not in out
+
+    def test_old_numbers_of_a_stopped_exporter_are_not_shown_as_current(
+            self, capsys: pytest.CaptureFixture[str], prometheus_with: Callable[[str], str]) -> None:
+        """worker-2 lost half its pings until its prober stopped 10 minutes ago: that is history."""
+        end = int(time.time())
+        mesh = Mesh(NAMES, loss=send_loss(NAMES, "worker-2", 0.5), stopped={"worker-2": 600})
+        url = prometheus_with(promdata.openmetrics(mesh, end))
+        code, out, _ = diagnose_cmd(capsys, "--prometheus", url, "--time", str(end))
+        assert code == 1
+        assert [line.split("]")[0] for line in out.splitlines() if line.startswith("* [")] == ["* [node-stale"]
+        assert "* [node-stale] node worker-2 stopped reporting 10m before the end of the range" in out
+        lines = out.splitlines()
+        header = lines.index("Packet loss % (rows: from, columns: to; ! = 5% or more, - = no data)")
+        assert lines[header + 1].split() == NAMES
+        assert [line.split()[0] for line in lines[header + 2:header + 6]] == ["worker-1", "worker-3", "worker-4",
+                                                                             "worker-5"]
+        assert "50.0" not in out
+        code, out, _ = diagnose_cmd(capsys, "--prometheus", url, "--time", str(end), "--output", "json")
+        document = json.loads(out)
+        assert (code, document["healthy"], document["stale_nodes"]) == (1, False, {"worker-2": 600.0})
+        assert "worker-2" not in {cell["source"] for cell in document["matrix"]}
+
+    def test_node_gone_mid_range_while_peers_lose_everything_to_it(
+            self, capsys: pytest.CaptureFixture[str], prometheus_with: Callable[[str], str]) -> None:
+        """worker-3's own series end 10 minutes before the end (the node is down); its older samples
+        are still in the range, so it is not 'silent' in the old sense, but it must be named."""
+        mesh = Mesh(NAMES, loss=receive_loss(NAMES, "worker-3", 1.0), gone={"worker-3": 600})
+        code, out, _ = self.run(capsys, prometheus_with, mesh)
+        assert code == 1
+        assert [line.split(":")[0] for line in out.splitlines() if line.startswith("* [")] == [
+            "* [node-cannot-receive] node worker-3 cannot receive from most peers",
+            "* [node-stale] node worker-3 stopped reporting before the end of the range"]
+
+    @pytest.mark.parametrize("after_last_scrape", [0, 12], ids=["one sample in the range", "none in the range"])
+    def test_range_shorter_than_two_scrapes(self, capsys: pytest.CaptureFixture[str],
+                                            prometheus_with: Callable[[str], str], after_last_scrape: int) -> None:
+        end = int(time.time())
+        url = prometheus_with(promdata.openmetrics(Mesh(NAMES), end))
+        code, out, err = diagnose_cmd(capsys, "--prometheus", url, "--time", str(end + after_last_scrape),
+                                      "--range", "10s")
+        assert (code, out) == (2, "")
+        assert err == (f"node-ping diagnose: Prometheus at {url} has node-ping series, but the 10s before "
+                       f"{diagnose_module._iso(end + after_last_scrape)} holds fewer than two samples of each, "
+                       "and increase() needs two: widen --range to at least two scrape intervals "
+                       "(e.g. --range 1m for 15 s or 30 s scrapes).\n")
+        code, _, _ = diagnose_cmd(capsys, "--prometheus", url, "--time", str(end + after_last_scrape),
+                                  "--range", "30s")
+        assert code == 0
+
+
+# Durations to try on Prometheus itself: the edges of its syntax and range, then random strings of
+# numbers and units in any order.
+DURATION_EDGES = ["15m", "1h30m", "500ms", "1y2w3d4h5m6s7ms", "05m", "1m0s", "0s", "0ms", "0m0s", "0", "",
+                  "5m5m", "30m1h", "1h1h", "ms5", "1.5h", "1H", " 15m", "\t15m\n", "1h 30m", "-5m", "1000000000y",
+                  "292y", "293y", "106751d23h47m16s854ms", "106751d23h47m16s855ms", "9223372036854ms",
+                  "9223372036855ms", "99999999999999999999s"]
+
+
+def random_durations(count: int) -> list[str]:
+    rng = random.Random(20240501)  # noqa: S311 -- test cases, not secrets; fixed seed: the same every run
+    numbers = ["0", "1", "7", "15", "90", "292", "293", "106752", "2562048"]
+    units = ["y", "w", "d", "h", "m", "s", "ms"]
+    return ["".join(f"{rng.choice(numbers)}{rng.choice(units)}" for _ in range(rng.randint(1, 3)))
+            for _ in range(count)]
+
+
+class TestRangeFlag:
+    """--range takes exactly what Prometheus takes in a range selector; the rest is a flag error
+    before any request, not a PromQL parse error from the server."""
+
+    def test_agrees_with_prometheus(self, capsys: pytest.CaptureFixture[str],
+                                    prometheus_with: Callable[[str], str]) -> None:
+        at = int(time.time())
+        url = prometheus_with(promdata.unrelated_openmetrics(at))
+        disagreements = []
+        for text in dict.fromkeys([*DURATION_EDGES, *random_durations(60)]):
+            query = urllib.parse.urlencode({"query": f"increase(x[{text}])", "time": str(at)})
+            try:
+                with urllib.request.urlopen(f"{url}/api/v1/query?{query}", timeout=10):
+                    prometheus_takes = True
+            except urllib.error.HTTPError as err:
+                assert err.code == 400
+                prometheus_takes = False
+            code, _, err_text = diagnose_cmd(capsys, "--prometheus", url, "--time", str(at), "--range", text)
+            we_take = "argument --range" not in err_text
+            assert code == 2  # no node-ping data, or the flag refused
+            if we_take != prometheus_takes:
+                disagreements.append((text, prometheus_takes, err_text))
+        assert disagreements == []
+
+    @pytest.mark.parametrize(("value", "message"), [
+        ("0s", "argument --range: '0s' is no time at all: give a range above 0, e.g. 15m\n"),
+        ("5m5m", "argument --range: '5m5m' is not a Prometheus duration: a number and a unit for each of y, w, d, h, "
+                 "m, s, ms, largest first and each at most once, e.g. 15m, 1h or 1h30m\n"),
+        ("30m1h", "'30m1h' is not a Prometheus duration"),
+        ("1000000000y", "argument --range: '1000000000y' is longer than Prometheus accepts (about 292 years)\n"),
+    ])
+    def test_refused_before_any_request(self, capsys: pytest.CaptureFixture[str], value: str, message: str) -> None:
+        with serving(lambda _headers: Answer(200, HEALTHY_PAIR)) as (url, seen):
+            code, out, err = diagnose_cmd(capsys, "--prometheus", url, "--range", value)
+        assert (code, out, seen) == (2, "", [])
+        assert message in err
+
 
 # ---------------------------------------------------------------------- servers that are not Prometheus
 
@@ -675,6 +925,45 @@ class TestPrometheusUnreachable:
         assert argv[1] in capsys.readouterr().err
 
 
+class TestPrometheusAnswers:
+    """What Prometheus says besides the data reaches the user: its error, and its warnings."""
+
+    def test_error_without_data_is_shown(self, capsys: pytest.CaptureFixture[str]) -> None:
+        body = json.dumps({"status": "error", "errorType": "internal", "error": "boom"}).encode()
+        with http_server(200, body, "application/json") as url:
+            code, out, err = diagnose_cmd(capsys, "--prometheus", url)
+        assert (code, out) == (2, "")
+        assert err == f"node-ping diagnose: Prometheus at {url} answered the query with an error: boom\n"
+
+    def test_warnings_go_to_stderr_and_json(self, capsys: pytest.CaptureFixture[str]) -> None:
+        """A partial response (Thanos with a store down) must not pass for the whole matrix."""
+        warning = "partial response: store 10.0.0.9:10901 unavailable"
+        body = json.loads(HEALTHY_PAIR)
+        body["warnings"] = [warning]
+        with http_server(200, json.dumps(body).encode(), "application/json") as url:
+            code, out, err = diagnose_cmd(capsys, "--prometheus", url)
+            assert (code, err) == (0, "node-ping diagnose: warning from Prometheus, the data may be incomplete: "
+                                      f"{warning}\n")
+            assert "* [healthy]" in out
+            code, out, err = diagnose_cmd(capsys, "--prometheus", url, "--output", "json")
+        assert (code, err.count(warning)) == (0, 1)
+        assert json.loads(out)["warnings"] == [warning]
+
+    def test_no_warnings_in_json_is_an_empty_list(self, capsys: pytest.CaptureFixture[str]) -> None:
+        with http_server(200, HEALTHY_PAIR, "application/json") as url:
+            code, out, err = diagnose_cmd(capsys, "--prometheus", url, "--output", "json")
+        assert (code, err, json.loads(out)["warnings"]) == (0, "", [])
+
+    @pytest.mark.parametrize("suffix", ["/?x=1", "#frag", "/prometheus?token=t0k", "?"])
+    def test_query_string_or_fragment_in_the_url(self, capsys: pytest.CaptureFixture[str], suffix: str) -> None:
+        with serving(lambda _headers: Answer(200, HEALTHY_PAIR)) as (url, seen):
+            code, out, err = diagnose_cmd(capsys, "--prometheus", url + suffix)
+        assert (code, out, seen) == (2, "", [])
+        assert err == ("node-ping diagnose: --prometheus has a query string or fragment (? or #): give the base URL "
+                       "alone, e.g. http://prometheus:9090 (a path prefix such as /prometheus is fine); send tokens "
+                       "with --header or --bearer-token-file\n")
+
+
 class TestTimeAndTimeoutFlags:
     """Values pasted by mistake are refused with the fix, exit 2, before Prometheus is asked anything."""
 
@@ -686,7 +975,9 @@ class TestTimeAndTimeoutFlags:
         ("--time", "0001-01-01T00:00:00Z", "'0001-01-01T00:00:00Z' is not a time between 2000 and 2100"),
         ("--timeout", "inf", "argument --timeout: 'inf' is not a finite number"),
         ("--timeout", "1e10", "argument --timeout: '1e10' must be at most 3600"),
-    ], ids=["milliseconds", "milliseconds with a fraction", "nan", "year 1", "infinite timeout", "huge timeout"])
+        ("--loss-threshold", "150", "argument --loss-threshold: '150' must be at most 100\n"),
+    ], ids=["milliseconds", "milliseconds with a fraction", "nan", "year 1", "infinite timeout", "huge timeout",
+            "loss above 100%"])
     def test_refused(self, capsys: pytest.CaptureFixture[str], flag: str, value: str, message: str) -> None:
         with serving(lambda _headers: Answer(200, NO_DATA)) as (url, seen):
             code, out, err = diagnose_cmd(capsys, "--prometheus", url, flag, value)
@@ -737,7 +1028,7 @@ class TestAuthentication:
                                           "--bearer-token-file", str(token_file))
         assert (code, err) == (0, "")
         assert "* [healthy] healthy: 2 nodes (2 pairs)" in out
-        assert len(seen) == 6
+        assert len(seen) == 10  # six queries for the matrix, four for the nodes' freshness
         assert SECRET not in out
 
     def test_user_and_password_in_the_url_are_basic_auth_and_never_shown(
