@@ -48,11 +48,12 @@ COUNT, PERIOD_MS = 5, 200
 """Pings per target per cycle and their spacing: 1 s cycles, as fast as node-exporter is scraped."""
 
 WINDOW = "20s"
-"""Replaces the rules' `[5m]` and `[10m]`: twenty 1 s cycles, 100 pings per pair, enough to tell
-30 % loss from the 5 % threshold beyond doubt."""
+"""Replaces the rules' `[5m]`, `[10m]` and `[1h]`: twenty 1 s cycles, 100 pings per pair, enough to
+tell 30 % loss from the 5 % threshold beyond doubt."""
 
-FOR = "5s"
-"""Replaces the rules' `for: 5m` and `for: 10m`: five rule evaluations."""
+FOR_S = 5
+"""Replaces the rules' `for: 5m` (five rule evaluations); longer ones keep their ratio to it, so
+an alert that waits longer than another still does: `for: 15m` becomes 15 s."""
 
 SCRAPE_INTERVAL = "1s"
 
@@ -72,9 +73,14 @@ def available() -> str | None:
 
 
 def short_rules(text: str) -> str:
-    """The rules file with its minute-long range windows and `for:` durations shortened, thresholds kept."""
-    shortened, windows = re.subn(r"\[\d+m\]", f"[{WINDOW}]", text)
-    shortened, fors = re.subn(r"(?m)^([ \t]*for:[ \t]*)\d+m[ \t]*$", rf"\g<1>{FOR}", shortened)
+    """The rules file with its minute- and hour-long range windows and `for:` durations shortened,
+    thresholds kept."""
+    shortened, windows = re.subn(r"\[\d+[mh]\]", f"[{WINDOW}]", text)
+
+    def scaled(match: re.Match[str]) -> str:
+        return f"{match.group(1)}{FOR_S * int(match.group(2)) // 5}s"
+
+    shortened, fors = re.subn(r"(?m)^([ \t]*for:[ \t]*)(\d+)m[ \t]*$", scaled, shortened)
     if not windows or not fors or re.search(r"\[\d+[mh]\]|for:\s*\d+[mh]", shortened):
         raise ValueError(f"the rules changed shape: {windows} windows and {fors} `for:` shortened, "
                          "or a duration in minutes or hours is left; update short_rules()")

@@ -201,6 +201,11 @@ TUNINGS = [
            {"threshold": 0.025, "minNodes": 4, "nodeShare": 0.3, "range": "2m", "for": "3m", "severity": "warning"},
            [("[5m]", "[2m]"), (") > 0.05", ") > 0.025"), (">= 2", ">= 4"), ("\n> 0.5\n", "\n> 0.3\n")],
            [("more than 5%", "more than 2.5%")]),
+    # The window also bounds how long after NodePingNodeUnreachable fired the alert stays silent.
+    Tuning("nodeIntermittentLoss",
+           {"threshold": 0.02, "minNodes": 3, "nodeShare": 0.6, "range": "2h", "for": "30m", "severity": "critical"},
+           [("[1h]", "[2h]"), (") > 0.01", ") > 0.02"), (">= 2", ">= 3"), ("\n> 0.5\n", "\n> 0.6\n")],
+           [("more than 1%", "more than 2%"), ("over the last 1 hour", "over the last 2 hours")]),
     Tuning("packetLoss", {"threshold": 0.02, "range": "1h", "for": "15m", "severity": "critical"},
            [("[5m]", "[1h]"), (") > 0.05", ") > 0.02")],
            [("over the last 5 minutes", "over the last 1 hour")]),
@@ -294,6 +299,9 @@ class TestDisabling:
     @pytest.mark.parametrize(("key", "silenced", "line"), [
         ("nodeUnreachable", "NodePingPacketLoss",
          'unless on (destination_node) ALERTS{alertname="NodePingNodeUnreachable"}\n'),
+        ("nodeUnreachable", "NodePingNodeIntermittentLoss",
+         'unless on (destination_node) max_over_time(ALERTS{alertname="NodePingNodeUnreachable", '
+         'alertstate="firing"}[1h])\n'),
         ("nodeCannotReachPeers", "NodePingPacketLoss",
          'unless on (source_node) ALERTS{alertname="NodePingNodeCannotReachPeers"}\n'),
         ("externalTargetDown", "NodePingExternalTargetUnreachable",
@@ -390,7 +398,7 @@ class TestPrometheusRuleStructure:
 
     def test_silencing_alerts_come_first_in_the_same_group(self, chart: helm.Chart) -> None:
         """A rule sees another rule's ALERTS in the same evaluation only if that rule is earlier in the group."""
-        assert assert_silencers_come_first(rule_groups(render(chart, MONITORING_SCENARIO))) == 4
+        assert assert_silencers_come_first(rule_groups(render(chart, MONITORING_SCENARIO))) == 5
 
 
 class TestValuesSchema:
@@ -405,6 +413,8 @@ class TestValuesSchema:
         ({"alerts": {"packetLoss": {"treshold": 0.1}}}, "treshold"),
         ({"alerts": {"packetloss": {"threshold": 0.1}}}, "packetloss"),
         ({"alerts": {"nodeUnreachable": {"minNodes": 0}}}, "/prometheusRule/alerts/nodeUnreachable/minNodes"),
+        ({"alerts": {"nodeIntermittentLoss": {"range": "1 hour"}}},
+         "/prometheusRule/alerts/nodeIntermittentLoss/range"),
         ({"alerts": {"textfileStale": {"range": "5m"}}}, "range"),  # the textfile alert has no window
         ({"additionalRuleLabels": {"team-name": "network"}}, "team-name"),  # not a Prometheus label name
         ({"additionalRuleLabels": {"tier": 1}}, "/prometheusRule/additionalRuleLabels/tier"),

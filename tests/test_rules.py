@@ -53,15 +53,31 @@ class TestPromtool:
         assert "SUCCESS" in result.stdout
 
     def test_unit_tests_catch_a_missing_silence(self, tmp_path: Path) -> None:
-        """Without the `unless ... ALERTS` lines, a cut-off node raises pair alerts and a test fails."""
+        """Without the `unless ... ALERTS` lines, a cut-off node raises pair alerts and
+        NodePingNodeIntermittentLoss as well, and tests fail."""
         shutil.copy(RULES_TEST_FILE, tmp_path)
         text = RULES_FILE.read_text(encoding="utf-8")
-        unsilenced = re.sub(r"^\s*unless on \(\w+\) ALERTS\{.*\}\n", "", text, flags=re.MULTILINE)
+        unsilenced = re.sub(r"^\s*unless on \(\w+\) .*ALERTS\{.*\n", "", text, flags=re.MULTILINE)
         assert unsilenced != text
         (tmp_path / RULES_FILE.name).write_text(unsilenced, encoding="utf-8")
         result = run_promtool("test", "rules", RULES_TEST_FILE.name, cwd=tmp_path)
         assert result.returncode != 0
         assert "alertname: NodePingPacketLoss" in result.stdout + result.stderr
+        assert "alertname: NodePingNodeIntermittentLoss" in result.stdout + result.stderr
+
+    def test_unit_tests_catch_a_silence_that_counts_pending(self, tmp_path: Path) -> None:
+        """NodePingNodeIntermittentLoss is silenced by a NodePingNodeUnreachable that fired, not one
+        that is pending: a node that flickers keeps the latter pending for minutes in every ten,
+        which would reset the former's `for` each time, and the flicker test fails."""
+        shutil.copy(RULES_TEST_FILE, tmp_path)
+        text = RULES_FILE.read_text(encoding="utf-8")
+        pending_too = text.replace('alertname="NodePingNodeUnreachable", alertstate="firing"',
+                                   'alertname="NodePingNodeUnreachable"')
+        assert pending_too != text
+        (tmp_path / RULES_FILE.name).write_text(pending_too, encoding="utf-8")
+        result = run_promtool("test", "rules", RULES_TEST_FILE.name, cwd=tmp_path)
+        assert result.returncode != 0
+        assert "alertname: NodePingNodeIntermittentLoss, time: 1h," in result.stdout + result.stderr
 
 
 class TestAlertConventions:
@@ -76,6 +92,7 @@ class TestAlertConventions:
     def test_there_are_alerts_for_every_failure_the_project_watches(self) -> None:
         assert set(alert_rules()) >= {
             "NodePingPacketLoss", "NodePingNodeUnreachable", "NodePingNodeCannotReachPeers",
+            "NodePingNodeIntermittentLoss",
             "NodePingHighLatency", "NodePingExternalTargetUnreachable", "NodePingTextfileStale",
             "NodePingNoRecentSuccess", "NodePingErrors",
         }
