@@ -6,6 +6,7 @@ arguments and 4 a system call failure are errors, and so is death by a signal.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import logging
 import os
@@ -15,6 +16,8 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+from node_ping import icmp_lock
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +67,7 @@ class FpingResult:
     report: str  # what fping wrote to stderr
     returncode: int
     cpu_seconds: float  # user + system time of fping itself
+    waited_s: float = 0.0  # for another node-ping's fping in this network namespace (icmp_lock)
 
 
 def packet_gap_ms(target_count: int, period_ms: float) -> float:
@@ -158,10 +162,21 @@ def run(argv: list[str], timeout_s: float, stop: threading.Event, poll_s: float 
 
 
 def run_all(argvs: list[list[str]], timeout_s: float, stop: threading.Event, poll_s: float = 0.1) -> FpingResult:
-    """Run several fping processes side by side (each over its own targets) and join their reports.
+    """Run several fping processes side by side (each over its own targets) and join their reports,
+    once no other node-ping's fping runs in this network namespace (see icmp_lock).
 
-    Each process has its own ICMP identifier, so they never take each other's replies.
+    Processes of one pid namespace have their own pids, so their ICMP identifiers never collide.
     """
+    try:
+        with icmp_lock.exclusive_icmp(stop, timeout_s) as waited_s:
+            return dataclasses.replace(_run_all(argvs, timeout_s, stop, poll_s), waited_s=waited_s)
+    except icmp_lock.Busy as err:
+        raise FpingTimeout(f"{err}; its replies and ours would mix, so we waited") from None
+    except icmp_lock.Stopped:
+        raise Interrupted("stopped while waiting for another node-ping's fping") from None
+
+
+def _run_all(argvs: list[list[str]], timeout_s: float, stop: threading.Event, poll_s: float) -> FpingResult:
     cpu_before = _children_cpu()
     processes: list[subprocess.Popen[str]] = []
     reports: list[str] = []

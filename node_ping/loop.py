@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from node_ping import fping
+from node_ping import fping, icmp_lock
 from node_ping.config import Settings
 from node_ping.metrics import Snapshot, TargetRow, render_chunks
 from node_ping.parse import complete_reports
@@ -230,6 +230,10 @@ class Prober:
             self._error("fping")
             self._problems.report("fping", f"fping failed: {err}; keeping the previous results")
             return {}, 0.0, False
+        self._problems.report("network namespace", None if result.waited_s < icmp_lock.POLL_S else
+                              "another node-ping runs in this network namespace (a second release, a surge "
+                              "during a rolling update): our fping waits for its fping, since the replies of "
+                              "both would mix; cycles take longer while both run")
         # Summarised line by line: 5,000 x 30 floats are never held at once.
         reports = {address: summarize(samples) for address, samples in complete_reports(result.report, s.count)}
         canary = reports.get(CANARY) if CANARY in addresses else reports.pop(CANARY, None)

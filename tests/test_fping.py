@@ -6,16 +6,18 @@ hang, death by a signal) are played by small shell scripts standing in for the f
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import stat
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from node_ping import fping
+from node_ping import fping, icmp_lock
 from node_ping.parse import parse_report
 
 
@@ -54,6 +56,17 @@ def stop_once_running(pidfile: Path, stop: threading.Event) -> threading.Thread:
     thread = threading.Thread(target=arm, daemon=True)
     thread.start()
     return thread
+
+
+@contextlib.contextmanager
+def held_lock() -> Iterator[Callable[[], None]]:
+    """Hold the network namespace's fping lock as another node-ping would; yields a release function."""
+    holder = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    holder.bind(icmp_lock.LOCK_ADDRESS)
+    try:
+        yield holder.close
+    finally:
+        holder.close()
 
 
 @pytest.fixture
@@ -181,6 +194,25 @@ class TestRun:
             fping.run_all(argvs, 30, stop)
         arming.join()
         assert not Path(f"/proc/{wait_for_pid(pidfile, 0)}").exists()
+
+    def test_waits_for_another_node_pings_fping(self) -> None:
+        """Another node-ping in this network namespace holds the lock: wait, then run."""
+        argv = fping.build_argv(["127.0.0.1"], count=1, period_ms=10)
+        with held_lock() as release:
+            threading.Timer(0.3, release).start()
+            result = fping.run(argv, timeout_s=10, stop=threading.Event())
+        assert result.waited_s >= 0.25
+        assert "127.0.0.1 :" in result.report
+
+    def test_gives_up_on_a_lock_held_past_the_limit(self) -> None:
+        with held_lock(), pytest.raises(fping.FpingTimeout, match="another node-ping in this network namespace"):
+            fping.run(["fping", "--", "127.0.0.1"], timeout_s=0.3, stop=threading.Event())
+
+    def test_stop_while_waiting_for_the_lock(self) -> None:
+        stop = threading.Event()
+        threading.Timer(0.2, stop.set).start()
+        with held_lock(), pytest.raises(fping.Interrupted):
+            fping.run(["fping", "--", "127.0.0.1"], timeout_s=30, stop=stop)
 
     def test_runs_with_c_locale(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         binary = fake_fping(tmp_path, 'echo "10.0.0.1 : $LC_ALL" >&2')

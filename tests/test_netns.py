@@ -145,3 +145,41 @@ class TestNodeExporter:
         mtimes = {labels["file"] for labels, _ in series["node_textfile_mtime_seconds"]}
         assert any(f.endswith("node-ping_a.prom") for f in mtimes)
         assert time.time() - series["node_ping_last_success_timestamp_seconds"][0][1] < 60
+
+
+@pytest.mark.netns
+class TestTwoInstancesOnOneNode:
+    """Two node-pings in one network namespace but separate pid namespaces, as two hostNetwork pods
+    on one node are: both fpings get the same pid, and so the same ICMP identifier."""
+
+    def test_each_counts_only_its_own_replies(self, lab_factory: Callable[[list[str]], netlab.Lab],
+                                              tmp_path: Path) -> None:
+        lab = lab_factory(["a", "b"])
+        a, b = lab.hosts
+        v4, _ = add_addresses(b, 10)
+        b.drop_incoming_icmp(50)
+        nodes = [{"name": f"b{i}", "ipAddress": address} for i, address in enumerate(v4)]
+        (tmp_path / "nodes.json").write_text(json.dumps(nodes))
+        count = 100
+        # `unshare --pid --fork`: node-ping is pid 1 and its fping pid 2 in each, as in a container.
+        argv = a.cmd("unshare", "--pid", "--fork", sys.executable, "-m", "node_ping", "once", "--node-name", "a",
+                     "--config", str(tmp_path / "nodes.json"), "--external-config", str(tmp_path / "none.json"),
+                     "--count", str(count), "--period-ms", "20")
+        processes = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                      cwd=Path(__file__).parents[1]) for _ in range(2)]
+        try:
+            outputs = [process.communicate(timeout=120) for process in processes]
+        finally:
+            for process in processes:
+                process.kill()
+                process.wait()
+        low, high = binomial_bounds(count * len(nodes), 0.5)
+        for (out, err), process in zip(outputs, processes, strict=True):
+            assert process.returncode == 0, err
+            series = families(out)
+            sent = sum(by_destination(series, "kube_node_ping_packets_sent_total").values())
+            received = sum(by_destination(series, "kube_node_ping_packets_received_total").values())
+            # Taking the other's replies as well, each would see about a quarter lost, not half.
+            assert sent == count * len(nodes) and low <= sent - received <= high, (sent, received, err)
+        # They ran at the same time, so one waited for the other's fping, and said so.
+        assert any("another node-ping runs in this network namespace" in err for _, err in outputs)
