@@ -147,11 +147,13 @@ def _probe(args: argparse.Namespace, settings: Settings) -> int:
     from node_ping.loop import Prober, run  # noqa: PLC0415
     from node_ping.metrics import SnapshotCollector, new_registry, render  # noqa: PLC0415
     from node_ping.serve import serve_metrics  # noqa: PLC0415
-    from node_ping.textfile import remove_stale  # noqa: PLC0415
+    from node_ping.textfile import output_path, remove_stale  # noqa: PLC0415
 
     log.info("node-ping %s starting: %s", __version__, settings)
     stop = stop_on_signals()
-    prober = Prober(settings)
+    own_file = output_path(settings.textfile_dir, settings.prefix, settings.node_name) \
+        if settings.textfile_dir is not None else None
+    prober = Prober(settings, last_success_ts=_previous_last_success(own_file))
     collector = SnapshotCollector(prober.snapshot)
     prober.on_snapshot = lambda snapshot: setattr(collector, "snapshot", snapshot)
 
@@ -166,7 +168,7 @@ def _probe(args: argparse.Namespace, settings: Settings) -> int:
         log.info("serving metrics on %s", where)
     if settings.textfile_dir is not None:
         try:
-            for path in remove_stale(settings.textfile_dir, settings.prefix):
+            for path in remove_stale(settings.textfile_dir, settings.prefix, keep=own_file):
                 log.info("removed stale file %s from an earlier run", path)
         except OSError as err:
             log.warning("cannot clean up %s: %s", settings.textfile_dir, err)
@@ -177,6 +179,18 @@ def _probe(args: argparse.Namespace, settings: Settings) -> int:
             return INTERRUPTED  # a cut-short cycle has nothing worth printing
         sys.stdout.write(render(prober.snapshot))
     return code
+
+
+def _previous_last_success(own_file: Path | None) -> float | None:
+    """The last success the previous instance on this node wrote, if its file is there."""
+    from node_ping.metrics import last_success_in  # noqa: PLC0415  (see _probe)
+
+    if own_file is None:
+        return None
+    try:
+        return last_success_in(own_file.read_text(encoding="utf-8", errors="replace"))
+    except OSError:
+        return None
 
 
 def _seconds(text: str) -> float:

@@ -138,7 +138,8 @@ STOPPED = Outcome(probed=False, published=False, lists_usable=True)
 class Prober:
     """Holds what outlives a cycle: cumulative counters, the last good target lists, error counts."""
 
-    def __init__(self, settings: Settings, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, settings: Settings, clock: Callable[[], float] = time.time,
+                 last_success_ts: float | None = None) -> None:
         self.settings = settings
         self._clock = clock
         self._problems = _Problems()
@@ -146,9 +147,12 @@ class Prober:
         self._external = _LastGood("external list", lambda: read_external(settings.external_config_path))
         self._node_totals: dict[NodeTarget, _Totals] = {}
         self._external_totals: dict[ExternalTarget, _Totals] = {}
-        # Starting the clock at start-up, not leaving the gauge out, lets "no success for 5 minutes"
-        # fire for a prober that has never succeeded (no NET_RAW, say) as for one that stopped.
-        self.snapshot = Snapshot(source_node=settings.node_name, last_success_ts=clock())
+        # The previous instance's last success (see metrics.last_success_in), else start-up: not
+        # leaving the gauge out lets "no success for 5 minutes" fire for a prober that has never
+        # succeeded (no NET_RAW, say) as for one that stopped.
+        now = clock()
+        self.snapshot = Snapshot(source_node=settings.node_name,
+                                 last_success_ts=min(last_success_ts, now) if last_success_ts else now)
         self.on_snapshot: Callable[[Snapshot], None] = lambda snapshot: None
 
     def _error(self, kind: str) -> None:

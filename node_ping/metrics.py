@@ -6,6 +6,8 @@ contract: dashboards use them, so they never change. Our own metrics use base un
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -177,3 +179,22 @@ def render_chunks(snapshot: Snapshot) -> Iterator[str]:
 def render(snapshot: Snapshot) -> str:
     """The exposition text of one snapshot (pure)."""
     return "".join(render_chunks(snapshot))
+
+
+_LAST_SUCCESS_LINE = re.compile(r"^node_ping_last_success_timestamp_seconds\{[^}]*\} (\S+)$", re.MULTILINE)
+
+
+def last_success_in(text: str) -> float | None:
+    """The last-success timestamp a previous textfile holds, if any (pure).
+
+    A restart must not reset "no cycle has succeeded since": a prober that never succeeds and is
+    restarted by its liveness probe would otherwise never look old enough to alert on.
+    """
+    match = _LAST_SUCCESS_LINE.search(text)
+    if match is None:
+        return None
+    try:
+        value = float(match.group(1))
+    except ValueError:
+        return None
+    return value if math.isfinite(value) and value > 0 else None

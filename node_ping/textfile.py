@@ -60,9 +60,10 @@ def temp_prefix(name: str) -> str:
     return f"{head}."
 
 
-def remove_stale(directory: Path, prefix: str, now: float | None = None) -> list[Path]:
-    """Remove our own leftovers from an earlier run: `<prefix>*.prom`, and `<prefix>*.tmp` temp files
-    older than STALE_TEMP_AGE_S (a younger one may be another instance's write in flight).
+def remove_stale(directory: Path, prefix: str, now: float | None = None, keep: Path | None = None) -> list[Path]:
+    """Remove our own leftovers from an earlier run: `<prefix>*.prom` but `keep` (this node's own
+    file, which the first cycle replaces: until then its series go on), and `<prefix>*.tmp` temp
+    files older than STALE_TEMP_AGE_S (a younger one may be another instance's write in flight).
 
     A node that was renamed, or a crash between write and rename, leaves files whose series would
     otherwise be scraped for ever. Files of other exporters are never touched.
@@ -73,6 +74,8 @@ def remove_stale(directory: Path, prefix: str, now: float | None = None) -> list
     removed: list[Path] = []
     for pattern, min_age in ((f"{prefix}*.prom", 0.0), (f"{prefix}*{TEMP_SUFFIX}", STALE_TEMP_AGE_S)):
         for path in directory.glob(pattern):
+            if path == keep:
+                continue
             try:
                 if not path.is_file() or path.is_symlink() or now - path.stat().st_mtime < min_age:
                     continue

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from node_ping.metrics import last_success_in
 from tests.test_metrics import families
 
 NODES = [{"name": "me", "ipAddress": "127.0.0.1"}, {"name": "peer", "ipAddress": "127.0.0.2"},
@@ -121,6 +122,17 @@ class TestRunCommand:
         assert finish(node_ping("run", "--cycles", "1", "--count", "1", "--period-ms", "100", env=setup))[0] == 0
         assert sorted(p.name for p in textfile.iterdir()) == ["README", "node-ping_me.prom", "smartmon.prom"]
 
+
+    def test_a_restart_keeps_the_last_success_of_the_instance_before(self, setup: dict[str, str]) -> None:
+        """A prober that never succeeds, restarted again and again by its liveness probe, must still
+        look as old as it is, or "no success for 5 minutes" could never fire."""
+        own = Path(setup["PROMETHEUS_TEXTFILE_DIR"]) / "node-ping_me.prom"
+        own.write_text('node_ping_last_success_timestamp_seconds{source_node="me"} 1.7e+09\n')
+        code, _, err = finish(node_ping("run", "--cycles", "1", "--count", "1", "--fping", "/bin/false", env=setup))
+        assert code == 1, err
+        assert 'node_ping_last_success_timestamp_seconds{source_node="me"} 1.7e+09' in own.read_text()
+        assert finish(node_ping("run", "--cycles", "1", "--count", "1", "--period-ms", "100", env=setup))[0] == 0
+        assert time.time() - (last_success_in(own.read_text()) or 0) < 60
 
     def test_listen_address_in_use_is_a_clear_error(self, setup: dict[str, str]) -> None:
         # The file of the instance that holds the port: one that cannot start leaves it alone.

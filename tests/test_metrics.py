@@ -5,9 +5,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from node_ping.metrics import Snapshot, TargetRow, render
+from node_ping.metrics import Snapshot, TargetRow, last_success_in, render
 from node_ping.stats import summarize
 
 GOLDEN = Path(__file__).parent / "fixtures" / "exposition"
@@ -71,3 +72,16 @@ class TestExposition:
         errors = {labels["kind"]: value for labels, value in series["node_ping_errors_total"]}
         assert errors == {"config": 1.0, "dns": 0.0, "fping": 2.0, "write": 0.0}
         assert series["kube_node_ping_exceptions_total"] == [({"source_node": "node-a"}, 2.0)]
+
+
+class TestLastSuccessIn:
+    """The previous file's last success, read at start-up so a restart does not reset it."""
+
+    def test_reads_what_render_wrote(self) -> None:
+        assert last_success_in(render(sample_snapshot())) == 1_700_000_000.0
+
+    @pytest.mark.parametrize("text", ["", "garbage\n",
+                                      'node_ping_last_success_timestamp_seconds{source_node="a"} NaN\n',
+                                      'node_ping_last_success_timestamp_seconds{source_node="a"} -1.0\n'])
+    def test_nothing_usable(self, text: str) -> None:
+        assert last_success_in(text) is None

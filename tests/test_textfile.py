@@ -58,6 +58,14 @@ class TestRemoveStale:
         assert sorted(p.name for p in removed) == sorted(ours)
         assert sorted(p.name for p in tmp_path.iterdir()) == sorted(theirs)
 
+    def test_keeps_this_nodes_own_file_for_the_first_cycle_to_replace(self, tmp_path: Path) -> None:
+        """Until the first cycle ends its series go on: a restart is no gap on the dashboard."""
+        own = output_path(tmp_path, "node-ping_", "n1")
+        for name in ("node-ping_n1.prom", "node-ping_renamed.prom"):
+            (tmp_path / name).write_text("x 1\n")
+        assert remove_stale(tmp_path, "node-ping_", keep=own) == [tmp_path / "node-ping_renamed.prom"]
+        assert own.exists()
+
     def test_a_fresh_temp_file_is_another_writers_and_stays(self, tmp_path: Path) -> None:
         """A second instance starting on the node (a surge during a rolling update) must not pull the
         temp file from under the first one's write."""
