@@ -22,6 +22,8 @@ class SettingsError(Exception):
 
 
 _PREFIX = re.compile(r"^[A-Za-z0-9_.-]+$")
+MAX_PREFIX = 200
+"""Leaves a temp file's name room for the whole prefix (so clean-up finds it) and a random token."""
 _NODE_NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9_.-]*[A-Za-z0-9])?$")
 
 
@@ -67,10 +69,16 @@ class Settings:
         if not _NODE_NAME.match(self.node_name) or len(self.node_name) > 253:
             raise SettingsError(f"node name {self.node_name!r} is not a valid Kubernetes node name "
                                 "(letters, digits, '-', '.', '_'; it becomes part of a file name)")
-        if len(f"{self.prefix}{self.node_name}.prom".encode()) > MAX_NAME_BYTES:
+        if self.textfile_dir is not None and len(f"{self.prefix}{self.node_name}.prom".encode()) > MAX_NAME_BYTES:
+            longest = MAX_NAME_BYTES - len(".prom") - len(self.node_name.encode())
+            fix = (f"use a --prefix of at most {longest} characters" if longest >= 1 else
+                   "serve the metrics with --listen-address instead of a textfile: no prefix is short enough")
             raise SettingsError(f"the textfile name {self.prefix}<node name>.prom would be longer than the "
                                 f"{MAX_NAME_BYTES} bytes file systems allow ({len(self.node_name)}-character node "
-                                "name): use a shorter --prefix")
+                                f"name): {fix}")
+        if len(self.prefix) > MAX_PREFIX:
+            raise SettingsError(f"--prefix / PROMETHEUS_TEXTFILE_PREFIX is {len(self.prefix)} characters long; at "
+                                f"most {MAX_PREFIX}")
         if not _PREFIX.match(self.prefix):
             raise SettingsError(f"--prefix / PROMETHEUS_TEXTFILE_PREFIX {self.prefix!r} must be non-empty and use "
                                 "only letters, digits, '_', '-' and '.': node-ping removes <prefix>*.prom at "

@@ -54,7 +54,8 @@ def write_atomic(path: Path, text: str | Iterable[str]) -> None:
 
 def temp_prefix(name: str) -> str:
     """The start of the temp files' names for output file `name`: the name itself while that
-    leaves room for the token within the usual 255-byte file name limit, else its first bytes."""
+    leaves room for the token within the usual 255-byte file name limit, else its first bytes
+    (config.MAX_PREFIX keeps the whole prefix in them, so start-up clean-up finds them)."""
     room = MAX_NAME_BYTES - TEMP_TOKEN_CHARS - len(TEMP_SUFFIX) - 1
     head = name.encode()[:room].decode(errors="ignore")
     return f"{head}."

@@ -91,6 +91,13 @@ class TestRunCommand:
         assert code == 0, err
         assert [p.name for p in Path(setup["PROMETHEUS_TEXTFILE_DIR"]).iterdir()] == ["np-peer.prom"]
 
+    def test_a_long_node_name_needs_no_short_prefix_without_a_textfile(self, setup: dict[str, str]) -> None:
+        """Valid Kubernetes node names go up to 253 characters; only a file name has a limit."""
+        code, out, err = finish(node_ping("once", "--node-name", "n" * 253, "--count", "1", "--period-ms", "100",
+                                          env=setup))
+        assert code == 0, err
+        assert f'source_node="{"n" * 253}"' in out
+
     def test_count_and_period_from_env(self, setup: dict[str, str]) -> None:
         env = {**setup, "NODE_PING_COUNT": "3", "NODE_PING_PERIOD_MS": "100"}
         assert finish(node_ping("run", "--cycles", "1", env=env))[0] == 0
@@ -102,7 +109,9 @@ class TestRunCommand:
         ("PROMETHEUS_TEXTFILE_DIR", [], "PROMETHEUS_TEXTFILE_DIR"),
         (None, ["--prefix", ""], "prefix"),
         (None, ["--count", "0"], "--count / NODE_PING_COUNT 0 must be"),
-        (None, ["--node-name", "n" * 250], "longer than the 255 bytes file systems allow"),
+        (None, ["--node-name", "n" * 241], "use a --prefix of at most 9 characters"),
+        (None, ["--node-name", "n" * 251], "serve the metrics with --listen-address instead"),
+        (None, ["--prefix", "p" * 201], "at most 200"),
         (None, ["--listen-address", "nonsense"], "listen address"),
     ])
     def test_bad_settings_exit_2_with_a_clear_message(self, setup: dict[str, str], drop: str | None,
