@@ -204,7 +204,8 @@ class Prober:
             cycles=prev.cycles + 1,
             targets={"node": len(nodes), "external": len(external)},
             cycle_duration_s=time.monotonic() - started if ok and addresses else prev.cycle_duration_s,
-            probe_duration_s=probe_s if ok and addresses else prev.probe_duration_s,
+            # Failed runs too: an fping that hung until it was killed is the latest of all.
+            probe_duration_s=probe_s if addresses else prev.probe_duration_s,
             cycle_nominal_s=s.nominal_cycle_s,
             last_success_ts=self._clock() if ok else prev.last_success_ts,
             fping_cpu_s=prev.fping_cpu_s + fping_cpu,

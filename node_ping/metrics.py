@@ -110,8 +110,10 @@ def _own(kind: type[CounterMetricFamily] | type[GaugeMetricFamily], name: str, h
 
 def _self_metrics(snap: Snapshot) -> Iterator[Metric]:
     src = snap.source_node
+    # A healthy fping run ends up to a period before count x period (the last round needs no
+    # full period): that is on time, not "early".
     lateness = (None if snap.probe_duration_s is None or snap.cycle_nominal_s is None
-                else snap.probe_duration_s - snap.cycle_nominal_s)
+                else max(0.0, snap.probe_duration_s - snap.cycle_nominal_s))
     yield _own(CounterMetricFamily, "kube_node_ping_exceptions", "Cycles that ended in an error.", src,
                {"": snap.exceptions})
     yield _own(CounterMetricFamily, "node_ping_errors", "Errors by kind: config, fping, write, dns.", src,

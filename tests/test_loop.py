@@ -206,6 +206,17 @@ class TestBadInput:
         assert series["node_ping_cycle_duration_seconds"][0][1] >= 0.5
         assert series["node_ping_cycle_lateness_seconds"][0][1] < 0.3
 
+    def test_an_fping_hung_until_killed_is_late(self, workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        """The worst starvation of all must show, not the last good cycle's lateness."""
+        hang = workdir / "fping-hangs"
+        hang.write_text("#!/bin/sh\nexec sleep 60\n")
+        hang.chmod(0o755)
+        # The real limit is 1.5 x nominal + 10 s; half a second keeps the test short.
+        monkeypatch.setattr(Settings, "fping_timeout_s", property(lambda _self: 0.5))
+        write_nodes(workdir / "nodes.json", ("a", "127.0.0.2"))
+        assert not Prober(settings(workdir, count=1, fping=str(hang))).cycle(threading.Event()).ok
+        assert prom(workdir)["node_ping_cycle_lateness_seconds"][0][1] >= 0.4
+
     def test_dns_failure_is_counted_and_other_targets_probed(self, workdir: Path,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
         # A resolver that fails stands in for a broken DNS server; no query leaves the machine.

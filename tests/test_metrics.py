@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -72,6 +73,11 @@ class TestExposition:
         errors = {labels["kind"]: value for labels, value in series["node_ping_errors_total"]}
         assert errors == {"config": 1.0, "dns": 0.0, "fping": 2.0, "write": 0.0}
         assert series["kube_node_ping_exceptions_total"] == [({"source_node": "node-a"}, 2.0)]
+
+    def test_a_run_shorter_than_nominal_is_on_time_not_early(self) -> None:
+        """fping's last round needs no full period: ending before count x period is on time."""
+        snapshot = dataclasses.replace(sample_snapshot(), probe_duration_s=2.0)
+        assert families(render(snapshot))["node_ping_cycle_lateness_seconds"] == [({"source_node": "node-a"}, 0.0)]
 
 
 class TestLastSuccessIn:
