@@ -135,10 +135,15 @@ def _health(args: argparse.Namespace) -> int:
     except OSError as err:
         print(f"unhealthy: cannot read {args.health_file}: {err.strerror or err}", file=sys.stderr)
         return 1
-    if age > args.max_age:
-        print(f"unhealthy: last successful cycle {age:.0f} s ago (limit {args.max_age:.0f} s)", file=sys.stderr)
+    if age < -args.max_age:
+        # The clock went back: every working cycle would have touched the file since.
+        print(f"unhealthy: {args.health_file} is dated {-age:.0f} s in the future (limit {args.max_age:g} s): "
+              "no cycle has succeeded since the clock was set back", file=sys.stderr)
         return 1
-    print(f"healthy: last successful cycle {age:.0f} s ago")
+    if age > args.max_age:
+        print(f"unhealthy: last successful cycle {age:.0f} s ago (limit {args.max_age:g} s)", file=sys.stderr)
+        return 1
+    print(f"healthy: last successful cycle {max(age, 0):.0f} s ago")
     return 0
 
 
@@ -177,7 +182,12 @@ def _probe(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "once":
         if stop.is_set():
             return INTERRUPTED  # a cut-short cycle has nothing worth printing
-        sys.stdout.write(render(prober.snapshot))
+        try:
+            sys.stdout.write(render(prober.snapshot))
+            sys.stdout.flush()
+        except OSError as err:
+            print(f"node-ping once: cannot write the metrics to stdout: {err.strerror or err}", file=sys.stderr)
+            return 1
     return code
 
 
@@ -200,7 +210,7 @@ def _seconds(text: str) -> float:
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
     if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be a positive number of seconds")
+        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number of seconds above 0")
     return value
 
 

@@ -161,6 +161,15 @@ class TestRunCommand:
 class TestSignals:
     """SIGTERM/SIGINT end the program within 2 s, with no temp file and no fping child left."""
 
+    def test_once_to_a_full_disk_says_so(self, setup: dict[str, str]) -> None:
+        with open("/dev/full", "w") as full:
+            result = subprocess.run([sys.executable, "-m", "node_ping", "once", "--count", "1", "--period-ms", "100"],
+                                    env=setup, stdout=full, stderr=subprocess.PIPE, text=True, timeout=60,
+                                    cwd=Path(__file__).parents[1], check=False)
+        assert result.returncode == 1
+        assert "cannot write the metrics to stdout: No space left on device" in result.stderr
+        assert "Traceback" not in result.stderr
+
     def test_once_interrupted_prints_nothing_and_says_so(self, setup: dict[str, str]) -> None:
         """Ctrl-C on `once`: no half-cycle of zeros on stdout for a script to take as data."""
         process = node_ping("once", "--count", "200", "--period-ms", "50", env=setup)
@@ -266,6 +275,17 @@ class TestHttpAndHealth:
     def test_health_before_first_cycle(self, tmp_path: Path) -> None:
         code, _, err = finish(node_ping("health", "--health-file", str(tmp_path / "none"), "--max-age", "9"))
         assert code == 1 and "no cycle has succeeded" in err
+
+    def test_a_health_file_from_the_future(self, tmp_path: Path) -> None:
+        """After the clock is set back a working prober touches the file again within a cycle; one
+        that stays dated in the future means no cycle has succeeded since."""
+        health = tmp_path / "health"
+        health.touch()
+        os.utime(health, (time.time() + 3600, time.time() + 3600))
+        code, _, err = finish(node_ping("health", "--health-file", str(health), "--max-age", "60"))
+        assert code == 1 and "in the future" in err
+        os.utime(health, (time.time() + 5, time.time() + 5))  # clocks a little apart: fine
+        assert finish(node_ping("health", "--health-file", str(health), "--max-age", "60"))[0] == 0
 
     @pytest.mark.parametrize("max_age", ["nan", "inf", "0", "-5", "soon"])
     def test_a_max_age_that_cannot_fail_is_refused(self, tmp_path: Path, max_age: str) -> None:
