@@ -1,9 +1,9 @@
 """`node-ping diagnose`: read the loss and latency matrix from Prometheus and name what is broken.
 
 The HTTP part is thin: instant queries at one evaluation time so they agree (six over the range
-for the matrix, four at its end for each source's freshness), with the headers the user gave
-(tokens, a Mimir tenant); credentials never appear in any output. Warnings in Prometheus's answers
-(a partial response from Thanos, say) go to stderr and into the JSON.
+for the matrix, six about each node's own metrics: five at its end, its errors over the range),
+with the headers the user gave (tokens, a Mimir tenant); credentials never appear in any output.
+Warnings in Prometheus's answers (a partial response from Thanos, say) go to stderr and into the JSON.
 The analysis is `node_ping.verdict.diagnose`, a pure function of the matrix; this module turns its
 verdicts into text for people (verdicts, then the matrices as evidence) or JSON for scripts.
 Exit codes: 0 healthy, 1 faults found, 2 bad flags, Prometheus unreachable, refusing, not
@@ -34,6 +34,8 @@ from typing import IO, Any
 from node_ping import __version__
 from node_ping.config import env
 from node_ping.verdict import (
+    NODE_SILENT,
+    NODE_STALE,
     Counts,
     Freshness,
     Matrix,
@@ -41,8 +43,10 @@ from node_ping.verdict import (
     Thresholds,
     Verdict,
     diagnose,
+    grace_s,
     natural_key,
     natural_pair_key,
+    probers,
     stale_sources,
 )
 
@@ -298,23 +302,51 @@ FRESHNESS_QUERIES = {
 }
 
 
-def _freshness(prometheus: Prometheus, at: float) -> dict[str, Freshness]:
-    """What Prometheus holds at `at` about each source's own series (see verdict.stale_sources)."""
+def cycling_query(seconds: int) -> str:
+    """Per source, 1 if its cycle counter moved in the last `seconds` or appeared within them (a
+    prober that runs), 0 if it stood still (a textfile left behind by a stopped one)."""
+    now = "max by (source_node) (node_ping_cycles_total)"
+    before = f"max by (source_node) (node_ping_cycles_total offset {seconds}s)"
+    return f"({now} != bool {before}) or clamp_max(count by (source_node) (node_ping_cycles_total), 1)"
+
+
+def errors_query(window: str) -> str:
+    """Per source and kind, how much node_ping_errors_total rose over the window, where it did."""
+    return f"sum by (source_node, kind) (increase(node_ping_errors_total[{window}])) > 0"
+
+
+def _freshness(prometheus: Prometheus, window: str, at: float) -> dict[str, Freshness]:
+    """What Prometheus holds at `at` about each source's own series (see verdict.stale_sources and
+    verdict.probers), and which errors each reported over the window."""
     values: dict[str, dict[str, float]] = {}
     for name, promql in FRESHNESS_QUERIES.items():
         values[name] = {labels["source_node"]: value for labels, value in prometheus.query(promql, at)
                         if labels.get("source_node")}
-    nodes = {node for by_node in values.values() for node in by_node}
+    # One window for every node, the grace of the longest nominal cycle: the DaemonSet gives every
+    # node the same, so it is each node's own grace.
+    longest = math.ceil(grace_s(max(values["nominal"].values(), default=None)))
+    values["cycling"] = {labels["source_node"]: value for labels, value in prometheus.query(cycling_query(longest), at)
+                         if labels.get("source_node")}
+    errors: dict[str, dict[str, float]] = {}
+    for labels, value in prometheus.query(errors_query(window), at):
+        if labels.get("source_node") and labels.get("kind"):
+            errors.setdefault(labels["source_node"], {})[labels["kind"]] = value
+    nodes = {node for by_node in values.values() for node in by_node} | set(errors)
     return {node: Freshness(node in values["series"], values["last_success"].get(node),
-                            values["scraped_at"].get(node), values["nominal"].get(node)) for node in nodes}
+                            values["scraped_at"].get(node), values["nominal"].get(node),
+                            None if node not in values["cycling"] else values["cycling"][node] > 0,
+                            errors.get(node, {}))
+            for node in nodes}
 
 
 def fetch_matrix(prometheus: Prometheus, window: str, at: float) -> Matrix:
-    """The matrix over the window up to `at`, with the sources whose data stopped before `at`."""
+    """The matrix over the window up to `at`, with the sources whose data stopped before `at` and
+    what each node's own metrics say about its prober."""
     matrix = Matrix(_family(prometheus, NODE_PREFIX, NODE_LABELS, window, at),
                     _family(prometheus, EXTERNAL_PREFIX, EXTERNAL_LABELS, window, at))
-    stale = stale_sources(matrix.sources(), _freshness(prometheus, at), at)
-    return Matrix(matrix.nodes, matrix.external, stale)
+    freshness = _freshness(prometheus, window, at)
+    return Matrix(matrix.nodes, matrix.external, stale_sources(matrix.sources(), freshness, at),
+                  probers(freshness, at))
 
 
 def check_data(matrix: Matrix, prometheus: Prometheus, window: str, at: float) -> None:
@@ -522,6 +554,20 @@ def _naturally(cells: Mapping[Pair, Counts]) -> list[tuple[Pair, Counts]]:
     return sorted(cells.items(), key=lambda item: natural_pair_key(item[0]))
 
 
+def _probers_json(report: Report) -> dict[str, dict[str, Any]]:
+    """What the own metrics of each node named as stale or silent say about its prober."""
+    named = {node for verdict in report.verdicts if verdict.kind in (NODE_STALE, NODE_SILENT)
+             for node in verdict.nodes}
+    document = {}
+    for node in sorted(named, key=natural_key):
+        prober = report.matrix.prober(node)
+        since = prober.since_success_s
+        document[node] = {"state": prober.state,
+                          "last_success_seconds_before_end": None if since is None else round(since, 3),
+                          "errors": {kind: round(count, 3) for kind, count in sorted(prober.errors.items())}}
+    return document
+
+
 def render_json(report: Report) -> str:
     """The verdicts with their evidence numbers, and the whole matrix, for scripts."""
     matrix, thresholds = report.matrix, report.thresholds
@@ -543,6 +589,7 @@ def render_json(report: Report) -> str:
         # Left out of "matrix" and "external": their numbers are from before their data stopped.
         "stale_nodes": {node: None if ago is None else round(ago, 3)
                         for node, ago in sorted(matrix.stale.items(), key=lambda item: natural_key(item[0]))},
+        "probers": _probers_json(report),
         "matrix": [_cell_json(s, d, c, "destination") for (s, d), c in _naturally(matrix.measured_nodes())],
         "external": [_cell_json(s, t, c, "target") for (s, t), c in _naturally(matrix.measured_external())],
         "warnings": list(report.warnings),

@@ -7,7 +7,8 @@ cannot receive, a bad source row one that cannot send, both an isolated node; ba
 node explains are link faults; when most pairs are bad and no small set of nodes explains them,
 the fault is cluster-wide. Latency gets the same treatment, external targets a simpler one.
 A node whose own data stopped before the end of the range (`stale_sources`) is named as stale, and
-its row is left out: its numbers describe the past, not the network now.
+its row is left out: its numbers describe the past, not the network now. What its own metrics say
+(`probers`: gone, stopped, failing or running) decides what a stale or silent node's verdict advises.
 """
 
 from __future__ import annotations
@@ -37,6 +38,13 @@ NODE_STALE = "node-stale"
 
 KINDS = (HEALTHY, NODE_ISOLATED, NODE_RECEIVE, NODE_SEND, LINK, CLUSTER, LATENCY_NODE, LATENCY_LINK,
          LATENCY_CLUSTER, EXTERNAL_NODE, EXTERNAL_TARGET, EXTERNAL_CLUSTER, NODE_SILENT, NODE_STALE)
+
+# What a node's own metrics (not its pair series) say about its prober at the end of the range.
+PROBER_GONE = "gone"  # none scraped: the node, its node-ping pod or its node-exporter down, or not scraped
+PROBER_STOPPED = "stopped"  # still served but standing still: a stopped prober's textfile
+PROBER_FAILING = "failing"  # it cycles and is scraped, but no cycle has succeeded within the grace
+PROBER_RUNNING = "running"  # it cycles and succeeds (or has just started)
+PROBER_STATES = (PROBER_GONE, PROBER_STOPPED, PROBER_FAILING, PROBER_RUNNING)
 
 # A node verdict needs at least this many bad cells in its row or column: with one peer left, a
 # node fault and a link fault look the same, and the link is the smaller claim.
@@ -94,13 +102,19 @@ class Counts:
 
 @dataclass(frozen=True)
 class Matrix:
-    """What Prometheus knows about the range: node pairs and (node, external target) pairs, and the
+    """What Prometheus knows about the range: node pairs and (node, external target) pairs, the
     source nodes whose data stopped before its end (`stale`: node -> how many seconds before the end
-    its last successful cycle ended, None when unknown)."""
+    its last successful cycle ended, None when unknown), and what each node's own metrics say about
+    its prober (`probers`; a node missing there is PROBER_GONE)."""
 
     nodes: Mapping[Pair, Counts]
     external: Mapping[Pair, Counts] = field(default_factory=dict)
     stale: Mapping[str, float | None] = field(default_factory=dict)
+    probers: Mapping[str, Prober] = field(default_factory=dict)
+
+    def prober(self, node: str) -> Prober:
+        """What `node`'s own metrics say about its prober; gone when Prometheus has none."""
+        return self.probers.get(node) or Prober(PROBER_GONE)
 
     def node_names(self) -> list[str]:
         """Nodes in a pair that sent pings in the range, stale sources included (verdicts name them).
@@ -139,6 +153,70 @@ class Freshness:
     last_success: float | None = None  # node_ping_last_success_timestamp_seconds, unix time
     scraped_at: float | None = None  # when Prometheus scraped that value
     nominal_s: float | None = None  # node_ping_cycle_nominal_seconds: absent until a first cycle ends
+    # Whether node_ping_cycles_total moved within the grace before the end (or appeared within it): a
+    # prober that runs, not a textfile left behind. None: no such counter at the end of the range.
+    cycling: bool | None = None
+    # node_ping_errors_total by kind: how much each kind rose over the range (only those that did).
+    errors: Mapping[str, float] = field(default_factory=dict)
+
+    @property
+    def scraped(self) -> bool:
+        """Its own metrics, not just its pair series, are still scraped at the end of the range."""
+        return self.scraped_at is not None or self.cycling is not None
+
+
+@dataclass(frozen=True)
+class Prober:
+    """What one node's own metrics say about its prober at the end of the range.
+
+    `state` is one of PROBER_STATES; `since_success_s` how long before the end of the range its last
+    successful cycle ended (its start-up, until one has), None when not scraped; `errors` the error
+    kinds that rose over the range, and by how much.
+    """
+
+    state: str
+    since_success_s: float | None = None
+    errors: Mapping[str, float] = field(default_factory=dict)
+
+
+def grace_s(nominal_s: float | None) -> float:
+    """How old a scraped last success may be before its prober counts as stopped or failing.
+
+    A working prober's metrics hold a success at most one (perhaps late) cycle old whenever they are
+    read, whatever the scrape interval, which is why the scrape time and not the end of the range is
+    compared. _STALE_CYCLES nominal cycles leave room for a failed or late cycle or two; _STALE_FLOOR_S
+    for very short cycles, where start-up and DNS dominate, and for some clock skew between node and
+    Prometheus.
+    """
+    return max(_STALE_CYCLES * (nominal_s or 0.0), _STALE_FLOOR_S)
+
+
+def fallback_nominal_s(freshness: Mapping[str, Freshness]) -> float:
+    """The nominal cycle for a prober that has none yet (none until its first cycle ends): the
+    DaemonSet gives every node the same."""
+    return max((f.nominal_s for f in freshness.values() if f.nominal_s), default=0.0)
+
+
+def probers(freshness: Mapping[str, Freshness], at: float) -> dict[str, Prober]:
+    """Each node's prober as its own metrics show it at `at` (see PROBER_STATES).
+
+    Its last success (its start-up time until a first one) older than `grace_s` at its last scrape
+    means it is failing if its cycle counter still moves, and stopped if not (or if it has no counter
+    to tell, as exporters older than it).
+    """
+    fallback = fallback_nominal_s(freshness)
+    states: dict[str, Prober] = {}
+    for node, seen in freshness.items():
+        errors = dict(seen.errors)
+        if not seen.scraped:
+            states[node] = Prober(PROBER_GONE, errors=errors)
+            continue
+        since = None if seen.last_success is None else max(0.0, at - seen.last_success)
+        late = (seen.last_success is not None and seen.scraped_at is not None
+                and seen.scraped_at - seen.last_success > grace_s(seen.nominal_s or fallback))
+        state = PROBER_RUNNING if not late else PROBER_FAILING if seen.cycling else PROBER_STOPPED
+        states[node] = Prober(state, since, errors)
+    return states
 
 
 def stale_sources(sources: Iterable[str], freshness: Mapping[str, Freshness], at: float) -> dict[str, float | None]:
@@ -147,27 +225,22 @@ def stale_sources(sources: Iterable[str], freshness: Mapping[str, Freshness], at
 
     When a prober stops, node-exporter keeps serving its last textfile: the samples stay fresh but
     the counters go flat, so "did the counters grow in the range" cannot tell. Two signs can:
-    - its pair series are gone at `at` (node-exporter or the node itself down: Prometheus marks the
-      series stale at the first failed scrape);
-    - the last success it reported was already old when Prometheus scraped it. A working prober's
-      textfile holds a success at most one (perhaps late) cycle old whenever it is read, whatever
-      the scrape interval, which is why the scrape time and not `at` is compared. _STALE_CYCLES
-      nominal cycles leave room for a failed or late cycle or two; _STALE_FLOOR_S for very short
-      cycles, where start-up and DNS dominate, and for some clock skew between node and Prometheus.
+    - its pair series and its own metrics are both gone at `at` (node-exporter or the node itself
+      down: Prometheus marks the series stale at the first failed scrape). Pair series gone while
+      its own metrics are scraped, with a recent success (or start-up), is a prober that is starting
+      (in HTTP mode they appear with its first cycle) or has nothing to probe: not stale;
+    - the last success it reported was already old when Prometheus scraped it (`probers`: stopped
+      or failing), whether its pair series are there or not.
     A source without the gauge (an exporter older than it) is taken as fresh while its series last.
     """
-    nominals = [f.nominal_s for f in freshness.values() if f.nominal_s]
-    # Until its first cycle ends a prober has no nominal; the DaemonSet gives every node the same.
-    fallback = max(nominals, default=0.0)
+    states = probers(freshness, at)
     stale: dict[str, float | None] = {}
     for source in sources:
-        seen = freshness.get(source)
-        if seen is None or not seen.series:
+        seen, prober = freshness.get(source), states.get(source)
+        if prober is not None and prober.state in (PROBER_STOPPED, PROBER_FAILING):
+            stale[source] = prober.since_success_s
+        elif seen is None or (not seen.series and not seen.scraped):
             stale[source] = None
-        elif seen.last_success is not None and seen.scraped_at is not None:
-            grace = max(_STALE_CYCLES * (seen.nominal_s or fallback), _STALE_FLOOR_S)
-            if seen.scraped_at - seen.last_success > grace:
-                stale[source] = max(0.0, at - seen.last_success)
     return stale
 
 
@@ -307,6 +380,20 @@ def _ago(seconds: float) -> str:
     return f"{secs}s"
 
 
+def _errors_hint(node: str, prober: Prober) -> str:
+    """Where to look for why a prober fails: its error counters, with the kinds that rose, and its log."""
+    rose = ", ".join(f"{kind} +{round(count)}" for kind, count in sorted(prober.errors.items()) if round(count) > 0)
+    counters = f'node_ping_errors_total{{source_node="{node}"}}'
+    return f"{counters} ({rose} in the range) and its log" if rose else f"{counters} and its log"
+
+
+def _since_summary(prober: Prober) -> dict[str, float]:
+    """stopped_seconds_before_end for a prober whose last success is too old, as for stale nodes."""
+    if prober.state in (PROBER_STOPPED, PROBER_FAILING) and prober.since_success_s is not None:
+        return {"stopped_seconds_before_end": round(prober.since_success_s, 3)}
+    return {}
+
+
 def _loss_span(ratios: Sequence[float]) -> str:
     return _span([r * 100 for r in ratios], ".1f", "%")
 
@@ -331,6 +418,7 @@ class _Analysis:
     def __init__(self, matrix: Matrix, thresholds: Thresholds) -> None:
         self.thresholds = thresholds
         self.stale = matrix.stale
+        self.prober = matrix.prober
         self.cells = matrix.measured_nodes()
         self.nodes = matrix.node_names()
         self.external = matrix.measured_external()
@@ -506,31 +594,48 @@ class _Analysis:
         return verdicts
 
     def silent(self) -> list[Verdict]:
-        """Nodes others ping that report nothing themselves: their own exporter is not running."""
+        """Nodes others ping that report no ping data themselves; what their own metrics say decides
+        whether their exporter is not there at all, or there but not producing data."""
         sources = {s for s, _ in self.cells} | {s for s, _ in self.external}
         destinations = {d for _, d in self.cells}
-        return [
-            Verdict(NODE_SILENT, (node,),
-                    f"node {node} reports no node-ping data of its own (other nodes ping it): "
-                    "check that its node-ping pod runs and that Prometheus scrapes its node-exporter")
-            for node in sorted(destinations - sources - set(self.stale), key=natural_key)
-        ]
+        verdicts = []
+        for node in sorted(destinations - sources - set(self.stale), key=natural_key):
+            prober = self.prober(node)
+            runs = f"node {node}'s prober runs and is scraped but has produced no ping data (other nodes ping it)"
+            if prober.state == PROBER_FAILING:
+                message = (f"{runs}: none of its cycles succeeded in the {_ago(prober.since_success_s or 0.0)} "
+                           f"before the end of the range; see {_errors_hint(node, prober)}")
+            elif prober.state == PROBER_RUNNING:
+                message = f"{runs}: it is starting, or has nothing to probe; see {_errors_hint(node, prober)}"
+            elif prober.state == PROBER_STOPPED:
+                message = (f"node {node} reports no ping data of its own (other nodes ping it), and its node-ping "
+                           f"metrics stopped changing {_ago(prober.since_success_s or 0.0)} before the end of "
+                           "the range (its last successful cycle or its start-up): check its node-ping pod and "
+                           "its logs")
+            else:
+                message = (f"node {node} reports no node-ping data at all (other nodes ping it): check that its "
+                           "node-ping pod runs and that Prometheus scrapes its node-exporter")
+            verdicts.append(Verdict(NODE_SILENT, (node,), message, summary=_since_summary(prober)))
+        return verdicts
 
     def stale_nodes(self) -> list[Verdict]:
         """Nodes whose own data stopped before the end of the range; their rows were left out."""
         verdicts = []
         for node in sorted(self.stale, key=natural_key):
-            ago = self.stale[node]
+            ago, prober = self.stale[node], self.prober(node)
             if ago is None:
                 message = (f"node {node} stopped reporting before the end of the range: its node-ping series end "
                            "early (the node, its node-ping pod or its node-exporter is down, or no longer "
                            "scraped); its row is left out")
-                summary: dict[str, float] = {}
+            elif prober.state == PROBER_FAILING:
+                message = (f"node {node}'s prober runs and is scraped, but none of its cycles succeeded in the "
+                           f"{_ago(ago)} before the end of the range: see {_errors_hint(node, prober)}; its row "
+                           "is left out")
             else:
                 message = (f"node {node} stopped reporting {_ago(ago)} before the end of the range (its last "
                            "successful node-ping cycle), while its old numbers are still scraped: check its "
                            "node-ping pod and its logs; its row is left out")
-                summary = {"stopped_seconds_before_end": round(ago, 3)}
+            summary = {} if ago is None else {"stopped_seconds_before_end": round(ago, 3)}
             verdicts.append(Verdict(NODE_STALE, (node,), message, summary=summary))
         return verdicts
 

@@ -2,9 +2,10 @@
 
 `openmetrics()` writes the counters a mesh of exporters would have produced over the last half
 hour (one sample per 15 s scrape, 30 pings per target per scrape), with chosen loss and RTT per
-pair, and each exporter's last-success and nominal-cycle gauges; a prober can stop (counters flat,
-textfile still served) or vanish (no samples) some time before the end. `backfill()` turns that
-into TSDB blocks with `promtool tsdb create-blocks-from openmetrics`;
+pair, and each exporter's own metrics (last success, nominal cycle, cycles and errors); a prober
+can stop (counters flat, textfile still served), vanish (no samples), fail every cycle (its cycle
+and error counters go on) or restart without its pair series some time before the end.
+`backfill()` turns that into TSDB blocks with `promtool tsdb create-blocks-from openmetrics`;
 `running_prometheus()` starts `prometheus` on a free loopback port over that directory and stops it
 afterwards. The last one takes any config, so end-to-end tests that scrape node-exporter reuse it.
 """
@@ -18,10 +19,11 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from node_ping.metrics import ERROR_KINDS
 from tests.processes import stop as stop_process
 
 Pair = tuple[str, str]
@@ -61,6 +63,14 @@ class Mesh:
     # node -> seconds before the end when its own series end (the node or its node-exporter down);
     # peers keep pinging it, with the loss given in `loss`.
     gone: Mapping[str, int] = field(default_factory=dict)
+    # node -> seconds before the end of its last successful cycle, after which every cycle fails
+    # (fping missing, say): its pair counters are flat and its last success frozen, but its cycles
+    # and its fping errors go on counting, and all of it is still scraped.
+    failing: Mapping[str, int] = field(default_factory=dict)
+    # node -> seconds before the end when its exporter restarted: its pair series end there and its
+    # own metrics start over (cycles and errors from 0, last success the restart time until a cycle
+    # succeeds), as in HTTP mode until a first successful cycle, or when it has nothing to probe.
+    restarted: Mapping[str, int] = field(default_factory=dict)
 
     def node_pairs(self) -> list[Pair]:
         return [(s, d) for s in self.nodes for d in self.nodes if s != d]
@@ -87,20 +97,55 @@ def _labels(**labels: str) -> str:
 class _Life:
     """Which steps (indexes of scrapes, 0 the first) one exporter lived through."""
 
-    cycled: int  # the last step at which its prober completed a cycle
+    cycled: int  # the last step at which its prober completed a successful cycle
     scraped: int  # the last step at which Prometheus scraped it
+    ran: int | None = None  # the last step at which its prober ran a cycle; None: `cycled`
+    paired: int | None = None  # the last step at which its pair series were scraped; None: `scraped`
+    failed_from: int | None = None  # the first step whose cycle failed, if any
+    restarted: int | None = None  # the step at which it restarted, if it did
+
+    def started(self, step: int) -> int:
+        """The step at which the exporter scraped at `step` started."""
+        return self.restarted if self.restarted is not None and step >= self.restarted else 0
+
+    def last_success(self, step: int) -> int:
+        """The step of its last success as scraped at `step`: its start-up until a first one."""
+        return max(self.started(step), min(step, self.cycled))
+
+    def cycles(self, step: int) -> int:
+        """Cycles run by the exporter scraped at `step`, since it started."""
+        ran = self.cycled if self.ran is None else self.ran
+        return max(0, min(step, ran) - self.started(step))
+
+    def errors(self, step: int) -> int:
+        """Failed cycles of the exporter scraped at `step`, since it started."""
+        if self.failed_from is None:
+            return 0
+        ran = self.cycled if self.ran is None else self.ran
+        return max(0, min(step, ran) - max(self.failed_from, self.started(step) + 1) + 1)
 
 
 def _life(mesh: Mesh, node: str, steps: int) -> _Life:
-    scraped = steps - 1 - mesh.gone.get(node, 0) // STEP_S
-    return _Life(min(scraped, steps - 1 - mesh.stopped.get(node, 0) // STEP_S), scraped)
+    last = steps - 1
+    scraped = last - mesh.gone.get(node, 0) // STEP_S
+    ran = min(scraped, last - mesh.stopped.get(node, 0) // STEP_S)
+    # Its last success is `failing` seconds before the end, as `stopped`'s; the next cycle fails.
+    failed_from = last - mesh.failing[node] // STEP_S + 1 if node in mesh.failing else None
+    restarted = last - mesh.restarted[node] // STEP_S if node in mesh.restarted else None
+    cycled = ran if failed_from is None else min(ran, failed_from - 1)
+    if mesh.pings_per_step == 0:
+        cycled = ran = -1  # it exports, but completes no cycle
+    paired = scraped if restarted is None else min(scraped, restarted - 1)
+    return _Life(cycled, scraped, ran, paired, failed_from, restarted)
 
 
 def _series(name: str, labels: str, per_step: float, steps: int, end: int, *,
             life: _Life | None = None) -> list[str]:
     start = end - (steps - 1) * STEP_S
     life = life or _Life(steps - 1, steps - 1)
-    return [f"{name}{labels} {per_step * min(i, life.cycled):g} {start + i * STEP_S}" for i in range(life.scraped + 1)]
+    paired = life.scraped if life.paired is None else life.paired
+    return [f"{name}{labels} {per_step * max(0, min(i, life.cycled)):g} {start + i * STEP_S}"
+            for i in range(paired + 1)]
 
 
 def _family(prefix: str, label_sets: Sequence[tuple[str, float, float]], steps: int, end: int,
@@ -121,20 +166,27 @@ def _family(prefix: str, label_sets: Sequence[tuple[str, float, float]], steps: 
 
 
 def _own_gauges(mesh: Mesh, steps: int, end: int) -> list[str]:
-    """Each exporter's last-success time (start-up until a first cycle completes) and nominal cycle
-    (one cycle per scrape here), as node-ping writes them."""
+    """Each exporter's own metrics as node-ping writes them: last-success time (its start-up until a
+    first cycle succeeds), nominal cycle (one cycle per scrape here), cycles run, and errors by kind
+    (a failed cycle counts as an fping error)."""
     start = end - (steps - 1) * STEP_S
     lives = {node: _life(mesh, node, steps) for node in mesh.nodes}
-    lines = ["# TYPE node_ping_last_success_timestamp_seconds gauge"]
-    for node, life in lives.items():
-        cycles = mesh.pings_per_step > 0
-        lines += [f"node_ping_last_success_timestamp_seconds{_labels(source_node=node)} "
-                  f"{start + (min(i, life.cycled) if cycles else 0) * STEP_S} {start + i * STEP_S}"
-                  for i in range(life.scraped + 1)]
-    lines.append("# TYPE node_ping_cycle_nominal_seconds gauge")
-    for node, life in lives.items():
-        lines += [f"node_ping_cycle_nominal_seconds{_labels(source_node=node)} {STEP_S} {start + i * STEP_S}"
-                  for i in range(life.scraped + 1)]
+    families: list[tuple[str, str, list[tuple[dict[str, str], Callable[[_Life, int], float]]]]] = [
+        ("node_ping_last_success_timestamp_seconds", "gauge",
+         [({}, lambda life, i: start + life.last_success(i) * STEP_S)]),
+        ("node_ping_cycle_nominal_seconds", "gauge", [({}, lambda _life, _i: STEP_S)]),
+        ("node_ping_cycles", "counter", [({}, _Life.cycles)]),
+        ("node_ping_errors", "counter",
+         [({"kind": kind}, _Life.errors if kind == "fping" else lambda _life, _i: 0) for kind in ERROR_KINDS]),
+    ]
+    lines = []
+    for name, kind, series in families:
+        lines.append(f"# TYPE {name} {kind}")
+        sample = f"{name}_total" if kind == "counter" else name
+        for labels, value in series:
+            for node, life in lives.items():
+                lines += [f"{sample}{_labels(source_node=node, **labels)} {value(life, i)} {start + i * STEP_S}"
+                          for i in range(life.scraped + 1)]
     return lines
 
 

@@ -49,13 +49,19 @@ from node_ping.verdict import (
     NODE_SEND,
     NODE_SILENT,
     NODE_STALE,
+    PROBER_FAILING,
+    PROBER_GONE,
+    PROBER_RUNNING,
+    PROBER_STOPPED,
     Counts,
     Freshness,
     Matrix,
+    Prober,
     Thresholds,
     Verdict,
     diagnose,
     natural_key,
+    probers,
     stale_sources,
 )
 from tests import promdata
@@ -249,7 +255,34 @@ class TestCombinedAndMissing:
 
     def test_node_without_its_own_data(self) -> None:
         matrix = matrix_of(Mesh(NODES), drop=lambda pair: pair[0] == "n4")
-        assert kinds(diagnose(matrix)) == [(NODE_SILENT, ("n4",))]
+        verdicts = diagnose(matrix)
+        assert kinds(verdicts) == [(NODE_SILENT, ("n4",))]
+        assert verdicts[0].message == (
+            "node n4 reports no node-ping data at all (other nodes ping it): check that its node-ping pod runs and "
+            "that Prometheus scrapes its node-exporter")
+        assert json.loads(render_json(report_of(matrix)))["probers"] == {
+            "n4": {"state": "gone", "last_success_seconds_before_end": None, "errors": {}}}
+
+    @pytest.mark.parametrize(("prober", "message", "summary"), [
+        (Prober(PROBER_FAILING, 300.0, {"fping": 20.0}),
+         "node n4's prober runs and is scraped but has produced no ping data (other nodes ping it): none of its "
+         'cycles succeeded in the 5m before the end of the range; see node_ping_errors_total{source_node="n4"} '
+         "(fping +20 in the range) and its log", {"stopped_seconds_before_end": 300.0}),
+        (Prober(PROBER_RUNNING, 10.0),
+         "node n4's prober runs and is scraped but has produced no ping data (other nodes ping it): it is "
+         'starting, or has nothing to probe; see node_ping_errors_total{source_node="n4"} and its log', {}),
+        (Prober(PROBER_STOPPED, 300.0),
+         "node n4 reports no ping data of its own (other nodes ping it), and its node-ping metrics stopped "
+         "changing 5m before the end of the range (its last successful cycle or its start-up): check its "
+         "node-ping pod and its logs", {"stopped_seconds_before_end": 300.0}),
+    ], ids=["failing", "running", "stopped"])
+    def test_silent_node_whose_prober_is_scraped(self, prober: Prober, message: str,
+                                                 summary: dict[str, float]) -> None:
+        matrix = with_probers(matrix_of(Mesh(NODES), drop=lambda pair: pair[0] == "n4"), n4=prober)
+        [verdict] = diagnose(matrix)
+        assert (verdict.kind, verdict.nodes, verdict.message, verdict.summary) == (NODE_SILENT, ("n4",), message,
+                                                                                   summary)
+        assert json.loads(render_json(report_of(matrix)))["probers"]["n4"]["state"] == prober.state
 
     def test_counts_are_clamped(self) -> None:
         """increase() extrapolates, so received can come out a hair above sent: that is no loss."""
@@ -309,9 +342,20 @@ class TestStaleSources:
             "b": 66.0}
 
     def test_series_gone_at_the_end(self) -> None:
-        """The node or its node-exporter is down: no pair series at the end, however recent the gauge."""
-        freshness = {"a": self.fresh(0, series=False)}
+        """The node or its node-exporter is down: neither its pair series nor its own metrics are there."""
+        freshness = {"a": Freshness(False, errors={"fping": 3.0})}
         assert stale_sources(["a", "b"], freshness, self.AT) == {"a": None, "b": None}
+
+    def test_pair_series_gone_while_it_starts_or_has_nothing_to_probe(self) -> None:
+        """Its own metrics are scraped with a recent start-up or success: a restarted exporter before
+        its first cycle ends (in HTTP mode its pair series come with it), or one with no targets."""
+        freshness = {"a": self.fresh(20, series=False), "b": self.fresh(0, series=False, nominal=None)}
+        assert stale_sources(["a", "b"], freshness, self.AT) == {}
+
+    def test_pair_series_gone_and_no_success_for_long(self) -> None:
+        """Restarted, and failing since: the grace is the same as for a frozen last success."""
+        freshness = {"a": self.fresh(89, series=False), "b": self.fresh(91, series=False)}
+        assert stale_sources(["a", "b"], freshness, self.AT) == {"b": 96.0}
 
     def test_without_the_gauge_the_series_decide(self) -> None:
         assert stale_sources(["a"], {"a": Freshness(True)}, self.AT) == {}
@@ -322,6 +366,32 @@ class TestStaleSources:
         assert stale_sources(["a", "b"], freshness, self.AT) == {}
         freshness = {"a": self.fresh(200, nominal=None), "b": self.fresh(10, nominal=60.0)}
         assert stale_sources(["a", "b"], freshness, self.AT) == {"a": 205.0}
+
+
+class TestProbers:
+    """What a node's own metrics say about its prober: gone, stopped, failing or running."""
+
+    AT = 1_700_000_000.0
+
+    def state(self, seen: Freshness) -> Prober:
+        return probers({"a": seen}, self.AT)["a"]
+
+    def test_states(self) -> None:
+        scraped = self.AT - 5
+        assert self.state(Freshness(True)) == Prober(PROBER_GONE)
+        assert self.state(Freshness(False, scraped - 20, scraped, 30.0, cycling=True)) == Prober(PROBER_RUNNING, 25.0)
+        assert self.state(Freshness(True, scraped - 600, scraped, 30.0, cycling=False)) == Prober(PROBER_STOPPED, 605.0)
+        assert self.state(Freshness(True, scraped - 600, scraped, 30.0, cycling=True, errors={"fping": 20.0})) == \
+            Prober(PROBER_FAILING, 605.0, {"fping": 20.0})
+
+    def test_without_a_cycle_counter_an_old_success_is_a_stopped_prober(self) -> None:
+        """Exporters older than node_ping_cycles_total: nothing tells a failing prober from a stopped one."""
+        scraped = self.AT - 5
+        assert self.state(Freshness(True, scraped - 600, scraped, 30.0)).state == PROBER_STOPPED
+
+
+def with_probers(matrix: Matrix, **states: Prober) -> Matrix:
+    return dataclasses.replace(matrix, probers=states)
 
 
 class TestStaleVerdicts:
@@ -350,6 +420,22 @@ class TestStaleVerdicts:
             "node n3 stopped reporting before the end of the range: its node-ping series end early (the node, its "
             "node-ping pod or its node-exporter is down, or no longer scraped); its row is left out")
         assert verdicts[1].summary == {}
+
+    def test_failing_prober_points_at_its_errors_not_at_its_pod(self) -> None:
+        """It runs and is scraped, but every cycle fails (fping missing, say): pod and node-exporter are fine."""
+        matrix = dataclasses.replace(matrix_of(Mesh(NODES)), stale={"n2": 600.0},
+                                     probers={"n2": Prober(PROBER_FAILING, 600.0, {"fping": 39.6, "dns": 0.2})})
+        [verdict] = diagnose(matrix)
+        assert (verdict.kind, verdict.nodes) == (NODE_STALE, ("n2",))
+        assert verdict.message == (
+            "node n2's prober runs and is scraped, but none of its cycles succeeded in the 10m before the end of "
+            'the range: see node_ping_errors_total{source_node="n2"} (fping +40 in the range) and its log; its row '
+            "is left out")
+        assert verdict.summary == {"stopped_seconds_before_end": 600.0}
+        document = json.loads(render_json(report_of(matrix)))
+        assert document["stale_nodes"] == {"n2": 600.0}
+        assert document["probers"] == {
+            "n2": {"state": "failing", "last_success_seconds_before_end": 600.0, "errors": {"dns": 0.2, "fping": 39.6}}}
 
     def test_stale_rows_are_left_out_of_the_matrices(self) -> None:
         matrix = dataclasses.replace(matrix_of(Mesh(NODES, loss=send_loss(NODES, "n2", 0.5))), stale={"n2": 300.0})
@@ -736,6 +822,50 @@ class TestAgainstPrometheus:
             "* [node-cannot-receive] node worker-3 cannot receive from most peers",
             "* [node-stale] node worker-3 stopped reporting before the end of the range"]
 
+    def test_restarted_exporter_without_its_pair_series_is_not_stale(
+            self, capsys: pytest.CaptureFixture[str], prometheus_with: Callable[[str], str]) -> None:
+        """worker-2's exporter restarted 7 minutes ago and has exported no pair series since (HTTP mode
+        until a first cycle, or nothing to probe), but its own metrics are scraped and succeed: no fault."""
+        code, out, _ = self.run(capsys, prometheus_with, Mesh(NAMES, restarted={"worker-2": 420}))
+        assert code == 0, out
+        assert "* [healthy] healthy: 5 nodes (20 pairs) below" in out
+
+    @pytest.mark.parametrize("restarted", [False, True], ids=["pair series still served", "restarted since"])
+    def test_failing_prober_is_named_with_its_errors(self, capsys: pytest.CaptureFixture[str],
+                                                     prometheus_with: Callable[[str], str], restarted: bool) -> None:
+        """worker-2's prober runs and is scraped, but every cycle for 10 minutes failed (fping missing):
+        the advice is its errors and its log, not its pod or its node-exporter."""
+        end = int(time.time())
+        mesh = Mesh(NAMES, failing={"worker-2": 600}, restarted={"worker-2": 600} if restarted else {})
+        url = prometheus_with(promdata.openmetrics(mesh, end))
+        code, out, _ = diagnose_cmd(capsys, "--prometheus", url, "--time", str(end))
+        assert code == 1
+        assert [line for line in out.splitlines() if line.startswith("* [")] == [
+            "* [node-stale] node worker-2's prober runs and is scraped, but none of its cycles succeeded in the 10m "
+            'before the end of the range: see node_ping_errors_total{source_node="worker-2"} (fping +40 in the '
+            "range) and its log; its row is left out"]
+        code, out, _ = diagnose_cmd(capsys, "--prometheus", url, "--time", str(end), "--output", "json")
+        document = json.loads(out)
+        assert (code, document["stale_nodes"]) == (1, {"worker-2": 600.0})
+        assert document["probers"]["worker-2"]["state"] == "failing"
+        assert document["probers"]["worker-2"]["errors"]["fping"] == pytest.approx(40, abs=1)
+        # Over a range with no success at all, it is silent rather than stale: the same advice.
+        code, out, _ = diagnose_cmd(capsys, "--prometheus", url, "--time", str(end), "--range", "5m")
+        assert code == 1
+        assert [line for line in out.splitlines() if line.startswith("* [")] == [
+            "* [node-silent] node worker-2's prober runs and is scraped but has produced no ping data (other nodes "
+            "ping it): none of its cycles succeeded in the 10m before the end of the range; see "
+            'node_ping_errors_total{source_node="worker-2"} (fping +20 in the range) and its log']
+
+    def test_node_gone_for_the_whole_range_has_no_data_at_all(
+            self, capsys: pytest.CaptureFixture[str], prometheus_with: Callable[[str], str]) -> None:
+        mesh = Mesh(NAMES, gone={"worker-4": 1200})
+        code, out, _ = self.run(capsys, prometheus_with, mesh)
+        assert code == 1
+        assert [line for line in out.splitlines() if line.startswith("* [")] == [
+            "* [node-silent] node worker-4 reports no node-ping data at all (other nodes ping it): check that its "
+            "node-ping pod runs and that Prometheus scrapes its node-exporter"]
+
     @pytest.mark.parametrize("after_last_scrape", [0, 12], ids=["one sample in the range", "none in the range"])
     def test_range_shorter_than_two_scrapes(self, capsys: pytest.CaptureFixture[str],
                                             prometheus_with: Callable[[str], str], after_last_scrape: int) -> None:
@@ -1028,7 +1158,7 @@ class TestAuthentication:
                                           "--bearer-token-file", str(token_file))
         assert (code, err) == (0, "")
         assert "* [healthy] healthy: 2 nodes (2 pairs)" in out
-        assert len(seen) == 10  # six queries for the matrix, four for the nodes' freshness
+        assert len(seen) == 12  # six queries for the matrix, six for the nodes' own metrics
         assert SECRET not in out
 
     def test_user_and_password_in_the_url_are_basic_auth_and_never_shown(
