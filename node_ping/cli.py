@@ -158,7 +158,7 @@ def _probe(args: argparse.Namespace, settings: Settings) -> int:
     stop = stop_on_signals()
     own_file = output_path(settings.textfile_dir, settings.prefix, settings.node_name) \
         if settings.textfile_dir is not None else None
-    prober = Prober(settings, last_success_ts=_previous_last_success(own_file))
+    prober = Prober(settings, last_success_ts=_previous_last_success(own_file, settings.node_name))
     collector = SnapshotCollector(prober.snapshot)
     prober.on_snapshot = lambda snapshot: setattr(collector, "snapshot", snapshot)
 
@@ -191,14 +191,14 @@ def _probe(args: argparse.Namespace, settings: Settings) -> int:
     return code
 
 
-def _previous_last_success(own_file: Path | None) -> float | None:
+def _previous_last_success(own_file: Path | None, node_name: str) -> float | None:
     """The last success the previous instance on this node wrote, if its file is there."""
     from node_ping.metrics import last_success_in  # noqa: PLC0415  (see _probe)
 
     if own_file is None:
         return None
     try:
-        return last_success_in(own_file.read_text(encoding="utf-8", errors="replace"))
+        return last_success_in(own_file.read_text(encoding="utf-8", errors="replace"), node_name)
     except OSError:
         return None
 

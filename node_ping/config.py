@@ -70,7 +70,7 @@ class Settings:
             raise SettingsError(f"node name {self.node_name!r} is not a valid Kubernetes node name "
                                 "(letters, digits, '-', '.', '_'; it becomes part of a file name)")
         if self.textfile_dir is not None and len(f"{self.prefix}{self.node_name}.prom".encode()) > MAX_NAME_BYTES:
-            longest = MAX_NAME_BYTES - len(".prom") - len(self.node_name.encode())
+            longest = min(MAX_PREFIX, MAX_NAME_BYTES - len(".prom") - len(self.node_name.encode()))
             fix = (f"use a --prefix of at most {longest} characters" if longest >= 1 else
                    "serve the metrics with --listen-address instead of a textfile: no prefix is short enough")
             raise SettingsError(f"the textfile name {self.prefix}<node name>.prom would be longer than the "

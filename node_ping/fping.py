@@ -36,6 +36,9 @@ SEND_COST_MS = 0.1
 MIN_GAP_MS = 0.01
 """fping counts in nanoseconds; below 10 µs the send loop, not the gap, is the limit."""
 
+LOCK_WAIT_RUNS = 3
+"""Other node-pings' fping runs (each within the time limit) to wait for before giving up a cycle."""
+
 SEQUENCE_NUMBERS = 65_535
 SEQUENCE_HOLD_MS = 10_000
 SEQUENCE_SAFETY = 0.9
@@ -168,10 +171,10 @@ def run_all(argvs: list[list[str]], timeout_s: float, stop: threading.Event, pol
     Processes of one pid namespace have their own pids, so their ICMP identifiers never collide.
     """
     try:
-        with icmp_lock.exclusive_icmp(stop, timeout_s) as waited_s:
+        with icmp_lock.exclusive_icmp(stop, LOCK_WAIT_RUNS * timeout_s) as waited_s:
             return dataclasses.replace(_run_all(argvs, timeout_s, stop, poll_s), waited_s=waited_s)
     except icmp_lock.Busy as err:
-        raise FpingTimeout(f"{err}; its replies and ours would mix, so we waited") from None
+        raise FpingTimeout(f"{err}; their replies and ours would mix, so we wait our turn") from None
     except icmp_lock.Stopped:
         raise Interrupted("stopped while waiting for another node-ping's fping") from None
 

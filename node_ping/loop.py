@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from node_ping import fping, icmp_lock
+from node_ping import fping
 from node_ping.config import Settings
 from node_ping.metrics import Snapshot, TargetRow, render_chunks
 from node_ping.parse import complete_reports
@@ -107,6 +107,13 @@ CANARY = "127.0.0.1"
 does either, fping cannot receive replies at all, and a 100 % loss for every target would be a lie."""
 
 
+WAITED_S = 0.05
+"""A wait for the fping lock this long means another node-ping had it (an uncontended take is ~0)."""
+
+QUIET_CYCLES = 10
+"""Cycles in a row without such a wait before "another node-ping runs here" counts as resolved."""
+
+
 def _own_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
@@ -143,6 +150,7 @@ class Prober:
         self.settings = settings
         self._clock = clock
         self._problems = _Problems()
+        self._cycles_without_wait = QUIET_CYCLES
         self._nodes = _LastGood("node list", lambda: read_nodes(settings.config_path))
         self._external = _LastGood("external list", lambda: read_external(settings.external_config_path))
         self._node_totals: dict[NodeTarget, _Totals] = {}
@@ -235,10 +243,12 @@ class Prober:
             self._error("fping")
             self._problems.report("fping", f"fping failed: {err}; keeping the previous results")
             return {}, 0.0, False
-        self._problems.report("network namespace", None if result.waited_s < icmp_lock.POLL_S else
+        # Waiting is a state, not an event: while another node-ping runs, some turns come at once.
+        self._cycles_without_wait = 0 if result.waited_s >= WAITED_S else self._cycles_without_wait + 1
+        self._problems.report("network namespace", None if self._cycles_without_wait >= QUIET_CYCLES else
                               "another node-ping runs in this network namespace (a second release, a surge "
-                              "during a rolling update): our fping waits for its fping, since the replies of "
-                              "both would mix; cycles take longer while both run")
+                              "during a rolling update): our fping takes turns with its fping, since the "
+                              "replies of both would mix; cycles take longer while both run")
         # Summarised line by line: 5,000 x 30 floats are never held at once.
         reports = {address: summarize(samples) for address, samples in complete_reports(result.report, s.count)}
         canary = reports.get(CANARY) if CANARY in addresses else reports.pop(CANARY, None)

@@ -183,16 +183,15 @@ def render(snapshot: Snapshot) -> str:
     return "".join(render_chunks(snapshot))
 
 
-_LAST_SUCCESS_LINE = re.compile(r"^node_ping_last_success_timestamp_seconds\{[^}]*\} (\S+)$", re.MULTILINE)
-
-
-def last_success_in(text: str) -> float | None:
-    """The last-success timestamp a previous textfile holds, if any (pure).
+def last_success_in(text: str, node_name: str) -> float | None:
+    """The last-success timestamp a previous textfile holds for `node_name`, if any (pure).
 
     A restart must not reset "no cycle has succeeded since": a prober that never succeeds and is
     restarted by its liveness probe would otherwise never look old enough to alert on.
     """
-    match = _LAST_SUCCESS_LINE.search(text)
+    line = re.compile(rf'^node_ping_last_success_timestamp_seconds\{{source_node="{re.escape(node_name)}"\}} (\S+)$',
+                      re.MULTILINE)
+    match = line.search(text)
     if match is None:
         return None
     try:

@@ -112,6 +112,7 @@ class TestRunCommand:
         (None, ["--node-name", "n" * 241], "use a --prefix of at most 9 characters"),
         (None, ["--node-name", "n" * 251], "serve the metrics with --listen-address instead"),
         (None, ["--prefix", "p" * 201], "at most 200"),
+        (None, ["--node-name", "a", "--prefix", "p" * 252], "use a --prefix of at most 200 characters"),
         (None, ["--listen-address", "nonsense"], "listen address"),
     ])
     def test_bad_settings_exit_2_with_a_clear_message(self, setup: dict[str, str], drop: str | None,
@@ -141,7 +142,7 @@ class TestRunCommand:
         assert code == 1, err
         assert 'node_ping_last_success_timestamp_seconds{source_node="me"} 1.7e+09' in own.read_text()
         assert finish(node_ping("run", "--cycles", "1", "--count", "1", "--period-ms", "100", env=setup))[0] == 0
-        assert time.time() - (last_success_in(own.read_text()) or 0) < 60
+        assert time.time() - (last_success_in(own.read_text(), "me") or 0) < 60
 
     def test_listen_address_in_use_is_a_clear_error(self, setup: dict[str, str]) -> None:
         # The file of the instance that holds the port: one that cannot start leaves it alone.

@@ -205,8 +205,29 @@ class TestRun:
         assert "127.0.0.1 :" in result.report
 
     def test_gives_up_on_a_lock_held_past_the_limit(self) -> None:
-        with held_lock(), pytest.raises(fping.FpingTimeout, match="another node-ping in this network namespace"):
+        with held_lock(), pytest.raises(fping.FpingTimeout, match="for other node-pings in this network namespace"):
             fping.run(["fping", "--", "127.0.0.1"], timeout_s=0.3, stop=threading.Event())
+
+    def test_two_node_pings_take_turns(self) -> None:
+        """The holder comes back for the lock within milliseconds (it only writes its file in
+        between): a waiter must still get the next turn, or it fails every cycle."""
+        argv = fping.build_argv(["127.0.0.1"], count=3, period_ms=20)
+        turns: list[str] = []
+
+        def node_ping(name: str) -> None:
+            for _ in range(5):
+                fping.run(argv, timeout_s=30, stop=threading.Event())
+                turns.append(name)
+                time.sleep(0.002)  # writing the textfile
+
+        threads = [threading.Thread(target=node_ping, args=(name,)) for name in "ab"]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert sorted(turns) == ["a"] * 5 + ["b"] * 5
+        runs = "".join(turns)
+        assert "aaa" not in runs and "bbb" not in runs, runs
 
     def test_stop_while_waiting_for_the_lock(self) -> None:
         stop = threading.Event()

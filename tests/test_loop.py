@@ -3,6 +3,7 @@ the loop, and the file on disk is always a complete, truthful one."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import socket
@@ -15,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from node_ping import fping
 from node_ping.config import ListenAddress, Settings
 from node_ping.loop import Outcome, Prober, run
 from tests.test_metrics import families
@@ -297,6 +299,29 @@ class TestTextfileFaults:
         textfile.mkdir()
         prober.cycle(threading.Event())
         assert destinations(prom(workdir), "kube_node_ping_packets_sent_total") == {"a": 9}
+
+
+class TestSharedNetworkNamespace:
+    def test_taking_turns_is_logged_once_while_it_lasts(self, workdir: Path, monkeypatch: pytest.MonkeyPatch,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+        """Some turns come at once while another node-ping runs: that is not "resolved". The waits
+        are played by a stand-in for fping.run_all; the lock itself is tested in test_fping.py."""
+        real_run_all = fping.run_all
+        waits = iter([0.5, 0.0, 0.5, 0.0, 0.0, 0.5] + [0.0] * 10)
+
+        def run_all(*args: Any, **kwargs: Any) -> fping.FpingResult:
+            return dataclasses.replace(real_run_all(*args, **kwargs), waited_s=next(waits))
+
+        monkeypatch.setattr(fping, "run_all", run_all)
+        write_nodes(workdir / "nodes.json", ("a", "127.0.0.2"))
+        prober = Prober(settings(workdir, count=1))
+        with caplog.at_level(logging.INFO, logger="node_ping.loop"):
+            for _ in range(15):
+                prober.cycle(threading.Event())
+            messages = [r.getMessage() for r in caplog.records if "network namespace" in r.getMessage()]
+            assert len(messages) == 1 and "takes turns" in messages[0]
+            prober.cycle(threading.Event())  # the tenth in a row without a wait
+        assert caplog.records[-1].getMessage() == "network namespace: resolved"
 
 
 class TestRun:

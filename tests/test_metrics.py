@@ -84,10 +84,11 @@ class TestLastSuccessIn:
     """The previous file's last success, read at start-up so a restart does not reset it."""
 
     def test_reads_what_render_wrote(self) -> None:
-        assert last_success_in(render(sample_snapshot())) == 1_700_000_000.0
+        assert last_success_in(render(sample_snapshot()), "node-a") == 1_700_000_000.0
+        assert last_success_in(render(sample_snapshot()), "node-b") is None  # another node's file
 
     @pytest.mark.parametrize("text", ["", "garbage\n",
                                       'node_ping_last_success_timestamp_seconds{source_node="a"} NaN\n',
                                       'node_ping_last_success_timestamp_seconds{source_node="a"} -1.0\n'])
     def test_nothing_usable(self, text: str) -> None:
-        assert last_success_in(text) is None
+        assert last_success_in(text, "a") is None
