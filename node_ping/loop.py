@@ -68,12 +68,8 @@ class _LastGood(Generic[K]):
         self.name = name
         self._read: Callable[[], TargetList[K]] = read
         self.targets: tuple[K, ...] = ()
-        self._ever_read = False
-
-    @property
-    def usable(self) -> bool:
-        """This file was read at least once: this cycle probes what it last said (perhaps nothing)."""
-        return self._ever_read
+        # Read at least once: a cycle probes what it last said (perhaps nothing), not blind.
+        self.usable = False
 
     def _kept(self) -> str:
         return f"; still probing the last good list of {len(self.targets)}" if self.targets else ""
@@ -92,7 +88,7 @@ class _LastGood(Generic[K]):
         problems.report(self.name, None)
         problems.report(f"{self.name} entries", _some(loaded.problems, sep="; ") if loaded.problems else None)
         self.targets = loaded.targets
-        self._ever_read = True
+        self.usable = True
         return not loaded.problems
 
 
@@ -182,11 +178,9 @@ class Prober:
         """Probe every target once (count pings each) and publish the result."""
         started = time.monotonic()
         s = self.settings
-        lists_usable = True
         for target_file in (self._nodes, self._external):
             if not target_file.load(self._problems):
                 self._error("config")
-                lists_usable = lists_usable and target_file.usable
         nodes = select_peers(s.node_name, self._nodes.targets, s.topology, s.peers_per_zone)
         external = self._resolve_external(self._external.targets, stop)
         node_addresses = {node: node.address for node in nodes}
@@ -219,7 +213,8 @@ class Prober:
             fping_cpu_s=prev.fping_cpu_s + fping_cpu,
             own_cpu_s=_own_cpu(),
         )
-        outcome = Outcome(probed=ok, published=self.publish(), lists_usable=lists_usable)
+        outcome = Outcome(probed=ok, published=self.publish(),
+                          lists_usable=self._nodes.usable and self._external.usable)
         log.debug("cycle %d: %d node and %d external targets in %.1f s (%s)", self.snapshot.cycles, len(nodes),
                   len(external), time.monotonic() - started, outcome)
         return outcome
@@ -273,21 +268,17 @@ class Prober:
                  labels: Callable[[K], tuple[str, str]], keep: Sequence[K] = ()) -> tuple[TargetRow, ...]:
         """Add this cycle's stats; forget targets that left the config (they vanish from the file).
 
-        Targets in `keep` were not probed this cycle but are still configured: their counters stay,
-        their last-cycle RTT gauges go (there was no cycle for them)."""
-        for target in set(totals) - set(address_of):
-            if target in keep:
-                totals[target].last = None
-            else:
-                del totals[target]
+        Targets in `keep` were not probed this cycle but are still configured. Their counters stay,
+        as do those of targets fping reported nothing on; the RTT gauges describe this cycle only,
+        so every target without a report loses them until its next one."""
+        for target in set(totals) - set(address_of) - set(keep):
+            del totals[target]
+        for kept in totals.values():
+            kept.last = None  # set again by add() where this cycle has a report
         for target, address in address_of.items():
             stats = reports.get(address)
             if stats is not None:
                 totals.setdefault(target, _Totals()).add(stats)
-            elif target in totals:
-                # No report this cycle (fping failed): the RTT gauges describe the last cycle, and there
-                # was none for this target. The counters stay; the gauges go until the next report.
-                totals[target].last = None
         return tuple(TargetRow(labels(t), v.sent, v.received, v.rtt_sum_ms, v.last)
                      for t, v in sorted(totals.items()))
 
