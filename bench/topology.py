@@ -13,8 +13,8 @@ import argparse
 import time
 from collections import Counter
 
+from node_ping.probe.topology import cluster_plan, select_peers
 from node_ping.targets import NodeTarget
-from node_ping.topology import cluster_plan, select_peers
 
 SERIES_PER_TARGET = 6  # sent, received, rtt sum, min, max, mdev
 

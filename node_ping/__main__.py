@@ -1,4 +1,4 @@
-"""`python -m node_ping` runs the same CLI as the `node-ping` script."""
+"""`python -m node_ping` runs the same command line as the `node-ping` script."""
 
 import sys
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import helm_python as helm
 import pytest
 
-from tests import netlab
+from tests.support import netlab
+from tests.support.chart import CHART
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -31,3 +33,10 @@ def lab_factory() -> Iterator[Callable[[list[str]], netlab.Lab]]:
     finally:
         for lab in labs:
             lab.close()
+
+
+@pytest.fixture(scope="module")
+def chart() -> Iterator[helm.Chart]:
+    """The chart, loaded once per test module."""
+    with helm.Chart.load(CHART) as loaded:
+        yield loaded

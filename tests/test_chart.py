@@ -16,10 +16,7 @@ import math
 import os
 import re
 import subprocess
-import sys
 import tomllib
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,28 +26,19 @@ import pytest
 import yaml
 from kubernetes_validate import utils as kv_utils
 
-from node_ping.config import Settings, SettingsError, parse_listen_address
-from node_ping.discover_nodes import parse_label_selector
+from node_ping.discover.nodes import parse_label_selector
+from node_ping.probe.config import Settings, parse_listen_address
+from node_ping.probe.textfile import output_path, remove_stale
+from node_ping.settings import SettingsError
 from node_ping.targets import parse_nodes
-from node_ping.textfile import output_path, remove_stale
-
-REPO = Path(__file__).resolve().parents[1]
-CHART = REPO / "charts" / "node-ping"
-CI_VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
-RELEASE = "node-ping"
-NAMESPACE = "monitoring"
-
-#: Scenario name -> user-supplied values, as `helm install -f ci/<name>` would pass them.
-SCENARIOS: dict[str, dict[str, Any]] = {
-    "defaults": {},
-    **{path.name: yaml.safe_load(path.read_text()) or {} for path in CI_VALUES},
-}
+from tests.support.chart import CHART, CI_VALUES, NAMESPACE, RELEASE, REPO, SCENARIOS, Rendered, load_manifests, render
+from tests.support.processes import NODE_PING
 
 #: Kinds that come from CRDs (Prometheus Operator): no schema in kubernetes-validate, checked by
 #: structure in TestMonitors instead.
 CRD_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule"}
 
-#: The fixed interface of `node-ping run` (see the project context and node_ping/cli.py): the env
+#: The fixed interface of `node-ping run` (see the project context and node_ping/probe/command.py): the env
 #: variables the DaemonSet may set. The chart sets all of them; NODE_PING_LISTEN_ADDRESS only when
 #: metrics are served over HTTP.
 RUN_ENV = {
@@ -64,82 +52,6 @@ DISCOVER_ENV = {"POD_NAMESPACE", "NODE_PING_CONFIGMAP", "NODE_PING_ADDRESS_TYPES
 
 DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
-
-
-class UniqueKeyLoader(yaml.SafeLoader):
-    """A safe YAML loader that refuses a key given twice in one mapping, as Flux, kustomize and
-    Argo CD do (PyYAML and Helm silently keep the last one)."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: set[Any] = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
-            seen.add(key)
-        return super().construct_mapping(node, deep)
-
-
-def load_manifests(text: str) -> list[dict[str, Any]]:
-    return [obj for obj in yaml.load_all(text, Loader=UniqueKeyLoader) if obj]
-
-
-@dataclass(frozen=True)
-class Rendered:
-    """One `helm template`: the objects, the NOTES.txt text and the values Helm used."""
-
-    objects: list[dict[str, Any]]
-    notes: str
-    values: dict[str, Any]
-
-    def all(self, kind: str) -> list[dict[str, Any]]:
-        return [obj for obj in self.objects if obj["kind"] == kind]
-
-    def one(self, kind: str, name: str | None = None) -> dict[str, Any]:
-        matches = [obj for obj in self.all(kind) if name is None or obj["metadata"]["name"] == name]
-        assert len(matches) == 1, f"expected one {kind} {name or ''}, found {len(matches)}"
-        return matches[0]
-
-    def has(self, kind: str) -> bool:
-        return bool(self.all(kind))
-
-    @property
-    def notes_text(self) -> str:
-        """NOTES.txt as one line of words, so that checks do not depend on where lines wrap."""
-        return " ".join(self.notes.split())
-
-    @property
-    def daemonset(self) -> dict[str, Any]:
-        return self.one("DaemonSet")
-
-    @property
-    def exporter(self) -> dict[str, Any]:
-        (container,) = self.daemonset["spec"]["template"]["spec"]["containers"]
-        assert isinstance(container, dict)
-        return container
-
-    @property
-    def exporter_env(self) -> dict[str, dict[str, Any]]:
-        return {var["name"]: var for var in self.exporter["env"]}
-
-    @property
-    def discovery(self) -> dict[str, Any]:
-        return self.one("Deployment")
-
-
-@pytest.fixture(scope="module")
-def chart() -> Iterator[helm.Chart]:
-    with helm.Chart.load(CHART) as loaded:
-        yield loaded
-
-
-def render(chart: helm.Chart, values: dict[str, Any] | None = None, *,
-           release: str = RELEASE, namespace: str = NAMESPACE) -> Rendered:
-    manifests = chart.render(values or {}, name=release, namespace=namespace)
-    objects = [obj for path, text in sorted(manifests.items()) if path.endswith((".yaml", ".yml"))
-               for obj in load_manifests(text)]
-    notes = next((text for path, text in manifests.items() if path.endswith("NOTES.txt")), "")
-    return Rendered(objects, notes, chart.merge_values(values or {}))
 
 
 @pytest.fixture(scope="module", params=sorted(SCENARIOS))
@@ -492,7 +404,7 @@ class TestContainerContract:
                 env[var["name"]] = on_host(var["value"])
             else:
                 env[var["name"]] = var["value"]
-        node_ping = [sys.executable, "-m", "node_ping"]
+        node_ping = list(NODE_PING)
         # `--cycles 1` is the only addition: the container itself runs forever.
         run = subprocess.run([*node_ping, *rendered.exporter["args"], "--cycles", "1"], env=env,
                              capture_output=True, text=True, timeout=60, check=False)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import copy
 import json
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,8 @@ import helm_python as helm
 import pytest
 import yaml
 
-from tests.promtools import (
+from tests.support.chart import CHART, NAMESPACE, SCENARIOS, Rendered, render
+from tests.support.promtools import (
     DASHBOARD_FILE,
     RULES_FILE,
     assert_silencers_come_first,
@@ -33,7 +33,6 @@ from tests.promtools import (
     promql_test,
     run_promtool,
 )
-from tests.test_chart import CHART, NAMESPACE, SCENARIOS, Rendered, render
 
 CHART_DASHBOARD = CHART / "files" / DASHBOARD_FILE.name
 SYNC_COMMAND = f"cp monitoring/{DASHBOARD_FILE.name} charts/node-ping/files/"
@@ -49,12 +48,6 @@ ANNOTATIONS_LIMIT = 256 * 1024
 DURATION = re.compile(r"^(\d+y)?(\d+w)?(\d+d)?(\d+h)?(\d+m)?(\d+s)?(\d+ms)?$")
 LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-
-
-@pytest.fixture(scope="module")
-def chart() -> Iterator[helm.Chart]:
-    with helm.Chart.load(CHART) as loaded:
-        yield loaded
 
 
 def with_rules(values: dict[str, Any] | None = None) -> dict[str, Any]:

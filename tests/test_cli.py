@@ -8,7 +8,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -17,8 +16,10 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from node_ping.metrics import last_success_in
-from tests.test_metrics import families
+from node_ping.probe.export import last_success_in
+from tests.support.exposition import families
+from tests.support.ports import free_port
+from tests.support.processes import NODE_PING
 
 NODES = [{"name": "me", "ipAddress": "127.0.0.1"}, {"name": "peer", "ipAddress": "127.0.0.2"},
          {"name": "peer6", "ipAddress": "::1"}]
@@ -28,7 +29,7 @@ def node_ping(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen
     """`python -m node_ping ARGS` with only the given node-ping env vars set."""
     full_env = {k: v for k, v in os.environ.items() if not k.startswith(("NODE_PING", "MY_NODE", "PROMETHEUS_"))}
     full_env.update(env or {})
-    return subprocess.Popen([sys.executable, "-m", "node_ping", *args], env=full_env, text=True,
+    return subprocess.Popen([*NODE_PING, *args], env=full_env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
@@ -108,7 +109,7 @@ class TestRunCommand:
         ("MY_NODE_NAME", [], "MY_NODE_NAME"),
         ("PROMETHEUS_TEXTFILE_DIR", [], "PROMETHEUS_TEXTFILE_DIR"),
         (None, ["--prefix", ""], "prefix"),
-        (None, ["--count", "0"], "--count / NODE_PING_COUNT 0 must be"),
+        (None, ["--count", "0"], "'--count' (env var: 'NODE_PING_COUNT'): 0 is not in the range 1<=x<=10000"),
         (None, ["--node-name", "n" * 241], "use a --prefix of at most 9 characters"),
         (None, ["--node-name", "n" * 251], "serve the metrics with --listen-address instead"),
         (None, ["--prefix", "p" * 201], "at most 200"),
@@ -164,7 +165,7 @@ class TestSignals:
 
     def test_once_to_a_full_disk_says_so(self, setup: dict[str, str]) -> None:
         with open("/dev/full", "w") as full:
-            result = subprocess.run([sys.executable, "-m", "node_ping", "once", "--count", "1", "--period-ms", "100"],
+            result = subprocess.run([*NODE_PING, "once", "--count", "1", "--period-ms", "100"],
                                     env=setup, stdout=full, stderr=subprocess.PIPE, text=True, timeout=60,
                                     cwd=Path(__file__).parents[1], check=False)
         assert result.returncode == 1
@@ -211,12 +212,6 @@ def samples(text: str) -> Samples:
     """Every sample of an exposition text as (name, labels, value), in a stable order."""
     return sorted((sample.name, tuple(sorted(sample.labels.items())), sample.value)
                   for family in text_string_to_metric_families(text) for sample in family.samples)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class TestHttpAndHealth:

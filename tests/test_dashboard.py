@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.promtools import (
+from tests.support.promtools import (
     GRAFANA_DEFAULTS,
     METRIC_CONTRACT,
     check_expressions,

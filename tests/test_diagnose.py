@@ -1,7 +1,7 @@
 """`node-ping diagnose`: the verdicts a person reads, the evidence, and the errors around Prometheus.
 
 The analysis is tested as a pure function of made-up matrices; the whole command against a real
-Prometheus whose history was backfilled with promtool (see tests/promdata.py), and against servers
+Prometheus whose history was backfilled with promtool (see tests/support/promdata.py), and against servers
 that are down, slow or not Prometheus at all.
 """
 
@@ -31,10 +31,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from node_ping import cli
-from node_ping import diagnose as diagnose_module
-from node_ping import verdict as verdict_module
-from node_ping.diagnose import Report, abbreviate, render_json, render_text
-from node_ping.verdict import (
+from node_ping.diagnose import analysis as verdict_module
+from node_ping.diagnose import command as diagnose_module
+from node_ping.diagnose.analysis import (
     CLUSTER,
     EXTERNAL_CLUSTER,
     EXTERNAL_NODE,
@@ -64,8 +63,10 @@ from node_ping.verdict import (
     probers,
     stale_sources,
 )
-from tests import promdata
-from tests.promdata import Mesh, receive_loss, send_loss
+from node_ping.diagnose.command import Report, abbreviate, render_json, render_text
+from tests.support import promdata
+from tests.support.ports import free_port
+from tests.support.promdata import Mesh, receive_loss, send_loss
 
 NODES = ["n1", "n2", "n3", "n4", "n5"]
 STEPS_IN_15M = 60  # what increase(...[15m]) sees of promdata's 15 s samples
@@ -1007,7 +1008,7 @@ class TestPrometheusUnreachable:
     """Exit code 2 and a message that says what to check, whatever is wrong at the other end."""
 
     def test_nothing_listening(self, capsys: pytest.CaptureFixture[str]) -> None:
-        url = f"http://127.0.0.1:{promdata.free_port()}"
+        url = f"http://127.0.0.1:{free_port()}"
         code, out, err = diagnose_cmd(capsys, "--prometheus", url)
         assert (code, out) == (2, "")
         assert err == (f"node-ping diagnose: cannot reach Prometheus at {url}: connection refused "
@@ -1200,7 +1201,7 @@ class TestAuthentication:
         assert SECRET not in err
 
     @pytest.mark.parametrize("prometheus", [
-        f"http://alice:{SECRET}@127.0.0.1:{promdata.free_port()}",  # nothing listening
+        f"http://alice:{SECRET}@127.0.0.1:{free_port()}",  # nothing listening
         f"ftp://alice:{SECRET}@prometheus:9090",
         f"http://alice:{SECRET}@prometheus:port",
         f"alice:{SECRET}@[::1",

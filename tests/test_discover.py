@@ -1,7 +1,7 @@
 """`node-ping discover`: Node objects in, the exporter's nodes.json out, whatever the API server does.
 
 The pure parts (a Node -> its target entry, the target list -> the exact nodes.json text, "does it
-need writing") are tested on their own. The controller is tested against tests/fake_kube_api.py,
+need writing") are tested on their own. The controller is tested against tests/support/fake_kube_api.py,
 which stands in for a Kubernetes API server, since none can run on this machine: the real
 `kubernetes` client talks to it over real HTTP on 127.0.0.1, with real watches, 410 Gone,
 conflicts, outages and other writers. What the controller writes is read back with the exporter's
@@ -16,7 +16,6 @@ import logging
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 import tracemalloc
@@ -28,10 +27,9 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from node_ping.config import SettingsError
-from node_ping.discover import DiscoverSettings, configure_parser, run, settings_from_args
-from node_ping.discover_controller import LABELS, Discovery
-from node_ping.discover_nodes import (
+from node_ping.discover.command import DiscoverSettings, configure_parser, run, settings_from_args
+from node_ping.discover.controller import LABELS, Discovery
+from node_ping.discover.nodes import (
     needs_write,
     node_target,
     parse_address_types,
@@ -40,8 +38,10 @@ from node_ping.discover_nodes import (
     summarize_change,
     validate_nodes_json,
 )
+from node_ping.settings import SettingsError
 from node_ping.targets import NodeTarget, parse_nodes
-from tests.fake_kube_api import FakeKubeAPI, make_node
+from tests.support.fake_kube_api import FakeKubeAPI, make_node
+from tests.support.processes import NODE_PING
 
 NS = "monitoring"
 CM = "node-ping-nodes"
@@ -820,7 +820,7 @@ class TestCommand:
         kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", kube.url, namespace=NS)
         env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower() and k != "POD_NAMESPACE"}
         env.update(NODE_PING_CONFIGMAP=CM, PYTHONPATH=str(REPO))
-        process = subprocess.Popen([sys.executable, "-m", "node_ping", "discover", "--kubeconfig", str(kubeconfig)],
+        process = subprocess.Popen([*NODE_PING, "discover", "--kubeconfig", str(kubeconfig)],
                                    cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
             wait_targets(kube, target("a", "10.0.0.1", "z1"), timeout=30)

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from node_ping import fping, icmp_lock
-from node_ping.parse import parse_report
+from node_ping.probe import fping, lock
+from node_ping.probe.report import parse_report
 
 
 def fake_fping(tmp_path: Path, body: str) -> str:
@@ -62,7 +62,7 @@ def stop_once_running(pidfile: Path, stop: threading.Event) -> threading.Thread:
 def held_lock() -> Iterator[Callable[[], None]]:
     """Hold the network namespace's fping lock as another node-ping would; yields a release function."""
     holder = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    holder.bind(icmp_lock.LOCK_ADDRESS)
+    holder.bind(lock.LOCK_ADDRESS)
     try:
         yield holder.close
     finally:

@@ -1,6 +1,6 @@
 """Latency accuracy: the RTTs node-ping reports match delays applied on purpose, over IPv4 and IPv6.
 
-This kernel has no netem, so host b answers echo requests itself (tests/responder.py) after a known
+This kernel has no netem, so host b answers echo requests itself (tests/support/responder.py) after a known
 delay, with the kernel's own echo replies turned off there. The responder logs every delay it
 actually applied; node-ping's min, average (rtt sum / received), max and mdev for b must match
 those within 0.5 ms + 5 %. Between the two stand the bridge (some tens of µs) and fping's
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import statistics
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -19,9 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from tests import netlab
-from tests.processes import stop as stop_process
-from tests.test_netns import by_destination, run_node_ping
+from tests.support import netlab
+from tests.support.exposition import by_destination
+from tests.support.netlab import run_node_ping
+from tests.support.processes import PYTHON
+from tests.support.processes import stop as stop_process
 
 REPO = Path(__file__).parents[1]
 
@@ -88,14 +89,14 @@ def quiet(host: netlab.Host) -> None:
 
 @pytest.fixture
 def responder(tmp_path: Path) -> Iterator[Responder]:
-    """Start tests/responder.py in a host whose kernel no longer answers pings; stopped at teardown."""
+    """Start tests/support/responder.py in a host whose kernel no longer answers pings; stopped at teardown."""
     processes: list[subprocess.Popen[str]] = []
 
     def start(host: netlab.Host, profile: Profile) -> Path:
         quiet(host)
         log = tmp_path / f"responder-{host.name}.log"
         process = subprocess.Popen(
-            host.cmd(sys.executable, str(REPO / "tests" / "responder.py"), "--log", str(log),
+            host.cmd(PYTHON, str(REPO / "tests" / "support" / "responder.py"), "--log", str(log),
                      "--delay-ms", str(profile.delay_ms), "--jitter-ms", str(profile.jitter_ms), "--seed", "7"),
             stdout=subprocess.PIPE, text=True)
         processes.append(process)

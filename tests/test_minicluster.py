@@ -1,6 +1,6 @@
 """End to end on a mini cluster: seven nodes (network namespaces on a bridge) each run `node-ping run`,
 a real node-exporter per node serves its textfile, and a real Prometheus scrapes them and evaluates
-node-ping's alert rules every second (see tests/minicluster.py for the layout).
+node-ping's alert rules every second (see tests/support/minicluster.py for the layout).
 
 The cluster starts healthy, then three faults are injected at once: one node drops 30 % of the pings
 it receives, one is cut off entirely (its node-ping and node-exporter keep running), and one pair of
@@ -21,9 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from tests import minicluster, netlab
-from tests.minicluster import WINDOW, AlertKey, MiniCluster, PromQLError, alert_key, format_key
-from tests.promtools import GRAFANA_DEFAULTS, alert_expressions, dashboard_queries
+from tests.support import minicluster, netlab
+from tests.support.minicluster import WINDOW, AlertKey, MiniCluster, PromQLError, alert_key, format_key
+from tests.support.promtools import GRAFANA_DEFAULTS, alert_expressions, dashboard_queries
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 

@@ -6,39 +6,24 @@ from __future__ import annotations
 import json
 import math
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from tests import netlab
-from tests.exporters import get, node_exporter
-from tests.test_metrics import families
-
-Series = dict[str, list[tuple[dict[str, str], float]]]
+from tests.support import netlab
+from tests.support.exporters import node_exporter
+from tests.support.exposition import by_destination, families
+from tests.support.netlab import run_node_ping
+from tests.support.ports import get
+from tests.support.processes import NODE_PING
 
 
 def binomial_bounds(n: int, p: float, z: float = 5.0) -> tuple[float, float]:
     """Range of the lost count that a correct prober falls outside with probability < 1e-6."""
     sd = math.sqrt(n * p * (1 - p))
     return n * p - z * sd - 1, n * p + z * sd + 1
-
-
-def run_node_ping(host: netlab.Host, workdir: Path, nodes: list[dict[str, str]], *, count: int, period_ms: int,
-                  cycles: int = 1, external: list[dict[str, str]] | None = None) -> Series:
-    textfile = workdir / "textfile"
-    textfile.mkdir(exist_ok=True)
-    (workdir / "nodes.json").write_text(json.dumps(nodes))
-    (workdir / "external.json").write_text(json.dumps(external or []))
-    result = subprocess.run(
-        host.cmd(sys.executable, "-m", "node_ping", "run", "--node-name", "a", "--textfile-dir", str(textfile),
-                 "--config", str(workdir / "nodes.json"), "--external-config", str(workdir / "external.json"),
-                 "--count", str(count), "--period-ms", str(period_ms), "--cycles", str(cycles)),
-        capture_output=True, text=True, timeout=120, check=False, cwd=Path(__file__).parents[1])
-    assert result.returncode == 0, result.stderr
-    return families((textfile / "node-ping_a.prom").read_text())
 
 
 def add_addresses(host: netlab.Host, count: int) -> tuple[list[str], list[str]]:
@@ -51,11 +36,6 @@ def add_addresses(host: netlab.Host, count: int) -> tuple[list[str], list[str]]:
     for address in v6:
         host.run("ip", "-6", "addr", "add", f"{address}/64", "dev", "eth0", "nodad")
     return v4, v6
-
-
-def by_destination(series: Series, metric: str) -> dict[str, float]:
-    return {labels.get("destination_node", labels.get("destination_name", "")): value
-            for labels, value in series.get(metric, [])}
 
 
 @pytest.mark.netns
@@ -162,7 +142,7 @@ class TestTwoInstancesOnOneNode:
         (tmp_path / "nodes.json").write_text(json.dumps(nodes))
         count = 100
         # `unshare --pid --fork`: node-ping is pid 1 and its fping pid 2 in each, as in a container.
-        argv = a.cmd("unshare", "--pid", "--fork", sys.executable, "-m", "node_ping", "once", "--node-name", "a",
+        argv = a.cmd("unshare", "--pid", "--fork", *NODE_PING, "once", "--node-name", "a",
                      "--config", str(tmp_path / "nodes.json"), "--external-config", str(tmp_path / "none.json"),
                      "--count", str(count), "--period-ms", "20")
         processes = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

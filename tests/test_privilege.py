@@ -31,10 +31,11 @@ from pathlib import Path
 
 import pytest
 
-from node_ping.config import Settings
-from node_ping.loop import Prober
-from tests import netlab
-from tests.test_metrics import families
+from node_ping.probe.config import Settings
+from node_ping.probe.cycle import Prober
+from tests.support import netlab
+from tests.support.exposition import families
+from tests.support.processes import PYTHON
 
 REPO = Path(__file__).parents[1]
 NOBODY = 65534
@@ -103,7 +104,7 @@ class Sandbox:
         textfile.chmod(0o777)
         setpriv = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--inh-caps=-all",
                    f"--bounding-set={bounding}", *(["--no-new-privs"] if no_new_privs else []), "--"]
-        python = os.path.realpath(sys.executable)
+        python = PYTHON  # the virtualenv's path: its packages, not the machine's
         node_ping = [python, "-m", "node_ping", "run", "--cycles", "1", "--node-name", "self",
                      "--textfile-dir", str(textfile), "--config", str(self.workdir / "nodes.json"),
                      "--external-config", str(self.workdir / "absent.json"),
@@ -284,7 +285,7 @@ class TestNoReplyAtAll:
         prober = Prober(Settings(node_name="self", textfile_dir=None, config_path=tmp_path / "nodes.json",
                                  external_config_path=tmp_path / "x.json", count=COUNT, period_ms=10,
                                  fping=fake_fping(tmp_path, "nothing")))
-        with caplog.at_level(logging.INFO, logger="node_ping.loop"):
+        with caplog.at_level(logging.INFO, logger="node_ping.probe.cycle"):
             for _ in range(3):
                 assert not prober.cycle(threading.Event()).ok
         messages = [record.getMessage() for record in caplog.records]

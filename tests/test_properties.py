@@ -15,9 +15,8 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
-from node_ping.metrics import Snapshot, TargetRow, render
-from node_ping.parse import parse_report
-from node_ping.stats import summarize
+from node_ping.probe.export import Snapshot, TargetRow, render
+from node_ping.probe.report import parse_report, summarize
 from node_ping.targets import ConfigError, TargetList, normalise_ip, parse_external, parse_nodes
 
 # Enough examples to find the classic mistakes, few enough that the file runs in seconds.

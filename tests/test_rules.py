@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.promtools import (
+from tests.support.promtools import (
     METRIC_CONTRACT,
     MONITORING_README,
     RULES_FILE,

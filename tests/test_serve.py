@@ -15,17 +15,11 @@ import pytest
 from prometheus_client import CollectorRegistry, Gauge
 from prometheus_client.exposition import ThreadingWSGIServer
 
-from node_ping import serve
-from node_ping.config import ListenAddress, parse_listen_address
+from node_ping.probe import serve
+from node_ping.probe.config import ListenAddress, parse_listen_address
+from tests.support.ports import free_port
 
 Serve = Callable[[str], tuple[ThreadingWSGIServer, str]]
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET6) as sock:
-        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        sock.bind(("::", 0))
-        return int(sock.getsockname()[1])
 
 
 def scrape(url: str) -> str:
@@ -41,7 +35,8 @@ def serving() -> Iterator[Serve]:
     Gauge("probe_marker", "marker", registry=registry).set(42)
 
     def start(template: str) -> tuple[ThreadingWSGIServer, str]:
-        server, where = serve.serve_metrics(parse_listen_address(template.format(port=free_port())), registry)
+        address = parse_listen_address(template.format(port=free_port(dual_stack=True)))
+        server, where = serve.serve_metrics(address, registry)
         servers.append(server)
         return server, where
 
@@ -87,7 +82,7 @@ class TestListenAddress:
                 raise OSError(errno.EAFNOSUPPORT, "Address family not supported by protocol")
             return real(host, port, app, server_class, **kwargs)
 
-        monkeypatch.setattr("node_ping.serve.make_server", no_ipv6)
+        monkeypatch.setattr("node_ping.probe.serve.make_server", no_ipv6)
         server, where = serving(":{port}")
         assert "probe_marker 42.0" in scrape(url("127.0.0.1", server))
         assert "no IPv6" in where

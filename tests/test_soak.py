@@ -13,7 +13,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -24,6 +23,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from node_ping import __version__
+from tests.support.processes import NODE_PING
 
 pytestmark = pytest.mark.slow
 
@@ -139,7 +139,7 @@ def start_exporter(tmp_path: Path) -> Iterator[StartExporter]:
         log = tmp_path / "node-ping.log"
         with open(log, "wb") as log_handle:
             process = subprocess.Popen(
-                [sys.executable, "-m", "node_ping", "run", "--node-name", SOURCE, "--textfile-dir", str(textfile),
+                [*NODE_PING, "run", "--node-name", SOURCE, "--textfile-dir", str(textfile),
                  "--config", str(config), "--external-config", str(tmp_path / "absent.json"),
                  "--count", "1", "--period-ms", "20", *extra],
                 cwd=REPO, stdin=subprocess.DEVNULL, stdout=log_handle, stderr=log_handle, start_new_session=True)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from node_ping.textfile import (
+from node_ping.probe.textfile import (
     MAX_NAME_BYTES,
     TEMP_SUFFIX,
     TEMP_TOKEN_CHARS,
@@ -39,7 +39,7 @@ class TestWriteAtomic:
         assert [p.name for p in tmp_path.iterdir()] == ["node-ping_n1.prom"]
 
     def test_missing_directory_raises_and_leaves_nothing(self, tmp_path: Path) -> None:
-        # A read-only and a full directory are covered with a real tmpfs in test_loop.py.
+        # A read-only and a full directory are covered with a real tmpfs in test_cycle.py.
         with pytest.raises(FileNotFoundError):
             write_atomic(tmp_path / "gone" / "node-ping_n1.prom", "a 1\n")
         assert list(tmp_path.iterdir()) == []

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from collections import Counter
 
 import pytest
 
+from node_ping.probe.topology import cluster_plan, select_peers
 from node_ping.targets import NodeTarget
-from node_ping.topology import cluster_plan, select_peers
+from tests.support.processes import PYTHON
 
 
 def cluster(nodes_per_zone: int, zones: int) -> list[NodeTarget]:
@@ -82,8 +82,8 @@ class TestZone:
 
     def test_same_choice_in_every_process(self) -> None:
         """Every node computes its own part; they must agree without talking to each other."""
-        code = ("from node_ping.topology import select_peers; from tests.test_topology import cluster; "
+        code = ("from node_ping.probe.topology import select_peers; from tests.test_topology import cluster; "
                 "print(sorted(t.name for t in select_peers('z0-n0', cluster(8, 3), 'zone', 2)))")
-        outputs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+        outputs = {subprocess.run([PYTHON, "-c", code], capture_output=True, text=True, check=True,
                                   env={"PYTHONHASHSEED": str(seed)}).stdout for seed in (1, 2)}
         assert len(outputs) == 1

@@ -12,7 +12,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, NoReturn
 
-from node_ping.config import SettingsError
+from node_ping.settings import SettingsError
 from node_ping.targets import ConfigError, NodeTarget, normalise_ip, parse_nodes
 
 ZONE_LABEL = "topology.kubernetes.io/zone"

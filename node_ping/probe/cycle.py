@@ -14,15 +14,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from node_ping import fping
-from node_ping.config import Settings
-from node_ping.metrics import Snapshot, TargetRow, render_chunks
-from node_ping.parse import complete_reports
-from node_ping.resolve import resolve_all
-from node_ping.stats import CycleStats, summarize
+from node_ping.probe import fping
+from node_ping.probe.config import Settings
+from node_ping.probe.export import Snapshot, TargetRow, render_chunks
+from node_ping.probe.report import CycleStats, complete_reports, summarize
+from node_ping.probe.resolve import resolve_all
+from node_ping.probe.textfile import output_path, write_atomic
+from node_ping.probe.topology import select_peers
 from node_ping.targets import ConfigError, ExternalTarget, NodeTarget, TargetList, read_external, read_nodes
-from node_ping.textfile import output_path, write_atomic
-from node_ping.topology import select_peers
 
 log = logging.getLogger(__name__)
 

@@ -16,10 +16,10 @@ from typing import Any
 
 import pytest
 
-from node_ping import fping
-from node_ping.config import ListenAddress, Settings
-from node_ping.loop import Outcome, Prober, run
-from tests.test_metrics import families
+from node_ping.probe import fping
+from node_ping.probe.config import ListenAddress, Settings
+from node_ping.probe.cycle import Outcome, Prober, run
+from tests.support.exposition import families
 
 
 def write_nodes(path: Path, *pairs: tuple[str, str]) -> None:
@@ -315,7 +315,7 @@ class TestSharedNetworkNamespace:
         monkeypatch.setattr(fping, "run_all", run_all)
         write_nodes(workdir / "nodes.json", ("a", "127.0.0.2"))
         prober = Prober(settings(workdir, count=1))
-        with caplog.at_level(logging.INFO, logger="node_ping.loop"):
+        with caplog.at_level(logging.INFO, logger="node_ping.probe.cycle"):
             for _ in range(15):
                 prober.cycle(threading.Event())
             messages = [r.getMessage() for r in caplog.records if "network namespace" in r.getMessage()]

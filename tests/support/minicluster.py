@@ -24,7 +24,6 @@ import json
 import re
 import shutil
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.parse
@@ -36,13 +35,14 @@ from typing import Any, TypeVar
 
 import yaml
 
-from tests import netlab
-from tests.exporters import NODE_EXPORTER, node_exporter
-from tests.processes import stop as stop_process
-from tests.promdata import running_prometheus
-from tests.promtools import RULES_FILE, run_promtool
+from tests.support import netlab
+from tests.support.exporters import NODE_EXPORTER, node_exporter
+from tests.support.processes import NODE_PING
+from tests.support.processes import stop as stop_process
+from tests.support.promdata import running_prometheus
+from tests.support.promtools import RULES_FILE, run_promtool
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 COUNT, PERIOD_MS = 5, 200
 """Pings per target per cycle and their spacing: 1 s cycles, as fast as node-exporter is scraped."""
@@ -184,7 +184,7 @@ table inet nodeping_test {
 
     def diagnose(self, *args: str) -> subprocess.CompletedProcess[str]:
         """`node-ping diagnose` against this cluster's Prometheus, as a user runs it."""
-        return subprocess.run([sys.executable, "-m", "node_ping", "diagnose", "--prometheus", self.prometheus.url,
+        return subprocess.run([*NODE_PING, "diagnose", "--prometheus", self.prometheus.url,
                                "--range", WINDOW, *args],
                               capture_output=True, text=True, timeout=60, check=False, cwd=REPO)
 
@@ -233,7 +233,7 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 
 def _node_ping(stack: contextlib.ExitStack, host: netlab.Host, name: str, *, nodes_json: Path, external_json: Path,
                textfile_dir: Path, log: Path) -> None:
-    argv = host.cmd(sys.executable, "-m", "node_ping", "run", "--node-name", name, "--textfile-dir", str(textfile_dir),
+    argv = host.cmd(*NODE_PING, "run", "--node-name", name, "--textfile-dir", str(textfile_dir),
                     "--config", str(nodes_json), "--external-config", str(external_json),
                     "--count", str(COUNT), "--period-ms", str(PERIOD_MS))
     with log.open("wb") as out:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import shutil
-import socket
 import subprocess
 import time
 import urllib.error
@@ -23,8 +22,9 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from node_ping.metrics import ERROR_KINDS
-from tests.processes import stop as stop_process
+from node_ping.contract import ERROR_KINDS
+from tests.support.ports import free_port
+from tests.support.processes import stop as stop_process
 
 Pair = tuple[str, str]
 
@@ -233,12 +233,6 @@ def backfill(text: str, data_dir: Path) -> None:
                        check=True, capture_output=True, text=True, timeout=120)
     finally:
         source.unlink()
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _ready(url: str) -> bool:

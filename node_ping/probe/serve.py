@@ -17,7 +17,7 @@ from wsgiref.simple_server import WSGIRequestHandler, make_server
 from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client.exposition import ThreadingWSGIServer
 
-from node_ping.config import EVERY_INTERFACE, ListenAddress
+from node_ping.probe.config import EVERY_INTERFACE, ListenAddress
 
 # Errors that mean "this host has no IPv6" (booted with ipv6.disable=1, or no address family).
 _NO_IPV6 = (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL, errno.EPROTONOSUPPORT)

@@ -17,7 +17,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from node_ping import icmp_lock
+from node_ping.probe import lock
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ class FpingResult:
     report: str  # what fping wrote to stderr
     returncode: int
     cpu_seconds: float  # user + system time of fping itself
-    waited_s: float = 0.0  # for another node-ping's fping in this network namespace (icmp_lock)
+    waited_s: float = 0.0  # for another node-ping's fping in this network namespace (lock)
 
 
 def packet_gap_ms(target_count: int, period_ms: float) -> float:
@@ -166,16 +166,16 @@ def run(argv: list[str], timeout_s: float, stop: threading.Event, poll_s: float 
 
 def run_all(argvs: list[list[str]], timeout_s: float, stop: threading.Event, poll_s: float = 0.1) -> FpingResult:
     """Run several fping processes side by side (each over its own targets) and join their reports,
-    once no other node-ping's fping runs in this network namespace (see icmp_lock).
+    once no other node-ping's fping runs in this network namespace (see lock).
 
     Processes of one pid namespace have their own pids, so their ICMP identifiers never collide.
     """
     try:
-        with icmp_lock.exclusive_icmp(stop, LOCK_WAIT_RUNS * timeout_s) as waited_s:
+        with lock.exclusive_icmp(stop, LOCK_WAIT_RUNS * timeout_s) as waited_s:
             return dataclasses.replace(_run_all(argvs, timeout_s, stop, poll_s), waited_s=waited_s)
-    except icmp_lock.Busy as err:
+    except lock.Busy as err:
         raise FpingTimeout(f"{err}; their replies and ours would mix, so we wait our turn") from None
-    except icmp_lock.Stopped:
+    except lock.Stopped:
         raise Interrupted("stopped while waiting for another node-ping's fping") from None
 
 

@@ -15,8 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from node_ping import __version__
-from node_ping.config import SettingsError, env
-from node_ping.discover_nodes import (
+from node_ping.discover.nodes import (
     DEFAULT_ADDRESS_TYPES,
     DNS_LABEL,
     DNS_SUBDOMAIN,
@@ -25,6 +24,7 @@ from node_ping.discover_nodes import (
     parse_address_types,
     parse_label_selector,
 )
+from node_ping.settings import SettingsError, env
 from node_ping.signals import stop_on_signals
 
 log = logging.getLogger(__name__)
@@ -153,7 +153,7 @@ def run(args: argparse.Namespace) -> int:
         log.error("node-ping discover: %s", err)
         return 2
     try:
-        from node_ping.discover_controller import Discovery  # noqa: PLC0415  (see the module docstring)
+        from node_ping.discover.controller import Discovery  # noqa: PLC0415  (see the module docstring)
     except ImportError as err:
         log.error("node-ping discover needs the kubernetes package (%s): pip install 'node-ping[discover]'", err)
         return 2

@@ -4,7 +4,7 @@ The HTTP part is thin: instant queries at one evaluation time so they agree (six
 for the matrix, six about each node's own metrics: five at its end, its errors over the range),
 with the headers the user gave (tokens, a Mimir tenant); credentials never appear in any output.
 Warnings in Prometheus's answers (a partial response from Thanos, say) go to stderr and into the JSON.
-The analysis is `node_ping.verdict.diagnose`, a pure function of the matrix; this module turns its
+The analysis is `node_ping.diagnose.analysis.diagnose`, a pure function of the matrix; this module turns its
 verdicts into text for people (verdicts, then the matrices as evidence) or JSON for scripts.
 Exit codes: 0 healthy, 1 faults found, 2 bad flags, Prometheus unreachable, refusing, not
 Prometheus, or no data.
@@ -32,8 +32,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from node_ping import __version__
-from node_ping.config import env
-from node_ping.verdict import (
+from node_ping.diagnose.analysis import (
     NODE_SILENT,
     NODE_STALE,
     Counts,
@@ -49,6 +48,7 @@ from node_ping.verdict import (
     probers,
     stale_sources,
 )
+from node_ping.settings import env
 
 EXIT_HEALTHY, EXIT_FAULTS, EXIT_ERROR = 0, 1, 2
 

@@ -7,10 +7,10 @@ import os
 from pathlib import Path
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
-from node_ping.metrics import Snapshot, TargetRow, last_success_in, render
-from node_ping.stats import summarize
+from node_ping.probe.export import Snapshot, TargetRow, last_success_in, render
+from node_ping.probe.report import summarize
+from tests.support.exposition import families
 
 GOLDEN = Path(__file__).parent / "fixtures" / "exposition"
 UPDATE = os.environ.get("NODE_PING_UPDATE_GOLDEN") == "1"  # set to rewrite the golden files
@@ -27,15 +27,6 @@ def sample_snapshot() -> Snapshot:
         cycle_duration_s=3.5, probe_duration_s=3.25, cycle_nominal_s=3.0, last_success_ts=1_700_000_000.0,
         fping_cpu_s=0.5, own_cpu_s=1.25,
     )
-
-
-def families(text: str) -> dict[str, list[tuple[dict[str, str], float]]]:
-    """Sample name -> [(labels, value)], parsed back with prometheus_client's own parser."""
-    series: dict[str, list[tuple[dict[str, str], float]]] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            series.setdefault(sample.name, []).append((sample.labels, sample.value))
-    return series
 
 
 class TestExposition:

@@ -9,11 +9,16 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import os
 import shutil
 import subprocess
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+
+from tests.support.exposition import Series, families
+from tests.support.processes import NODE_PING, REPO
 
 V4_NET = "10.231.0"
 V6_NET = "fd00:231::"
@@ -160,3 +165,19 @@ def lab(names: Sequence[str]) -> Iterator[Lab]:
         yield built
     finally:
         built.close()
+
+
+def run_node_ping(host: Host, workdir: Path, nodes: list[dict[str, str]], *, count: int, period_ms: int,
+                  cycles: int = 1, external: list[dict[str, str]] | None = None) -> Series:
+    """One `node-ping run` as node "a" in `host`; the series of the file it wrote."""
+    textfile = workdir / "textfile"
+    textfile.mkdir(exist_ok=True)
+    (workdir / "nodes.json").write_text(json.dumps(nodes))
+    (workdir / "external.json").write_text(json.dumps(external or []))
+    result = subprocess.run(
+        host.cmd(*NODE_PING, "run", "--node-name", "a", "--textfile-dir", str(textfile),
+                 "--config", str(workdir / "nodes.json"), "--external-config", str(workdir / "external.json"),
+                 "--count", str(count), "--period-ms", str(period_ms), "--cycles", str(cycles)),
+        capture_output=True, text=True, timeout=120, check=False, cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    return families((textfile / "node-ping_a.prom").read_text())

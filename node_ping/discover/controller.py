@@ -34,8 +34,8 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from kubernetes.watch.watch import iter_resp_lines
 
-from node_ping.discover import DiscoverSettings
-from node_ping.discover_nodes import (
+from node_ping.discover.command import DiscoverSettings
+from node_ping.discover.nodes import (
     needs_write,
     node_name,
     node_target,

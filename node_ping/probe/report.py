@@ -1,4 +1,4 @@
-"""Turn fping's `-q -C` report into samples per address (pure).
+"""Turn fping's `-q -C` report into samples per address, and those into one cycle's statistics (pure).
 
 With `-C N -q`, fping prints one line per target to stderr once it is done, e.g.
 `10.0.0.2 : 0.05 - 0.06`: one field per ping, `-` for a lost one. Anything else on stderr (ICMP
@@ -7,8 +7,10 @@ errors, duplicate replies, send errors) is commentary and is ignored.
 
 from __future__ import annotations
 
+import math
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 from node_ping.targets import is_ip, normalise_ip
 
@@ -58,3 +60,33 @@ def complete_reports(text: str, count: int) -> Iterator[tuple[str, tuple[Sample,
         if len(samples) == count and address not in seen:
             seen.add(address)
             yield address, samples
+
+
+@dataclass(frozen=True)
+class CycleStats:
+    """What one cycle saw for one target. RTT fields are None when nothing came back:
+    a dead link must never read as 0 ms."""
+
+    sent: int
+    received: int
+    rtt_sum_ms: float
+    rtt_min_ms: float | None
+    rtt_max_ms: float | None
+    rtt_mdev_ms: float | None
+
+    @property
+    def loss_ratio(self) -> float:
+        return 1.0 - self.received / self.sent if self.sent else 0.0
+
+
+def summarize(samples: Sequence[Sample]) -> CycleStats:
+    """Sent, received and RTT statistics; mdev is the population standard deviation."""
+    replies = [rtt for rtt in samples if rtt is not None]
+    if not replies:
+        return CycleStats(len(samples), 0, 0.0, None, None, None)
+    total = math.fsum(replies)
+    mean = total / len(replies)
+    spread = max(replies) - min(replies)
+    # Equal samples have no spread; rounding in the mean must not invent one.
+    mdev = math.sqrt(math.fsum((rtt - mean) ** 2 for rtt in replies) / len(replies)) if spread else 0.0
+    return CycleStats(len(samples), len(replies), total, min(replies), max(replies), mdev)

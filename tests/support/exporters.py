@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import shutil
-import socket
 import subprocess
 import time
 import urllib.error
@@ -12,20 +11,10 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-from tests.processes import stop as stop_process
+from tests.support.ports import free_port, get
+from tests.support.processes import stop as stop_process
 
 NODE_EXPORTER = "prometheus-node-exporter"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def get(url: str, timeout: float = 5) -> str:
-    with urllib.request.urlopen(url, timeout=timeout) as response:
-        return str(response.read().decode())
 
 
 @contextlib.contextmanager

@@ -11,7 +11,7 @@ receive timestamp of the request to the kernel's transmit timestamp of the reply
 kernel gives none, the time just before sendto()). That is the truth a prober's RTT is compared
 with; clocks read in Python after the fact are late by however long the thread was descheduled.
 
-    python tests/responder.py --log FILE --delay-ms 20 [--jitter-ms 10] [--seed 1]
+    python tests/support/responder.py --log FILE --delay-ms 20 [--jitter-ms 10] [--seed 1]
 
 It prints "ready" on stdout once both sockets are open, and runs until SIGTERM.
 """

@@ -17,7 +17,7 @@ from typing import Any, cast
 
 import yaml
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 MONITORING = REPO / "monitoring"
 RULES_FILE = MONITORING / "node-ping.rules.yaml"
 RULES_TEST_FILE = MONITORING / "node-ping.rules.test.yaml"
