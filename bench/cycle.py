@@ -24,6 +24,8 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from node_ping import contract
+
 
 def loopback_targets(n: int) -> list[dict[str, str]]:
     """127.1.0.1, 127.1.0.2, ...: distinct addresses that all answer locally."""
@@ -74,7 +76,7 @@ def measure(n: int, count: int, period_ms: int) -> Row:
                 if prom.exists() and prom.stat().st_mtime != seen_mtime:
                     seen_mtime = prom.stat().st_mtime
                     current = values(prom.read_text())
-                    if current.get("node_ping_cycles_total", 0) > len(samples):
+                    if current.get(contract.CYCLES.name, 0) > len(samples):
                         samples.append(current)
                 time.sleep(0.1)
             status = Path(f"/proc/{process.pid}/status").read_text()
@@ -87,9 +89,9 @@ def measure(n: int, count: int, period_ms: int) -> Row:
         raise RuntimeError(f"{n} targets: two cycles did not complete in time")
     first, second = samples
     series = sum(1 for line in text.splitlines() if line and not line.startswith("#"))
-    return Row(n, second["node_ping_cycle_nominal_seconds"], second["node_ping_cycle_duration_seconds"],
-               second["node_ping_cpu_seconds_total"] - first["node_ping_cpu_seconds_total"],
-               second["node_ping_fping_cpu_seconds_total"] - first["node_ping_fping_cpu_seconds_total"],
+    return Row(n, second[contract.CYCLE_NOMINAL.name], second[contract.CYCLE_DURATION.name],
+               second[contract.OWN_CPU.name] - first[contract.OWN_CPU.name],
+               second[contract.FPING_CPU.name] - first[contract.FPING_CPU.name],
                peak_kb / 1024, len(text.encode()) / 1024, series)
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from node_ping import contract
 from node_ping.probe.export import last_success_in
 from tests.support.exposition import families
 from tests.support.ports import free_port
@@ -83,7 +84,7 @@ class TestRunCommand:
         code, _, err = finish(node_ping("run", "--cycles", "2", "--count", "2", "--period-ms", "100", env=setup))
         assert code == 0, err
         series = families((Path(setup["PROMETHEUS_TEXTFILE_DIR"]) / "node-ping_me.prom").read_text())
-        sent = {labels["destination_node"]: v for labels, v in series["kube_node_ping_packets_sent_total"]}
+        sent = {labels["destination_node"]: v for labels, v in series[contract.NODE.packets_sent.name]}
         assert sent == {"peer": 4, "peer6": 4}  # itself excluded, 2 cycles x 2 pings
 
     def test_flags_override_env(self, setup: dict[str, str]) -> None:
@@ -103,7 +104,7 @@ class TestRunCommand:
         env = {**setup, "NODE_PING_COUNT": "3", "NODE_PING_PERIOD_MS": "100"}
         assert finish(node_ping("run", "--cycles", "1", env=env))[0] == 0
         text = (Path(setup["PROMETHEUS_TEXTFILE_DIR"]) / "node-ping_me.prom").read_text()
-        assert 'node_ping_cycle_nominal_seconds{source_node="me"} 0.3' in text
+        assert f'{contract.CYCLE_NOMINAL.name}{{source_node="me"}} 0.3' in text
 
     @pytest.mark.parametrize(("drop", "extra", "message"), [
         ("MY_NODE_NAME", [], "MY_NODE_NAME"),
@@ -138,10 +139,10 @@ class TestRunCommand:
         """A prober that never succeeds, restarted again and again by its liveness probe, must still
         look as old as it is, or "no success for 5 minutes" could never fire."""
         own = Path(setup["PROMETHEUS_TEXTFILE_DIR"]) / "node-ping_me.prom"
-        own.write_text('node_ping_last_success_timestamp_seconds{source_node="me"} 1.7e+09\n')
+        own.write_text(f'{contract.LAST_SUCCESS.name}{{source_node="me"}} 1.7e+09\n')
         code, _, err = finish(node_ping("run", "--cycles", "1", "--count", "1", "--fping", "/bin/false", env=setup))
         assert code == 1, err
-        assert 'node_ping_last_success_timestamp_seconds{source_node="me"} 1.7e+09' in own.read_text()
+        assert f'{contract.LAST_SUCCESS.name}{{source_node="me"}} 1.7e+09' in own.read_text()
         assert finish(node_ping("run", "--cycles", "1", "--count", "1", "--period-ms", "100", env=setup))[0] == 0
         assert time.time() - (last_success_in(own.read_text(), "me") or 0) < 60
 
@@ -237,7 +238,7 @@ class TestHttpAndHealth:
         wait_for(textfile.exists)
 
         def cycles(series: Samples) -> set[float]:
-            return {value for name, _, value in series if name == "node_ping_cycles_total"}
+            return {value for name, _, value in series if name == contract.CYCLES.name}
 
         # Cycles go on while we read: a file read on each side of the scrape, all three of the same
         # cycle, shows what both served for one snapshot (~1 s cycles: the first try nearly always).
@@ -253,7 +254,7 @@ class TestHttpAndHealth:
         assert served == after
         names = {name for name, _, _ in served}
         assert {dict(labels)["destination_node"] for name, labels, _ in served
-                if name == "kube_node_ping_packets_sent_total"} == {"peer", "peer6"}
+                if name == contract.NODE.packets_sent.name} == {"peer", "peer6"}
         assert not [name for name in names if name.startswith(("process_", "python_")) or "created" in name]
 
     def test_health_command(self, running: tuple[int, Path]) -> None:
@@ -300,6 +301,6 @@ class TestOnce:
         code, out, err = finish(node_ping("once", "--example"))
         assert code == 0, err
         series = families(out)
-        received = {labels["destination_node"]: v for labels, v in series["kube_node_ping_packets_received_total"]}
+        received = {labels["destination_node"]: v for labels, v in series[contract.NODE.packets_received.name]}
         assert received == {"loopback-a": 5, "loopback-b": 5, "loopback-v6": 5}
-        assert series["external_ping_packets_received_total"][0][1] == 5
+        assert series[contract.EXTERNAL.packets_received.name][0][1] == 5

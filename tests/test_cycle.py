@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from node_ping import contract
 from node_ping.probe import fping
 from node_ping.probe.config import ListenAddress, Settings
 from node_ping.probe.cycle import Outcome, Prober, run
@@ -59,19 +60,19 @@ class TestTargetsChange:
         prober = Prober(settings(workdir))
         stop = threading.Event()
         assert prober.cycle(stop).ok
-        assert destinations(prom(workdir), "kube_node_ping_packets_sent_total") == {"a": 3}
+        assert destinations(prom(workdir), contract.NODE.packets_sent.name) == {"a": 3}
 
         write_nodes(nodes, ("self", "127.0.0.1"), ("a", "127.0.0.2"), ("b", "127.0.0.3"), ("c", "::1"))
         assert prober.cycle(stop).ok
-        sent = destinations(prom(workdir), "kube_node_ping_packets_sent_total")
+        sent = destinations(prom(workdir), contract.NODE.packets_sent.name)
         assert sent == {"a": 6, "b": 3, "c": 3}  # counters accumulate; newcomers start at one cycle
 
         write_nodes(nodes, ("self", "127.0.0.1"), ("c", "::1"))
         assert prober.cycle(stop).ok
         series = prom(workdir)
-        assert destinations(series, "kube_node_ping_packets_sent_total") == {"c": 6}
-        assert destinations(series, "kube_node_ping_rtt_min").keys() == {"c"}
-        assert {labels["kind"]: v for labels, v in series["node_ping_targets"]} == {"node": 1, "external": 0}
+        assert destinations(series, contract.NODE.packets_sent.name) == {"c": 6}
+        assert destinations(series, contract.NODE.rtt_min.name).keys() == {"c"}
+        assert {labels["kind"]: v for labels, v in series[contract.TARGETS.name]} == {"node": 1, "external": 0}
 
     def test_external_target_sharing_a_node_address_is_probed_once_reported_twice(self, workdir: Path) -> None:
         write_nodes(workdir / "nodes.json", ("a", "127.0.0.2"))
@@ -80,8 +81,8 @@ class TestTargetsChange:
         prober = Prober(settings(workdir))
         assert prober.cycle(threading.Event()).ok
         series = prom(workdir)
-        assert destinations(series, "kube_node_ping_packets_received_total") == {"a": 3}
-        assert destinations(series, "external_ping_packets_received_total") == {"same": 3, "lo": 3}
+        assert destinations(series, contract.NODE.packets_received.name) == {"a": 3}
+        assert destinations(series, contract.EXTERNAL.packets_received.name) == {"same": 3, "lo": 3}
 
 
 class TestManyTargets:
@@ -95,7 +96,7 @@ class TestManyTargets:
         assert prober.cycle(threading.Event()).ok
         # Every target has a complete report from one of the processes. (Received is not asserted:
         # at a 2 ms period a briefly descheduled fping may rightly count a loopback reply as late.)
-        sent = destinations(prom(workdir), "kube_node_ping_packets_sent_total")
+        sent = destinations(prom(workdir), contract.NODE.packets_sent.name)
         assert sent == {f"n{i}": 3 for i in range(30)}
         assert prober.snapshot.errors["fping"] == 0
 
@@ -114,8 +115,8 @@ class TestBadInput:
             for _ in range(3):
                 prober.cycle(stop)
         series = prom(workdir)
-        assert destinations(series, "kube_node_ping_packets_sent_total") == {"a": 12}
-        errors = {labels["kind"]: v for labels, v in series["node_ping_errors_total"]}
+        assert destinations(series, contract.NODE.packets_sent.name) == {"a": 12}
+        errors = {labels["kind"]: v for labels, v in series[contract.ERRORS.name]}
         assert errors["config"] == 3
         warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
         assert len(warnings) == 1, warnings  # once, not once per cycle
@@ -131,7 +132,7 @@ class TestBadInput:
             else:
                 write_nodes(nodes, ("a", "127.0.0.2"), (f"n{i}", f"127.0.1.{i + 1}"))
             prober.cycle(stop)
-        sent = destinations(prom(workdir), "kube_node_ping_packets_sent_total")
+        sent = destinations(prom(workdir), contract.NODE.packets_sent.name)
         assert sent == {"a": 18, "n4": 6}
 
     def test_a_list_of_only_bad_entries_keeps_the_last_good_list(self, workdir: Path) -> None:
@@ -141,7 +142,7 @@ class TestBadInput:
         prober.cycle(threading.Event())
         nodes.write_text(json.dumps([{"name": "a"}, {"name": "b", "ipAddress": "nonsense"}]))
         prober.cycle(threading.Event())
-        assert destinations(prom(workdir), "kube_node_ping_packets_sent_total") == {"a": 6}
+        assert destinations(prom(workdir), contract.NODE.packets_sent.name) == {"a": 6}
         assert prober.snapshot.errors["config"] == 1
 
     def test_bad_entries_are_skipped_the_rest_probed(self, workdir: Path) -> None:
@@ -151,8 +152,8 @@ class TestBadInput:
         prober = Prober(settings(workdir))
         prober.cycle(threading.Event())
         series = prom(workdir)
-        assert destinations(series, "kube_node_ping_packets_sent_total") == {"a": 3}
-        assert {labels["kind"]: v for labels, v in series["node_ping_errors_total"]}["config"] == 1
+        assert destinations(series, contract.NODE.packets_sent.name) == {"a": 3}
+        assert {labels["kind"]: v for labels, v in series[contract.ERRORS.name]}["config"] == 1
 
     def test_fping_missing_then_installed(self, workdir: Path) -> None:
         write_nodes(workdir / "nodes.json", ("a", "127.0.0.2"))
@@ -165,11 +166,11 @@ class TestBadInput:
         after = prom(workdir)
         # The counters of the last good cycle are still there; the error is visible next to them. The
         # RTT gauges describe the last cycle, and this one measured nothing: they are gone until it does.
-        assert after["kube_node_ping_packets_sent_total"] == before["kube_node_ping_packets_sent_total"]
-        assert before["kube_node_ping_rtt_min"] and "kube_node_ping_rtt_min" not in after
-        assert {labels["kind"]: v for labels, v in after["node_ping_errors_total"]}["fping"] == 1
-        assert after["kube_node_ping_exceptions_total"][0][1] == 1
-        assert after["node_ping_last_success_timestamp_seconds"] == before["node_ping_last_success_timestamp_seconds"]
+        assert after[contract.NODE.packets_sent.name] == before[contract.NODE.packets_sent.name]
+        assert before[contract.NODE.rtt_min.name] and contract.NODE.rtt_min.name not in after
+        assert {labels["kind"]: v for labels, v in after[contract.ERRORS.name]}["fping"] == 1
+        assert after[contract.EXCEPTIONS.name][0][1] == 1
+        assert after[contract.LAST_SUCCESS.name] == before[contract.LAST_SUCCESS.name]
 
     def test_dns_outage_keeps_the_external_counters(self, workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         """A resolver outage is a gap in the data, not a target that left: counters go on afterwards."""
@@ -185,12 +186,12 @@ class TestBadInput:
         monkeypatch.setattr(socket, "getaddrinfo", failing_getaddrinfo)
         prober.cycle(threading.Event())
         during = prom(workdir)
-        assert destinations(during, "external_ping_packets_sent_total") == {"lo": 3}
-        assert "external_ping_rtt_min" not in during or not during["external_ping_rtt_min"]
-        assert {labels["kind"]: v for labels, v in during["node_ping_errors_total"]}["dns"] == 1
+        assert destinations(during, contract.EXTERNAL.packets_sent.name) == {"lo": 3}
+        assert contract.EXTERNAL.rtt_min.name not in during or not during[contract.EXTERNAL.rtt_min.name]
+        assert {labels["kind"]: v for labels, v in during[contract.ERRORS.name]}["dns"] == 1
         monkeypatch.setattr(socket, "getaddrinfo", real_getaddrinfo)
         prober.cycle(threading.Event())
-        assert destinations(prom(workdir), "external_ping_packets_sent_total") == {"lo": 6}
+        assert destinations(prom(workdir), contract.EXTERNAL.packets_sent.name) == {"lo": 6}
 
     def test_slow_dns_is_not_prober_lateness(self, workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         """Lateness is the sign of a starved prober: a slow resolver lengthens the cycle, not that."""
@@ -205,8 +206,8 @@ class TestBadInput:
         (workdir / "external.json").write_text(json.dumps([{"name": "lo", "host": "localhost"}]))
         assert Prober(settings(workdir, count=1)).cycle(threading.Event()).ok
         series = prom(workdir)
-        assert series["node_ping_cycle_duration_seconds"][0][1] >= 0.5
-        assert series["node_ping_cycle_lateness_seconds"][0][1] < 0.3
+        assert series[contract.CYCLE_DURATION.name][0][1] >= 0.5
+        assert series[contract.CYCLE_LATENESS.name][0][1] < 0.3
 
     def test_an_fping_hung_until_killed_is_late(self, workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         """The worst starvation of all must show, not the last good cycle's lateness."""
@@ -217,7 +218,7 @@ class TestBadInput:
         monkeypatch.setattr(Settings, "fping_timeout_s", property(lambda _self: 0.5))
         write_nodes(workdir / "nodes.json", ("a", "127.0.0.2"))
         assert not Prober(settings(workdir, count=1, fping=str(hang))).cycle(threading.Event()).ok
-        assert prom(workdir)["node_ping_cycle_lateness_seconds"][0][1] >= 0.4
+        assert prom(workdir)[contract.CYCLE_LATENESS.name][0][1] >= 0.4
 
     def test_dns_failure_is_counted_and_other_targets_probed(self, workdir: Path,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
@@ -230,9 +231,9 @@ class TestBadInput:
         (workdir / "external.json").write_text(json.dumps([{"name": "web", "host": "example.com"}]))
         Prober(settings(workdir)).cycle(threading.Event())
         series = prom(workdir)
-        assert destinations(series, "kube_node_ping_packets_sent_total") == {"a": 3}
-        assert "external_ping_packets_sent_total" not in series
-        assert {labels["kind"]: v for labels, v in series["node_ping_errors_total"]}["dns"] == 1
+        assert destinations(series, contract.NODE.packets_sent.name) == {"a": 3}
+        assert contract.EXTERNAL.packets_sent.name not in series
+        assert {labels["kind"]: v for labels, v in series[contract.ERRORS.name]}["dns"] == 1
 
 
 @pytest.fixture
@@ -268,8 +269,8 @@ class TestTextfileFaults:
         subprocess.run(["mount", "-o", "remount,rw", str(small_mount)], check=True)
         assert prober.cycle(threading.Event()).ok
         series = families((small_mount / "node-ping_self.prom").read_text())
-        assert {labels["kind"]: v for labels, v in series["node_ping_errors_total"]}["write"] == 1
-        assert destinations(series, "kube_node_ping_packets_sent_total") == {"a": 9}
+        assert {labels["kind"]: v for labels, v in series[contract.ERRORS.name]}["write"] == 1
+        assert destinations(series, contract.NODE.packets_sent.name) == {"a": 9}
 
     def test_full_directory(self, workdir: Path, small_mount: Path) -> None:
         write_nodes(workdir / "nodes.json", ("a", "127.0.0.2"))
@@ -285,7 +286,7 @@ class TestTextfileFaults:
         assert prober.snapshot.errors["write"] == 1
         filler.unlink()
         assert prober.cycle(threading.Event()).ok
-        assert "node_ping_errors_total" in (small_mount / "node-ping_self.prom").read_text()
+        assert contract.ERRORS.name in (small_mount / "node-ping_self.prom").read_text()
 
     def test_directory_removed_and_recreated(self, workdir: Path) -> None:
         write_nodes(workdir / "nodes.json", ("a", "127.0.0.2"))
@@ -298,7 +299,7 @@ class TestTextfileFaults:
         assert prober.snapshot.errors["write"] == 1
         textfile.mkdir()
         prober.cycle(threading.Event())
-        assert destinations(prom(workdir), "kube_node_ping_packets_sent_total") == {"a": 9}
+        assert destinations(prom(workdir), contract.NODE.packets_sent.name) == {"a": 9}
 
 
 class TestSharedNetworkNamespace:
@@ -384,7 +385,7 @@ class TestRun:
         prober.settings = settings(workdir, cycles=1)
         assert run(prober, threading.Event()) == 0  # still probing the last good list
         assert prober.snapshot.errors["config"] == 1
-        assert destinations(prom(workdir), "kube_node_ping_packets_sent_total") == {"a": 6}
+        assert destinations(prom(workdir), contract.NODE.packets_sent.name) == {"a": 6}
 
     def test_a_bug_in_a_cycle_does_not_end_the_loop(self, workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         write_nodes(workdir / "nodes.json", ("a", "127.0.0.2"))
@@ -402,7 +403,7 @@ class TestRun:
         assert run(prober, threading.Event()) == 0
         assert prober.snapshot.exceptions == 1 and prober.snapshot.cycles == 1
         # The count reached the file too: that is where an operator sees it.
-        assert prom(workdir)["kube_node_ping_exceptions_total"] == [({"source_node": "self"}, 1.0)]
+        assert prom(workdir)[contract.EXCEPTIONS.name] == [({"source_node": "self"}, 1.0)]
 
     def test_a_bug_in_every_cycle_is_visible_in_the_file(self, workdir: Path,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
@@ -414,4 +415,4 @@ class TestRun:
 
         monkeypatch.setattr(prober, "cycle", broken)
         assert run(prober, threading.Event()) == 1
-        assert prom(workdir)["kube_node_ping_exceptions_total"] == [({"source_node": "self"}, 3.0)]
+        assert prom(workdir)[contract.EXCEPTIONS.name] == [({"source_node": "self"}, 3.0)]

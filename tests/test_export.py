@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from node_ping import contract
 from node_ping.probe.export import Snapshot, TargetRow, last_success_in, render
 from node_ping.probe.report import summarize
 from tests.support.exposition import families
@@ -42,9 +43,9 @@ class TestExposition:
     def test_dead_target_has_counters_but_no_rtt_gauges(self) -> None:
         series = families(render(sample_snapshot()))
         dead = {"source_node": "node-a", "destination_node": "node-c", "destination_node_ip_address": "fd00::3"}
-        assert (dead, 6.0) in series["kube_node_ping_packets_sent_total"]
-        assert (dead, 0.0) in series["kube_node_ping_packets_received_total"]
-        for gauge in ("kube_node_ping_rtt_min", "kube_node_ping_rtt_max", "kube_node_ping_rtt_mdev"):
+        assert (dead, 6.0) in series[contract.NODE.packets_sent.name]
+        assert (dead, 0.0) in series[contract.NODE.packets_received.name]
+        for gauge in (contract.NODE.rtt_min.name, contract.NODE.rtt_max.name, contract.NODE.rtt_mdev.name):
             assert [labels["destination_node"] for labels, _ in series[gauge]] == ["node-b"]
 
     def test_no_created_or_process_series(self) -> None:
@@ -55,20 +56,20 @@ class TestExposition:
         awkward = 'we"ird\\name\nwith ü and 🚀'
         snapshot = Snapshot(source_node="n", external=(TargetRow((awkward, "h"), 1, 1, 1.0, summarize([1.0])),))
         series = families(render(snapshot))
-        ((labels, value),) = series["external_ping_packets_sent_total"]
+        ((labels, value),) = series[contract.EXTERNAL.packets_sent.name]
         assert labels["destination_name"] == awkward and value == 1.0
 
     def test_self_metrics(self) -> None:
         series = families(render(sample_snapshot()))
-        assert series["node_ping_cycle_lateness_seconds"] == [({"source_node": "node-a"}, 0.25)]
-        errors = {labels["kind"]: value for labels, value in series["node_ping_errors_total"]}
+        assert series[contract.CYCLE_LATENESS.name] == [({"source_node": "node-a"}, 0.25)]
+        errors = {labels["kind"]: value for labels, value in series[contract.ERRORS.name]}
         assert errors == {"config": 1.0, "dns": 0.0, "fping": 2.0, "write": 0.0}
-        assert series["kube_node_ping_exceptions_total"] == [({"source_node": "node-a"}, 2.0)]
+        assert series[contract.EXCEPTIONS.name] == [({"source_node": "node-a"}, 2.0)]
 
     def test_a_run_shorter_than_nominal_is_on_time_not_early(self) -> None:
         """fping's last round needs no full period: ending before count x period is on time."""
         snapshot = dataclasses.replace(sample_snapshot(), probe_duration_s=2.0)
-        assert families(render(snapshot))["node_ping_cycle_lateness_seconds"] == [({"source_node": "node-a"}, 0.0)]
+        assert families(render(snapshot))[contract.CYCLE_LATENESS.name] == [({"source_node": "node-a"}, 0.0)]
 
 
 class TestLastSuccessIn:
@@ -79,7 +80,7 @@ class TestLastSuccessIn:
         assert last_success_in(render(sample_snapshot()), "node-b") is None  # another node's file
 
     @pytest.mark.parametrize("text", ["", "garbage\n",
-                                      'node_ping_last_success_timestamp_seconds{source_node="a"} NaN\n',
-                                      'node_ping_last_success_timestamp_seconds{source_node="a"} -1.0\n'])
+                                      f'{contract.LAST_SUCCESS.name}{{source_node="a"}} NaN\n',
+                                      f'{contract.LAST_SUCCESS.name}{{source_node="a"}} -1.0\n'])
     def test_nothing_usable(self, text: str) -> None:
         assert last_success_in(text, "a") is None

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from node_ping import contract
 from tests.support import netlab
 from tests.support.exposition import by_destination
 from tests.support.netlab import run_node_ping
@@ -133,16 +134,17 @@ class TestLatencyAccuracy:
         # (At 100 ms, so that 127.0.0.1, which node-ping probes beside them, surely answers: a
         # cycle in which nothing at all answered is an fping failure.)
         silent = run_node_ping(a, tmp_path / "silent", targets, count=3, period_ms=100)
-        assert by_destination(silent, "kube_node_ping_packets_received_total") == {"b4": 0, "b6": 0}
+        assert by_destination(silent, contract.NODE.packets_received.name) == {"b4": 0, "b6": 0}
 
         log = responder(b, profile)
         series = run_node_ping(a, tmp_path / "probe", targets, count=profile.count, period_ms=profile.period_ms)
         applied = Applied.wait(log, {"v4": a.ipv4, "v6": a.ipv6}, {"v4": profile.count, "v6": profile.count})
 
-        received = by_destination(series, "kube_node_ping_packets_received_total")
+        received = by_destination(series, contract.NODE.packets_received.name)
         assert received == {"b4": profile.count, "b6": profile.count}
-        rtt_sum = by_destination(series, "kube_node_ping_rtt_milliseconds_total")
-        reported = {stat: by_destination(series, f"kube_node_ping_rtt_{stat}") for stat in ("min", "max", "mdev")}
+        rtt_sum = by_destination(series, contract.NODE.rtt_sum.name)
+        gauges = {"min": contract.NODE.rtt_min, "max": contract.NODE.rtt_max, "mdev": contract.NODE.rtt_mdev}
+        reported = {stat: by_destination(series, gauge.name) for stat, gauge in gauges.items()}
         for name, family in (("b4", "v4"), ("b6", "v6")):
             delays = applied.delays[family]
             assert len(delays) == profile.count, f"{family}: the responder answered {len(delays)} times"
@@ -169,6 +171,6 @@ class TestSlowReplies:
         series = run_node_ping(a, tmp_path, [{"name": "b4", "ipAddress": b.ipv4}], count=5, period_ms=100)
         applied = Applied.wait(log, {"v4": a.ipv4, "v6": a.ipv6}, {"v4": 5})
         assert len(applied.delays["v4"]) == 5  # every one answered, after node-ping stopped waiting
-        assert by_destination(series, "kube_node_ping_packets_sent_total") == {"b4": 5}
-        assert by_destination(series, "kube_node_ping_packets_received_total") == {"b4": 0}
-        assert "kube_node_ping_rtt_max" not in series
+        assert by_destination(series, contract.NODE.packets_sent.name) == {"b4": 5}
+        assert by_destination(series, contract.NODE.packets_received.name) == {"b4": 0}
+        assert contract.NODE.rtt_max.name not in series

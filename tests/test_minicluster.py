@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from node_ping import contract
 from tests.support import minicluster, netlab
 from tests.support.minicluster import WINDOW, AlertKey, MiniCluster, PromQLError, alert_key, format_key
 from tests.support.promtools import GRAFANA_DEFAULTS, alert_expressions, dashboard_queries
@@ -63,8 +64,9 @@ DASHBOARD_VALUES = {**GRAFANA_DEFAULTS, "__range": WINDOW, "__rate_interval": "1
 # Panels that are empty while node-ping works: Errors, because nothing has failed to run.
 EMPTY_PANELS = {"Errors [A]"}
 
-SENT = f"sum by (source_node, destination_node) (increase(kube_node_ping_packets_sent_total[{WINDOW}])) > 0"
-EXTERNAL_SENT = f"sum by (source_node, destination_name) (increase(external_ping_packets_sent_total[{WINDOW}])) > 0"
+SENT = f"sum by (source_node, destination_node) (increase({contract.NODE.packets_sent.name}[{WINDOW}])) > 0"
+EXTERNAL_SENT = (f"sum by (source_node, destination_name) (increase({contract.EXTERNAL.packets_sent.name}[{WINDOW}]))"
+                 " > 0")
 
 
 def expected_loss(source: str, destination: str) -> tuple[float, float]:
@@ -133,7 +135,8 @@ def wait_for_expected_alerts(cluster: MiniCluster) -> None:
 
 def wait_for_fault_only_windows(cluster: MiniCluster) -> None:
     """Until the windows hold only samples from after the faults: no reply from or to the cut-off node."""
-    replied = f"sum by (source_node, destination_node) (increase(kube_node_ping_packets_received_total[{WINDOW}])) > 0"
+    replied = (f"sum by (source_node, destination_node) (increase({contract.NODE.packets_received.name}[{WINDOW}]))"
+               " > 0")
 
     def only_faults() -> bool | None:
         pairs = set(cluster.prometheus.pair_values(replied))

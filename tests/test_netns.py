@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from node_ping import contract
 from tests.support import netlab
 from tests.support.exporters import node_exporter
 from tests.support.exposition import by_destination, families
@@ -56,8 +57,8 @@ class TestFaults:
                  {"name": "c", "ipAddress": c.ipv4}, {"name": "d6", "ipAddress": d.ipv6}]
         count = 100  # 30 % loss: 30 +- 24 lost, never 0 nor all
         series = run_node_ping(a, tmp_path, nodes, count=count, period_ms=100)
-        sent = by_destination(series, "kube_node_ping_packets_sent_total")
-        received = by_destination(series, "kube_node_ping_packets_received_total")
+        sent = by_destination(series, contract.NODE.packets_sent.name)
+        received = by_destination(series, contract.NODE.packets_received.name)
         assert sent == {"b": count, "c": count, "d6": count}
 
         low, high = binomial_bounds(count, 0.30)
@@ -65,14 +66,14 @@ class TestFaults:
         assert received["c"] == 0 and received["d6"] == count
 
         # The down host has no RTT gauges (never a false 0 ms); the others have real ones.
-        for gauge in ("kube_node_ping_rtt_min", "kube_node_ping_rtt_max", "kube_node_ping_rtt_mdev"):
+        for gauge in (contract.NODE.rtt_min.name, contract.NODE.rtt_max.name, contract.NODE.rtt_mdev.name):
             assert set(by_destination(series, gauge)) == {"b", "d6"}
-        rtt_min, rtt_max = by_destination(series, "kube_node_ping_rtt_min"), by_destination(
-            series, "kube_node_ping_rtt_max")
+        rtt_min, rtt_max = by_destination(series, contract.NODE.rtt_min.name), by_destination(
+            series, contract.NODE.rtt_max.name)
         assert 0 < rtt_min["d6"] <= rtt_max["d6"]
-        avg = by_destination(series, "kube_node_ping_rtt_milliseconds_total")["d6"] / received["d6"]
+        avg = by_destination(series, contract.NODE.rtt_sum.name)["d6"] / received["d6"]
         assert rtt_min["d6"] <= avg <= rtt_max["d6"]
-        (labels, _), = [item for item in series["kube_node_ping_packets_sent_total"]
+        (labels, _), = [item for item in series[contract.NODE.packets_sent.name]
                         if item[0]["destination_node"] == "d6"]
         assert labels == {"source_node": "a", "destination_node": "d6", "destination_node_ip_address": d.ipv6}
 
@@ -88,9 +89,9 @@ class TestFaults:
         families_of = {f"b4-{i}": "IPv4" for i in range(len(v4))} | {f"b6-{i}": "IPv6" for i in range(len(v6))}
         nodes = [{"name": name, "ipAddress": address} for name, address in zip(families_of, v4 + v6, strict=True)]
         series = run_node_ping(a, tmp_path, nodes, count=count, period_ms=100)
-        assert by_destination(series, "kube_node_ping_packets_sent_total") == dict.fromkeys(families_of, count)
+        assert by_destination(series, contract.NODE.packets_sent.name) == dict.fromkeys(families_of, count)
         lost = {name: count - received
-                for name, received in by_destination(series, "kube_node_ping_packets_received_total").items()}
+                for name, received in by_destination(series, contract.NODE.packets_received.name).items()}
         # Each family's total, bounded as tightly as one address pinged 400 times; and every address on its own.
         for family in ("IPv4", "IPv6"):
             total = sum(n for name, n in lost.items() if families_of[name] == family)
@@ -118,13 +119,13 @@ class TestNodeExporter:
         with node_exporter(tmp_path / "textfile") as url:
             series = families(get(url))
         assert series["node_textfile_scrape_error"] == [({}, 0.0)]
-        assert by_destination(series, "kube_node_ping_packets_sent_total") == {"b": 10, 'c "quoted"': 10}
-        assert by_destination(series, "kube_node_ping_packets_received_total") == {"b": 10, 'c "quoted"': 0}
-        assert by_destination(series, "external_ping_packets_received_total") == {"b-as-external": 10}
+        assert by_destination(series, contract.NODE.packets_sent.name) == {"b": 10, 'c "quoted"': 10}
+        assert by_destination(series, contract.NODE.packets_received.name) == {"b": 10, 'c "quoted"': 0}
+        assert by_destination(series, contract.EXTERNAL.packets_received.name) == {"b-as-external": 10}
         assert ("other_metric", [({}, 1.0)]) in series.items()
         mtimes = {labels["file"] for labels, _ in series["node_textfile_mtime_seconds"]}
         assert any(f.endswith("node-ping_a.prom") for f in mtimes)
-        assert time.time() - series["node_ping_last_success_timestamp_seconds"][0][1] < 60
+        assert time.time() - series[contract.LAST_SUCCESS.name][0][1] < 60
 
 
 @pytest.mark.netns
@@ -157,8 +158,8 @@ class TestTwoInstancesOnOneNode:
         for (out, err), process in zip(outputs, processes, strict=True):
             assert process.returncode == 0, err
             series = families(out)
-            sent = sum(by_destination(series, "kube_node_ping_packets_sent_total").values())
-            received = sum(by_destination(series, "kube_node_ping_packets_received_total").values())
+            sent = sum(by_destination(series, contract.NODE.packets_sent.name).values())
+            received = sum(by_destination(series, contract.NODE.packets_received.name).values())
             # Taking the other's replies as well, each would see about a quarter lost, not half.
             assert sent == count * len(nodes) and low <= sent - received <= high, (sent, received, err)
         # They ran at the same time, so one waited for the other's fping, and said so.

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import pytest
 
+from node_ping import contract
 from node_ping.probe.config import Settings
 from node_ping.probe.cycle import Prober
 from tests.support import netlab
@@ -43,9 +44,9 @@ NET_RAW = 1 << 13  # CAP_NET_RAW's bit in /proc/<pid>/status
 COUNT = 3
 NODES = '[{"name": "self", "ipAddress": "127.0.0.1"}, {"name": "lo2", "ipAddress": "127.0.0.2"}, ' \
         '{"name": "lo6", "ipAddress": "::1"}]'
-PING_SERIES = ("kube_node_ping_packets_sent_total", "kube_node_ping_packets_received_total",
-               "kube_node_ping_rtt_milliseconds_total", "kube_node_ping_rtt_min", "kube_node_ping_rtt_max",
-               "kube_node_ping_rtt_mdev")
+PING_SERIES = (contract.NODE.packets_sent.name, contract.NODE.packets_received.name,
+               contract.NODE.rtt_sum.name, contract.NODE.rtt_min.name, contract.NODE.rtt_max.name,
+               contract.NODE.rtt_mdev.name)
 
 Series = dict[str, list[tuple[dict[str, str], float]]]
 
@@ -163,10 +164,10 @@ def sandbox() -> Iterator[Sandbox]:
 def assert_probed(outcome: Outcome) -> None:
     """Every target answered every ping, and there is no error."""
     assert outcome.returncode == 0, outcome.log
-    assert outcome.by_destination("kube_node_ping_packets_sent_total") == {"lo2": COUNT, "lo6": COUNT}, outcome.log
-    assert outcome.by_destination("kube_node_ping_packets_received_total") == {"lo2": COUNT, "lo6": COUNT}
-    assert set(outcome.by_destination("kube_node_ping_rtt_max")) == {"lo2", "lo6"}
-    assert outcome.value("node_ping_errors_total", kind="fping") == 0
+    assert outcome.by_destination(contract.NODE.packets_sent.name) == {"lo2": COUNT, "lo6": COUNT}, outcome.log
+    assert outcome.by_destination(contract.NODE.packets_received.name) == {"lo2": COUNT, "lo6": COUNT}
+    assert set(outcome.by_destination(contract.NODE.rtt_max.name)) == {"lo2", "lo6"}
+    assert outcome.value(contract.ERRORS.name, kind="fping") == 0
 
 
 def assert_clear_failure(outcome: Outcome, message: str) -> None:
@@ -175,14 +176,14 @@ def assert_clear_failure(outcome: Outcome, message: str) -> None:
     assert outcome.returncode == 1 and "Traceback" not in outcome.log, outcome.log
     warnings = [line for line in outcome.log.splitlines() if "WARNING" in line]
     assert any(message in line and "NET_RAW" in line for line in warnings), outcome.log
-    assert outcome.value("node_ping_errors_total", kind="fping") == 1
-    assert outcome.value("kube_node_ping_exceptions_total") == 1
+    assert outcome.value(contract.ERRORS.name, kind="fping") == 1
+    assert outcome.value(contract.EXCEPTIONS.name) == 1
     for name in PING_SERIES:  # no "sent" to imply loss, no 0 ms RTT
         assert name not in outcome.series, (name, outcome.series[name])
     # Never a success: the gauge holds the start-up time, so "no success for 5 minutes" can fire.
     started = datetime.strptime(outcome.log[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()  # the first log line
-    assert abs(outcome.value("node_ping_last_success_timestamp_seconds") - started) < 1
-    assert outcome.value("node_ping_targets", kind="node") == 2
+    assert abs(outcome.value(contract.LAST_SUCCESS.name) - started) < 1
+    assert outcome.value(contract.TARGETS.name, kind="node") == 2
 
 
 @pytest.mark.netns
@@ -277,8 +278,8 @@ class TestNoReplyAtAll:
     def test_loopback_silent_too_means_fping_cannot_receive(self, probe: Callable[[str], tuple[bool, Series]]) -> None:
         ok, series = probe("nothing")
         assert not ok
-        assert {labels["kind"]: v for labels, v in series["node_ping_errors_total"]}["fping"] == 1
-        assert "kube_node_ping_packets_sent_total" not in series
+        assert {labels["kind"]: v for labels, v in series[contract.ERRORS.name]}["fping"] == 1
+        assert contract.NODE.packets_sent.name not in series
 
     def test_logged_once_while_it_lasts(self, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
         (tmp_path / "nodes.json").write_text('[{"name": "a", "ipAddress": "10.0.0.2"}]')
@@ -295,15 +296,15 @@ class TestNoReplyAtAll:
     def test_loopback_answering_means_the_loss_is_real(self, probe: Callable[[str], tuple[bool, Series]]) -> None:
         ok, series = probe("127.0.0.1")
         assert ok
-        sent = {labels["destination_node"]: v for labels, v in series["kube_node_ping_packets_sent_total"]}
-        received = {labels["destination_node"]: v for labels, v in series["kube_node_ping_packets_received_total"]}
+        sent = {labels["destination_node"]: v for labels, v in series[contract.NODE.packets_sent.name]}
+        received = {labels["destination_node"]: v for labels, v in series[contract.NODE.packets_received.name]}
         assert sent == {"a": COUNT, "b": COUNT} and received == {"a": 0, "b": 0}
-        assert "kube_node_ping_rtt_min" not in series
-        assert all("127.0.0.1" not in str(labels) for labels, _ in series["kube_node_ping_packets_sent_total"])
+        assert contract.NODE.rtt_min.name not in series
+        assert all("127.0.0.1" not in str(labels) for labels, _ in series[contract.NODE.packets_sent.name])
 
     def test_one_target_answering_is_enough(self, probe: Callable[[str], tuple[bool, Series]]) -> None:
         # Loopback may be filtered on some hosts: as long as anything answers, the numbers stand.
         ok, series = probe("fd00::2")
         assert ok
-        received = {labels["destination_node"]: v for labels, v in series["kube_node_ping_packets_received_total"]}
+        received = {labels["destination_node"]: v for labels, v in series[contract.NODE.packets_received.name]}
         assert received == {"a": 0, "b": COUNT}

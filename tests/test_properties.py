@@ -15,6 +15,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
+from node_ping import contract
 from node_ping.probe.export import Snapshot, TargetRow, render
 from node_ping.probe.report import parse_report, summarize
 from node_ping.targets import ConfigError, TargetList, normalise_ip, parse_external, parse_nodes
@@ -239,12 +240,12 @@ class TestExpositionLabels:
         for family in text_string_to_metric_families(text):
             for sample in family.samples:
                 parsed.setdefault((family.name, sample.name), []).append(sample.labels)
-        sent = parsed[("kube_node_ping_packets_sent", "kube_node_ping_packets_sent_total")]
+        sent = parsed[(contract.NODE.packets_sent.base, contract.NODE.packets_sent.name)]
         assert sorted((s["destination_node"], s["destination_node_ip_address"]) for s in sent) == sorted(nodes)
         assert all(s["source_node"] == "node-1" for s in sent)
-        mdev = parsed[("kube_node_ping_rtt_mdev", "kube_node_ping_rtt_mdev")]
+        mdev = parsed[(contract.NODE.rtt_mdev.name, contract.NODE.rtt_mdev.name)]
         assert sorted((s["destination_node"], s["destination_node_ip_address"]) for s in mdev) == sorted(nodes)
-        ext = parsed.get(("external_ping_packets_received", "external_ping_packets_received_total"), [])
+        ext = parsed.get((contract.EXTERNAL.packets_received.base, contract.EXTERNAL.packets_received.name), [])
         assert sorted((s["destination_name"], s["destination_host"]) for s in ext) == sorted(external)
         # Every line is either a comment or one sample: no label text broke a line in two. The
         # format separates lines by "\n" only; "\r" or U+2028 inside a value are plain characters.

@@ -22,22 +22,22 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from node_ping import __version__
+from node_ping import __version__, contract
 from tests.support.processes import NODE_PING
 
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).parents[1]
 SOURCE = "self"
-LAST_LINE = f'node_ping_build_info{{source_node="{SOURCE}",version="{__version__}"}} 1.0\n'
+LAST_LINE = f'{contract.BUILD_INFO.name}{{source_node="{SOURCE}",version="{__version__}"}} 1.0\n'
 # Families every file carries, by the names prometheus_client's parser gives them (no _total).
-SELF_FAMILIES = {"kube_node_ping_exceptions", "node_ping_errors", "node_ping_cycles", "node_ping_targets",
-                 "node_ping_cycle_duration_seconds", "node_ping_cycle_nominal_seconds",
-                 "node_ping_cycle_lateness_seconds", "node_ping_last_success_timestamp_seconds",
-                 "node_ping_fping_cpu_seconds", "node_ping_cpu_seconds", "node_ping_build_info"}
-NODE_FAMILIES = {"kube_node_ping_packets_sent", "kube_node_ping_packets_received",
-                 "kube_node_ping_rtt_milliseconds", "kube_node_ping_rtt_min", "kube_node_ping_rtt_max",
-                 "kube_node_ping_rtt_mdev"}
+SELF_FAMILIES = {contract.EXCEPTIONS.base, contract.ERRORS.base, contract.CYCLES.base, contract.TARGETS.name,
+                 contract.CYCLE_DURATION.name, contract.CYCLE_NOMINAL.name,
+                 contract.CYCLE_LATENESS.name, contract.LAST_SUCCESS.name,
+                 contract.FPING_CPU.base, contract.OWN_CPU.base, contract.BUILD_INFO.name}
+NODE_FAMILIES = {contract.NODE.packets_sent.base, contract.NODE.packets_received.base,
+                 contract.NODE.rtt_sum.base, contract.NODE.rtt_min.name, contract.NODE.rtt_max.name,
+                 contract.NODE.rtt_mdev.name}
 
 Series = dict[str, dict[str, float]]
 """sample name -> destination (or kind, or "") -> value"""
@@ -113,7 +113,7 @@ class Exporter:
 
     def cycles(self) -> int:
         try:
-            return int(read_complete(self.output.read_text())["node_ping_cycles_total"][""])
+            return int(read_complete(self.output.read_text())[contract.CYCLES.name][""])
         except (FileNotFoundError, AssertionError, KeyError):
             return 0
 
@@ -218,11 +218,11 @@ class TestSoak:
             # Every target was listed from the start and loopback never drops a ping (nor, with
             # patient_fping, does a descheduled fping), so every complete file says:
             # sent = received = cycles, for every target.
-            cycles = series["node_ping_cycles_total"][""]
-            sent = series["kube_node_ping_packets_sent_total"]
+            cycles = series[contract.CYCLES.name][""]
+            sent = series[contract.NODE.packets_sent.name]
             assert len(sent) == self.TARGETS
             assert set(sent.values()) == {cycles}, f"sent {set(sent.values())} after {cycles} cycles"
-            assert series["kube_node_ping_packets_received_total"] == sent
+            assert series[contract.NODE.packets_received.name] == sent
 
         reader = Reader(exporter.output, honest)
         thread = threading.Thread(target=reader.loop, daemon=True)
@@ -263,7 +263,7 @@ class TestSoak:
         assert not strays
         assert [p.name for p in exporter.textfile.iterdir()] == [exporter.output.name]  # no temp file left
         final = read_complete(exporter.output.read_text())
-        assert final["node_ping_errors_total"] == {"config": 0, "dns": 0, "fping": 0, "write": 0}
+        assert final[contract.ERRORS.name] == {"config": 0, "dns": 0, "fping": 0, "write": 0}
         assert "Traceback" not in exporter.log.read_text()
 
 
@@ -279,14 +279,14 @@ class TestChurn:
         broken = ['[{"name": "n0", "ipAddress": ', "{}", "", "null", "\x00\xff garbage"]
 
         def plausible(series: Series) -> None:
-            cycles = series["node_ping_cycles_total"][""]
-            sent = series["kube_node_ping_packets_sent_total"]
+            cycles = series[contract.CYCLES.name][""]
+            sent = series[contract.NODE.packets_sent.name]
             assert sent, "a file without any target although every valid list has some"
             for name, value in sent.items():
                 assert addresses[name]  # only names that were ever configured
                 assert 1 <= value <= cycles
-                assert series["kube_node_ping_packets_received_total"][name] == value
-            assert series["node_ping_targets"]["node"] == len(sent)
+                assert series[contract.NODE.packets_received.name][name] == value
+            assert series[contract.TARGETS.name]["node"] == len(sent)
 
         reader = Reader(exporter.output, plausible)
         stop_churn = threading.Event()
@@ -329,10 +329,10 @@ class TestChurn:
         write_atomic(exporter.config, json.dumps(final_nodes))
         # The cycle after the one running now started after the write, so it read the final list.
         series = wait_for(exporter, exporter.cycles() + 2)
-        assert set(series["kube_node_ping_packets_sent_total"]) == {n["name"] for n in final_nodes}
-        assert series["node_ping_errors_total"]["config"] >= 100
-        assert series["node_ping_errors_total"]["fping"] == 0
-        assert series["kube_node_ping_exceptions_total"][""] == 0
+        assert set(series[contract.NODE.packets_sent.name]) == {n["name"] for n in final_nodes}
+        assert series[contract.ERRORS.name]["config"] >= 100
+        assert series[contract.ERRORS.name]["fping"] == 0
+        assert series[contract.EXCEPTIONS.name][""] == 0
         assert exporter.stop() == 0
         log = exporter.log.read_text()
         assert "Traceback" not in log and "unexpectedly" not in log
@@ -390,34 +390,34 @@ class TestFpingFaults:
             # Cycles run one after another, so the fping found belongs to the cycle after the last
             # one written, unless that cycle was written in between (then the kill below misses).
             good = read_complete(exporter.output.read_text())
-            assert set(good["kube_node_ping_packets_sent_total"].values()) == {20 * good["node_ping_cycles_total"][""]}
+            assert set(good[contract.NODE.packets_sent.name].values()) == {20 * good[contract.CYCLES.name][""]}
             with contextlib.suppress(ProcessLookupError):
                 os.kill(child, signal.SIGKILL)
-            failed = wait_for(exporter, int(good["node_ping_cycles_total"][""]) + 1)
-            if failed["node_ping_errors_total"]["fping"]:
+            failed = wait_for(exporter, int(good[contract.CYCLES.name][""]) + 1)
+            if failed[contract.ERRORS.name]["fping"]:
                 break
             # That fping had already exited (a zombie takes SIGKILL silently): its cycle was good.
         else:
             raise AssertionError("no fping was caught running in five tries")
 
         # The cycle whose fping was killed is the one written next, and it is a failed cycle.
-        assert failed["node_ping_cycles_total"][""] == good["node_ping_cycles_total"][""] + 1
-        assert failed["node_ping_errors_total"]["fping"] == 1
-        assert failed["kube_node_ping_exceptions_total"][""] == 1
+        assert failed[contract.CYCLES.name][""] == good[contract.CYCLES.name][""] + 1
+        assert failed[contract.ERRORS.name]["fping"] == 1
+        assert failed[contract.EXCEPTIONS.name][""] == 1
         # Nothing of the killed run is counted: the counters are the last good cycle's, and the RTT
         # gauges, which describe the last cycle, are gone: it measured nothing.
-        for name in ("kube_node_ping_packets_sent_total", "kube_node_ping_packets_received_total",
-                     "kube_node_ping_rtt_milliseconds_total"):
+        for name in (contract.NODE.packets_sent.name, contract.NODE.packets_received.name,
+                     contract.NODE.rtt_sum.name):
             assert failed[name] == good[name], name
-        assert good["kube_node_ping_rtt_min"] and "kube_node_ping_rtt_min" not in failed
-        assert failed["node_ping_last_success_timestamp_seconds"] == good["node_ping_last_success_timestamp_seconds"]
+        assert good[contract.NODE.rtt_min.name] and contract.NODE.rtt_min.name not in failed
+        assert failed[contract.LAST_SUCCESS.name] == good[contract.LAST_SUCCESS.name]
 
-        recovered = wait_for(exporter, int(failed["node_ping_cycles_total"][""]) + 1)
+        recovered = wait_for(exporter, int(failed[contract.CYCLES.name][""]) + 1)
         # Every cycle but the killed one counted its 20 pings, all answered.
-        good_cycles = recovered["node_ping_cycles_total"][""] - 1
-        assert set(recovered["kube_node_ping_packets_sent_total"].values()) == {20 * good_cycles}
-        assert recovered["kube_node_ping_packets_received_total"] == recovered["kube_node_ping_packets_sent_total"]
-        assert recovered["node_ping_errors_total"]["fping"] == 1
+        good_cycles = recovered[contract.CYCLES.name][""] - 1
+        assert set(recovered[contract.NODE.packets_sent.name].values()) == {20 * good_cycles}
+        assert recovered[contract.NODE.packets_received.name] == recovered[contract.NODE.packets_sent.name]
+        assert recovered[contract.ERRORS.name]["fping"] == 1
         assert exporter.stop() == 0
         assert "fping was killed by signal 9" in exporter.log.read_text()
 
@@ -437,14 +437,14 @@ exec fping "$@"
         good = wait_for(exporter, 1)
         pid = written_pid(hung)
         assert Path(f"/proc/{pid}").exists()
-        assert read_complete(exporter.output.read_text())["node_ping_cycles_total"] == good["node_ping_cycles_total"]
+        assert read_complete(exporter.output.read_text())[contract.CYCLES.name] == good[contract.CYCLES.name]
 
         failed = wait_for(exporter, 2)
         assert not Path(f"/proc/{pid}").exists(), "the hung fping was left running"
-        assert failed["node_ping_errors_total"]["fping"] == 1
-        assert failed["kube_node_ping_packets_sent_total"] == good["kube_node_ping_packets_sent_total"]
+        assert failed[contract.ERRORS.name]["fping"] == 1
+        assert failed[contract.NODE.packets_sent.name] == good[contract.NODE.packets_sent.name]
         recovered = wait_for(exporter, 3)
-        assert set(recovered["kube_node_ping_packets_sent_total"].values()) == {10}
+        assert set(recovered[contract.NODE.packets_sent.name].values()) == {10}
         assert exporter.stop() == 0
         assert "fping ran longer than 12 s and was killed" in exporter.log.read_text()
 
@@ -458,9 +458,9 @@ exec fping "$@"
         os.killpg(exporter.process.pid, signum)
         assert exporter.process.wait(timeout=30) == 0
         final = read_complete(exporter.output.read_text())
-        assert final["node_ping_errors_total"]["fping"] == 0, exporter.log.read_text()[-1000:]
+        assert final[contract.ERRORS.name]["fping"] == 0, exporter.log.read_text()[-1000:]
         # The interrupted cycle published nothing: every cycle in the file counted all 20 pings.
         # (Which cycle was interrupted depends on timing; that none of it shows does not.)
-        cycles = final["node_ping_cycles_total"][""]
-        assert cycles >= good["node_ping_cycles_total"][""]
-        assert set(final["kube_node_ping_packets_sent_total"].values()) == {20 * cycles}
+        cycles = final[contract.CYCLES.name][""]
+        assert cycles >= good[contract.CYCLES.name][""]
+        assert set(final[contract.NODE.packets_sent.name].values()) == {20 * cycles}

@@ -35,6 +35,7 @@ from typing import Any, TypeVar
 
 import yaml
 
+from node_ping import contract
 from tests.support import netlab
 from tests.support.exporters import NODE_EXPORTER, node_exporter
 from tests.support.processes import NODE_PING
@@ -148,8 +149,8 @@ class PrometheusAPI:
 
 def pair_loss(window: str = WINDOW) -> str:
     """Loss per pair over `window`, written as in the rules and the dashboard."""
-    return (f"1 - sum by (source_node, destination_node) (increase(kube_node_ping_packets_received_total[{window}]))"
-            f" / (sum by (source_node, destination_node) (increase(kube_node_ping_packets_sent_total[{window}])) > 0)")
+    return (f"1 - sum by (source_node, destination_node) (increase({contract.NODE.packets_received.name}[{window}]))"
+            f" / (sum by (source_node, destination_node) (increase({contract.NODE.packets_sent.name}[{window}])) > 0)")
 
 
 @dataclass
@@ -200,9 +201,9 @@ table inet nodeping_test {
             lines.append("--- scrape targets (up):")
             lines += [f"  {labels.get('node')} {labels.get('instance')}: {value:g}"
                       for labels, value in self.prometheus.query("up")]
-            ages = self.prometheus.query("time() - node_ping_last_success_timestamp_seconds")
+            ages = self.prometheus.query(f"time() - {contract.LAST_SUCCESS.name}")
             errors = {labels["source_node"]: value
-                      for labels, value in self.prometheus.query("sum by (source_node) (node_ping_errors_total)")}
+                      for labels, value in self.prometheus.query(f"sum by (source_node) ({contract.ERRORS.name})")}
             lines.append("--- node-ping per node: seconds since its last completed cycle, errors counted:")
             lines += [f"  {labels['source_node']}: {age:.1f} s, {errors.get(labels['source_node'], 0):g} errors"
                       for labels, age in sorted(ages, key=lambda sample: sample[0]["source_node"])]
