@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+from node_ping.contract import CONFIG_ERROR, DNS_ERROR, FPING_ERROR, WRITE_ERROR
 from node_ping.probe import fping
 from node_ping.probe.config import Settings
 from node_ping.probe.export import Snapshot, TargetRow, render_chunks
@@ -167,7 +168,7 @@ class Prober:
                           stop: threading.Event) -> dict[ExternalTarget, str]:
         resolved = resolve_all([target.host for target in targets], stop=stop)
         if resolved.failures:
-            self._error("dns")
+            self._error(DNS_ERROR)
         if not resolved.stopped:
             failures = list(resolved.failures.values())
             self._problems.report("external names", _some(failures, sep="; ") if failures else None)
@@ -179,7 +180,7 @@ class Prober:
         s = self.settings
         for target_file in (self._nodes, self._external):
             if not target_file.load(self._problems):
-                self._error("config")
+                self._error(CONFIG_ERROR)
         nodes = select_peers(s.node_name, self._nodes.targets, s.topology, s.peers_per_zone)
         external = self._resolve_external(self._external.targets, stop)
         node_addresses = {node: node.address for node in nodes}
@@ -234,7 +235,7 @@ class Prober:
         except fping.Interrupted:
             return None
         except fping.FpingError as err:
-            self._error("fping")
+            self._error(FPING_ERROR)
             self._problems.report("fping", f"fping failed: {err}; keeping the previous results")
             return {}, 0.0, False
         # Waiting is a state, not an event: while another node-ping runs, some turns come at once.
@@ -247,7 +248,7 @@ class Prober:
         reports = {address: summarize(samples) for address, samples in complete_reports(result.report, s.count)}
         canary = reports.get(CANARY) if CANARY in addresses else reports.pop(CANARY, None)
         if canary is not None and not canary.received and not any(r.received for r in reports.values()):
-            self._error("fping")
+            self._error(FPING_ERROR)
             self._problems.report("fping", "fping got no reply at all, not even from 127.0.0.1: it cannot receive "
                                   "ICMP replies here. Without NET_RAW, fping 5.1 uses ICMP datagram sockets and "
                                   "drops every reply: give the container NET_RAW. With it, a firewall in this "
@@ -257,7 +258,7 @@ class Prober:
         # Without a complete report we do not know what was sent: count nothing for it, and say so.
         missing = [address for address in addresses if address not in reports]
         if missing:
-            self._error("fping")
+            self._error(FPING_ERROR)
         self._problems.report("fping report", f"fping reported no complete result for {_some(missing)}"
                               if missing else None)
         return reports, result.cpu_seconds, not missing
@@ -295,7 +296,7 @@ class Prober:
         try:
             write_atomic(path, render_chunks(self.snapshot))
         except OSError as err:
-            self._error("write")
+            self._error(WRITE_ERROR)
             self.on_snapshot(self.snapshot)
             served = s.listen is not None
             self._problems.report("textfile", f"cannot write {path}: {err.strerror or err}; the previous file is "

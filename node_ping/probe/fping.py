@@ -78,7 +78,7 @@ def packet_gap_ms(target_count: int, period_ms: float) -> float:
 
     fping's default 10 ms gap makes a round of 300 targets take 3 s, so a 1 s period silently
     becomes 3 s and the cycle triples. Never wider than fping's default. Past about 10,000 targets
-    per second of period even the smallest gap cannot keep up; node_ping_cycle_lateness_seconds
+    per second of period even the smallest gap cannot keep up; the cycle lateness gauge
     then shows it.
     """
     if target_count <= 0:
