@@ -1,6 +1,10 @@
 """The container image, without a container engine: what the Dockerfile says is checked against the
 repository, Debian and the Helm chart, and its two stages are replayed (wheels built from the files
-it copies, installed offline into a clean virtualenv) to see the entrypoint work.
+the builder receives and the build stage copies, installed offline into a clean virtualenv) to see
+the entrypoint work.
+
+The Dockerfile is read by dockerfile-parse, and the build context is what the Docker SDK's own
+.dockerignore matcher lets through, so neither reading can drift from Docker's.
 """
 
 from __future__ import annotations
@@ -10,26 +14,31 @@ import re
 import shlex
 import shutil
 import subprocess
-import sys
 import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import helm_python as helm
 import pytest
 import yaml
+from docker.utils.build import exclude_paths
+from dockerfile_parse import DockerfileParser
+from dockerfile_parse.parser import image_from
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.support.chart import CHART, REPO, Rendered, render
+from tests.support.processes import PYTHON
+
 DOCKERFILE = REPO / "Dockerfile"
 DOCKERIGNORE = REPO / ".dockerignore"
-CHART = REPO / "charts" / "node-ping"
 BASE_IMAGE = "python:3.11-slim-bookworm"
 
 
 @dataclass
 class Stage:
-    """One FROM ... section of the Dockerfile: the base, the optional name, its instructions."""
+    """One FROM ... section of the Dockerfile: the base (build arguments substituted), the optional
+    name, its instructions in order."""
 
     base: str
     name: str | None
@@ -39,47 +48,30 @@ class Stage:
         return [args for name, args in self.instructions if name == instruction]
 
 
-def parse_dockerfile(text: str) -> list[Stage]:
-    """Stages with their instructions; line continuations joined, comments dropped, ARGs declared
-    before the first FROM substituted into FROM lines (as Docker does)."""
-    logical: list[str] = []
-    pending = ""
-    for raw in text.splitlines():
-        line = raw.strip()
-        if not pending and (not line or line.startswith("#")):
-            continue
-        if pending and line.startswith("#"):
-            continue  # a comment inside a continued instruction
-        if line.endswith("\\"):
-            pending += line[:-1] + " "
-            continue
-        logical.append(pending + line)
-        pending = ""
-    assert not pending, "the Dockerfile ends inside a continued line"
-
-    global_args: dict[str, str] = {}
+def parse_stages(path: Path) -> list[Stage]:
+    """The Dockerfile's stages as dockerfile-parse reads them (continuations joined, comments
+    dropped). The bases are its `parent_images`, one per FROM, with the ARGs declared before the
+    first FROM substituted as Docker does."""
+    parser = DockerfileParser(path=str(path))
+    bases = iter(parser.parent_images)
     stages: list[Stage] = []
-    for line in logical:
-        instruction, _, args = line.partition(" ")
-        instruction = instruction.upper()
-        args = args.strip()
-        if instruction == "ARG" and not stages:
-            name, _, default = args.partition("=")
-            global_args[name] = default
-        elif instruction == "FROM":
-            base = re.sub(r"\$\{?(\w+)\}?", lambda m: global_args[m.group(1)], args.split()[0])
-            words = args.split()
-            stage_name = words[2] if len(words) == 3 and words[1].upper() == "AS" else None
-            stages.append(Stage(base, stage_name))
+    for item in parser.structure:
+        instruction, value = item["instruction"], item["value"]
+        if instruction == "COMMENT":
+            continue
+        if instruction == "FROM":
+            stages.append(Stage(next(bases), image_from(value)[1]))
+        elif stages:
+            stages[-1].instructions.append((instruction, value))
         else:
-            assert stages, f"{instruction} before the first FROM"
-            stages[-1].instructions.append((instruction, args))
+            assert instruction == "ARG", f"{instruction} before the first FROM"
+    assert next(bases, None) is None, "a FROM without an image"
     return stages
 
 
 @pytest.fixture(scope="module")
 def stages() -> list[Stage]:
-    return parse_dockerfile(DOCKERFILE.read_text())
+    return parse_stages(DOCKERFILE)
 
 
 @pytest.fixture(scope="module")
@@ -117,60 +109,34 @@ def copied_sources(stage: Stage) -> list[str]:
     return sources
 
 
-def dockerignore_excludes(path: str, patterns: list[str]) -> bool:
-    """Whether Docker leaves `path` (relative, with /) out of the build context: the last pattern
-    that matches the path or one of its parent directories decides; `!` re-includes."""
-
-    def regex(pattern: str) -> re.Pattern[str]:
-        out = ""
-        index = 0
-        while index < len(pattern):
-            if pattern.startswith("**/", index):
-                out += "(?:.*/)?"
-                index += 3
-            elif pattern.startswith("**", index):
-                out += ".*"
-                index += 2
-            elif pattern[index] == "*":
-                out += "[^/]*"
-                index += 1
-            elif pattern[index] == "?":
-                out += "[^/]"
-                index += 1
-            else:
-                out += re.escape(pattern[index])
-                index += 1
-        return re.compile(out)
-
-    parts = path.split("/")
-    candidates = ["/".join(parts[: i + 1]) for i in range(len(parts))]
-    excluded = False
-    for raw in patterns:
-        negated = raw.startswith("!")
-        pattern = raw[1:] if negated else raw
-        pattern = pattern.strip().strip("/")
-        if any(regex(pattern).fullmatch(candidate) for candidate in candidates):
-            excluded = not negated
-    return excluded
-
-
-def dockerignore_patterns() -> list[str]:
-    return [line.strip() for line in DOCKERIGNORE.read_text().splitlines()
+def dockerignore_patterns(path: Path) -> list[str]:
+    """The patterns of a .dockerignore, read the way the Docker SDK reads them before a build."""
+    return [line.strip() for line in path.read_text().splitlines()
             if line.strip() and not line.strip().startswith("#")]
 
 
-def chart_objects(values: dict[str, object] | None = None) -> list[dict[str, object]]:
-    with helm.Chart.load(CHART) as chart:
-        manifests = chart.render(values or {}, name="node-ping", namespace="monitoring")
-    return [obj for path, text in manifests.items() if path.endswith(".yaml")
-            for obj in yaml.safe_load_all(text) if obj]
+def build_context(root: Path, dockerignore: Path = DOCKERIGNORE) -> set[str]:
+    """The paths under `root` (files and directories, relative, with /) that Docker sends to the
+    builder, by the Docker SDK's .dockerignore matcher."""
+    return exclude_paths(root, dockerignore_patterns(dockerignore))
 
 
-def pod_spec(kind: str) -> dict[str, object]:
-    (workload,) = [obj for obj in chart_objects() if obj["kind"] == kind]
-    spec = workload["spec"]
-    assert isinstance(spec, dict)
-    pod: dict[str, object] = spec["template"]["spec"]
+def source_files(source: str) -> list[Path]:
+    """The repository's files under a COPY source (bytecode left aside: it is not part of the source)."""
+    path = REPO / source
+    if path.is_file():
+        return [path]
+    return [file for file in path.rglob("*") if file.is_file() and "__pycache__" not in file.parts]
+
+
+@pytest.fixture(scope="module")
+def rendered(chart: helm.Chart) -> Rendered:
+    """The chart with its default values."""
+    return render(chart)
+
+
+def pod_spec(workload: dict[str, Any]) -> dict[str, Any]:
+    pod: dict[str, Any] = workload["spec"]["template"]["spec"]
     return pod
 
 
@@ -208,7 +174,7 @@ class TestDockerfile:
             assert shown.returncode == 0 and f"Package: {package}" in shown.stdout, (
                 f"Debian {codename} has no package {package!r} (after `apt-get update`): {shown.stderr}")
 
-    def test_user_matches_the_chart(self, final: Stage) -> None:
+    def test_user_matches_the_chart(self, final: Stage, rendered: Rendered) -> None:
         commands = run_commands(final)
         (useradd,) = [c for c in commands if c[0] == "useradd"]
         (groupadd,) = [c for c in commands if c[0] == "groupadd"]
@@ -218,11 +184,10 @@ class TestDockerfile:
         # USER must be numeric: the kubelet cannot check runAsNonRoot against a user name.
         (user,) = final.all("USER")
         assert user == f"{uid}:{gid}"
-        security = pod_spec("Deployment")["securityContext"]
-        assert isinstance(security, dict)
+        security = pod_spec(rendered.discovery)["securityContext"]
         assert (security["runAsUser"], security["runAsGroup"], security["runAsNonRoot"]) == (uid, gid, True)
 
-    def test_entrypoint(self, final: Stage) -> None:
+    def test_entrypoint(self, final: Stage, rendered: Rendered) -> None:
         (entrypoint,) = final.all("ENTRYPOINT")
         (cmd,) = final.all("CMD")
         assert json.loads(entrypoint) == ["node-ping"]
@@ -230,63 +195,69 @@ class TestDockerfile:
         scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
         assert "node-ping" in scripts
         # The chart passes only arguments, so the entrypoint runs them.
-        for kind, args in (("DaemonSet", ["run"]), ("Deployment", ["discover"])):
-            containers = pod_spec(kind)["containers"]
-            assert isinstance(containers, list)
-            assert "command" not in containers[0] and containers[0]["args"] == args
+        for workload, args in ((rendered.daemonset, ["run"]), (rendered.discovery, ["discover"])):
+            container = pod_spec(workload)["containers"][0]
+            assert "command" not in container and container["args"] == args
 
     def test_copied_paths_exist_and_reach_the_builder(self, stages: list[Stage]) -> None:
-        patterns = dockerignore_patterns()
+        context = build_context(REPO)
         sources = [source for stage in stages for source in copied_sources(stage)]
         assert {"pyproject.toml", "requirements.txt", "node_ping"} <= set(sources)
         for source in sources:
-            path = REPO / source
-            assert path.exists(), f"COPY {source}: no such file in the repository"
-            files = [path] if path.is_file() else [
-                f for f in path.rglob("*") if f.is_file() and "__pycache__" not in f.parts]
+            assert (REPO / source).exists(), f"COPY {source}: no such file in the repository"
+            files = source_files(source)
             assert files
             for file in files:
                 relative = file.relative_to(REPO).as_posix()
-                assert not dockerignore_excludes(relative, patterns), f"{relative} is in .dockerignore"
+                assert relative in context, f"{relative} is in .dockerignore"
 
-    def test_dockerignore_keeps_the_rest_out(self) -> None:
-        patterns = dockerignore_patterns()
-        for path in (".git/config", ".venv/bin/python", "tests/test_image.py", "charts/node-ping/values.yaml",
-                     "node_ping/__pycache__/cli.cpython-311.pyc"):
-            assert dockerignore_excludes(path, patterns), path
-        assert not dockerignore_excludes("node_ping/cli.py", patterns)
+    def test_dockerignore_keeps_the_rest_out(self, tmp_path: Path) -> None:
+        """Docker's walk over a tree holding each path, with the repository's .dockerignore: the
+        paths themselves need not exist in this checkout."""
+        kept_out = (".git/config", ".venv/bin/python", "tests/test_image.py", "charts/node-ping/values.yaml",
+                    "node_ping/__pycache__/cli.cpython-311.pyc")
+        for relative in (*kept_out, "node_ping/cli.py"):
+            (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / relative).touch()
+        context = build_context(tmp_path)
+        for path in kept_out:
+            assert path not in context, path
+        assert "node_ping/cli.py" in context
 
 
 @pytest.fixture(scope="module")
 def image_venv(tmp_path_factory: pytest.TempPathFactory, stages: list[Stage]) -> Iterator[Path]:
-    """Replay the image build: copy exactly the files the Dockerfile copies into a fresh context,
-    build the wheels like the build stage, install them offline into a clean virtualenv like the
-    final stage. Yields the virtualenv."""
+    """Replay the image build: copy exactly the files the build stage copies out of the build
+    context (what .dockerignore lets through) into a fresh directory, build the wheels like the
+    build stage, install them offline into a clean virtualenv like the final stage. Yields the
+    virtualenv."""
     root = tmp_path_factory.mktemp("image")
-    context = root / "src"
-    context.mkdir()
-    for source in copied_sources(stages[0]):
-        path = REPO / source
-        if path.is_dir():
-            shutil.copytree(path, context / source, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-        else:
-            shutil.copy2(path, context / source)
-    wheels = root / "wheels"
-    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--no-input"]
-    for command in (
-        [*pip, "wheel", "--no-cache-dir", "--wheel-dir", str(wheels), "--no-deps", "."],
-        [*pip, "wheel", "--wheel-dir", str(wheels), "-r", "requirements.txt"],
-    ):
-        built = subprocess.run(command, cwd=context, capture_output=True, text=True, timeout=900, check=False)
-        assert built.returncode == 0, built.stdout + built.stderr
-    venv = root / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
-    installed = subprocess.run(
-        [str(venv / "bin" / "pip"), "install", "--disable-pip-version-check", "--no-cache-dir", "--no-index",
-         "--find-links", str(wheels), *map(str, sorted(wheels.glob("*.whl")))],
-        capture_output=True, text=True, timeout=900, check=False)
-    assert installed.returncode == 0, installed.stdout + installed.stderr
     try:
+        workdir = root / "src"
+        workdir.mkdir()
+        context = build_context(REPO)
+        for source in copied_sources(stages[0]):
+            for file in source_files(source):
+                relative = file.relative_to(REPO).as_posix()
+                if relative in context:
+                    (workdir / relative).parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(file, workdir / relative)
+        wheels = root / "wheels"
+        pip = [PYTHON, "-m", "pip", "--disable-pip-version-check", "--no-input"]
+        for command in (
+            [*pip, "wheel", "--no-cache-dir", "--wheel-dir", str(wheels), "--no-deps", "."],
+            [*pip, "wheel", "--wheel-dir", str(wheels), "-r", "requirements.txt"],
+        ):
+            built = subprocess.run(command, cwd=workdir, capture_output=True, text=True, timeout=900, check=False)
+            assert built.returncode == 0, built.stdout + built.stderr
+        venv = root / "venv"
+        # The virtualenv's base is the interpreter without the project's packages: it stands for the image.
+        subprocess.run([PYTHON, "-m", "venv", str(venv)], check=True, timeout=300)
+        installed = subprocess.run(
+            [str(venv / "bin" / "pip"), "install", "--disable-pip-version-check", "--no-cache-dir", "--no-index",
+             "--find-links", str(wheels), *map(str, sorted(wheels.glob("*.whl")))],
+            capture_output=True, text=True, timeout=900, check=False)
+        assert installed.returncode == 0, installed.stdout + installed.stderr
         yield venv
     finally:
         shutil.rmtree(root, ignore_errors=True)
