@@ -1,12 +1,14 @@
 """What the chart ships for monitoring: templates/prometheusrule.yaml (node-ping's alerts as a
 PrometheusRule) and templates/dashboard-configmap.yaml (the Grafana dashboard for the sidecar).
 
-monitoring/ stays the single truth: with default values the PrometheusRule's groups equal
-monitoring/node-ping.rules.yaml, and the chart's copy of the dashboard is byte-identical to
-monitoring/node-ping-dashboard.json. Values change exactly the expressions, durations and words
-they name, and promtool accepts and evaluates the result. The PrometheusRule is a CRD without a
-schema in kubernetes-validate, so its structure is checked here; the ConfigMap is validated against
-the Kubernetes schemas by tests/test_chart.py (scenario ci/monitoring-values.yaml).
+Both the template and monitoring/node-ping.rules.yaml are written from monitoring/src/alerts.yaml
+by scripts/generate_monitoring.py (tests/test_generated.py fails while either is stale). Here: with
+default values the PrometheusRule's groups equal the rules file, values.yaml's defaults are the
+source's, and the dashboard ConfigMap carries monitoring/node-ping-dashboard.json. Values change
+exactly the expressions, durations and words they name, and promtool accepts and evaluates the
+result. The PrometheusRule is a CRD without a schema in kubernetes-validate, so its structure is
+checked here; the ConfigMap is validated against the Kubernetes schemas by tests/test_chart.py
+(scenario ci/monitoring-values.yaml).
 """
 
 from __future__ import annotations
@@ -22,8 +24,10 @@ import helm_python as helm
 import pytest
 import yaml
 
+from node_ping.contract import NODE
 from tests.support.chart import CHART, NAMESPACE, SCENARIOS, Rendered, render
 from tests.support.promtools import (
+    ALERTS_SOURCE,
     DASHBOARD_FILE,
     RULES_FILE,
     assert_silencers_come_first,
@@ -34,8 +38,6 @@ from tests.support.promtools import (
     run_promtool,
 )
 
-CHART_DASHBOARD = CHART / "files" / DASHBOARD_FILE.name
-SYNC_COMMAND = f"cp monitoring/{DASHBOARD_FILE.name} charts/node-ping/files/"
 MONITORING_SCENARIO = SCENARIOS["monitoring-values.yaml"]
 
 # Limits the dashboard ConfigMap must stay under: the API server rejects a ConfigMap whose data
@@ -146,7 +148,7 @@ class TestRulesFileIsTheTruth:
             assert [r["alert"] for r in got["rules"]] == [r["alert"] for r in want["rules"]], got["name"]
             for got_rule, want_rule in zip(got["rules"], want["rules"], strict=True):
                 assert got_rule == want_rule, (
-                    f"{want_rule['alert']} in templates/prometheusrule.yaml differs from {RULES_FILE.name}")
+                    f"{want_rule['alert']} rendered with default values differs from {RULES_FILE.name}")
         assert groups == expected
 
     def test_defaults_of_every_alert_are_the_files(self, chart: helm.Chart) -> None:
@@ -161,6 +163,20 @@ class TestRulesFileIsTheTruth:
             assert alerts[key]["severity"] == rules[name]["labels"]["severity"], name
             if "range" in alerts[key]:
                 assert f"[{alerts[key]['range']}]" in rules[name]["expr"], name
+
+    def test_defaults_are_the_sources(self, chart: helm.Chart) -> None:
+        """values.yaml's prometheusRule defaults are exactly the params, `for` and severity that
+        monitoring/src/alerts.yaml gives each alert, and its runbook document."""
+        source = yaml.safe_load(ALERTS_SOURCE.read_text(encoding="utf-8"))
+        values = chart.values["prometheusRule"]
+        assert values["runbookUrl"] == source["runbook_url"]
+        declared = {rule["alert"]: rule for group in source["groups"] for rule in group["rules"]}
+        assert sorted(values["alerts"]) == sorted(name[len("NodePing"):][0].lower() + name[len("NodePing") + 1:]
+                                                  for name in declared)
+        for key, settings in values["alerts"].items():
+            rule = declared["NodePing" + key[0].upper() + key[1:]]
+            expected = {"enabled": True, **rule.get("params", {}), "for": rule["for"], "severity": rule["severity"]}
+            assert settings == expected, f"prometheusRule.alerts.{key} in values.yaml differs from {ALERTS_SOURCE.name}"
 
 
 @dataclass(frozen=True)
@@ -259,11 +275,12 @@ class TestTuning:
     def test_tuned_threshold_and_for_change_when_an_alert_fires(self, chart: helm.Chart, tmp_path: Path) -> None:
         """A pair losing 3% of its pings: quiet with the default 5% threshold; pending, then firing
         10 minutes later, with a 2% threshold and `for: 10m`."""
+        sent, received = NODE.packets_sent.name, NODE.packets_received.name
         series = {
-            'kube_node_ping_packets_sent_total{source_node="a", destination_node="b"}': "0+60x20",
-            'kube_node_ping_packets_received_total{source_node="a", destination_node="b"}': "0+58.2x20",
-            'kube_node_ping_packets_sent_total{source_node="b", destination_node="a"}': "0+60x20",
-            'kube_node_ping_packets_received_total{source_node="b", destination_node="a"}': "0+60x20",
+            f'{sent}{{source_node="a", destination_node="b"}}': "0+60x20",
+            f'{received}{{source_node="a", destination_node="b"}}': "0+58.2x20",
+            f'{sent}{{source_node="b", destination_node="a"}}': "0+60x20",
+            f'{received}{{source_node="b", destination_node="a"}}': "0+60x20",
         }
         query = 'ALERTS{alertname="NodePingPacketLoss"}'
 
@@ -425,11 +442,6 @@ class TestValuesSchema:
 
 class TestDashboardConfigMap:
     """The dashboard reaches Grafana's sidecar unchanged, with the sidecar's label."""
-
-    def test_chart_copy_is_identical(self) -> None:
-        assert CHART_DASHBOARD.read_bytes() == DASHBOARD_FILE.read_bytes(), (
-            f"{CHART_DASHBOARD.relative_to(CHART.parents[1])} differs from monitoring/{DASHBOARD_FILE.name}: "
-            f"run `{SYNC_COMMAND}`")
 
     def test_off_by_default(self, chart: helm.Chart) -> None:
         names = [cm["metadata"]["name"] for cm in render(chart).all("ConfigMap")]

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from node_ping.contract import EXTERNAL, NODE, SOURCE, Metric
 from tests.support.promtools import (
     GRAFANA_DEFAULTS,
     METRIC_CONTRACT,
@@ -155,9 +156,9 @@ class TestSections:
             assert all('source_node=~"$source"' in t["expr"] for t in p["targets"]), p["title"]
 
     def test_external_targets_section(self) -> None:
-        external = [t for t in dashboard_targets() if "external_ping_" in t.expr]
-        assert len(external) >= 5
-        assert all('destination_name=~"$external"' in t.expr for t in external)
+        targets = [t for t in dashboard_targets() if f"{EXTERNAL.prefix}_" in t.expr]
+        assert len(targets) >= 5
+        assert all(f'{EXTERNAL.destination}=~"$external"' in t.expr for t in targets)
 
 
 class TestQueries:
@@ -202,31 +203,38 @@ class TestQueries:
 # a->b loses 25% at 2 ms, b->a loses nothing at 1 ms, c->b loses everything (sending half as many),
 # a->c loses 50% and its exporter restarted at 6m (counters back to 0), a->gone is no longer probed
 # (flat counters), and node a loses half of its pings to the external target "dns".
+def pair(metric: Metric, source: str, destination: str) -> str:
+    """The series of a node pair's metric."""
+    return f'{metric.name}{{{SOURCE}="{source}", {NODE.destination}="{destination}"}}'
+
+
+def external(metric: Metric, source: str, name: str, host: str = "192.0.2.53") -> str:
+    """The series of an external target's metric."""
+    return f'{metric.name}{{{SOURCE}="{source}", {EXTERNAL.destination}="{name}", {EXTERNAL.address}="{host}"}}'
+
+
+SENT, RECEIVED, RTT_SUM, RTT_MAX = NODE.packets_sent, NODE.packets_received, NODE.rtt_sum, NODE.rtt_max
 CLUSTER = {
-    'kube_node_ping_packets_sent_total{source_node="a", destination_node="b"}': "0+60x10",
-    'kube_node_ping_packets_received_total{source_node="a", destination_node="b"}': "0+45x10",
-    'kube_node_ping_rtt_milliseconds_total{source_node="a", destination_node="b"}': "0+90x10",
-    'kube_node_ping_rtt_max{source_node="a", destination_node="b"}': "2 3 9 2 2 2 2 2 2 2 2",
-    'kube_node_ping_packets_sent_total{source_node="b", destination_node="a"}': "0+60x10",
-    'kube_node_ping_packets_received_total{source_node="b", destination_node="a"}': "0+60x10",
-    'kube_node_ping_rtt_milliseconds_total{source_node="b", destination_node="a"}': "0+60x10",
-    'kube_node_ping_rtt_max{source_node="b", destination_node="a"}': "1x10",
-    'kube_node_ping_packets_sent_total{source_node="c", destination_node="b"}': "0+30x10",
-    'kube_node_ping_packets_received_total{source_node="c", destination_node="b"}': "0+0x10",
-    'kube_node_ping_rtt_milliseconds_total{source_node="c", destination_node="b"}': "0+0x10",
-    'kube_node_ping_packets_sent_total{source_node="a", destination_node="c"}': "0+60x5 0+60x4",
-    'kube_node_ping_packets_received_total{source_node="a", destination_node="c"}': "0+30x5 0+30x4",
-    'kube_node_ping_rtt_milliseconds_total{source_node="a", destination_node="c"}': "0+30x5 0+30x4",
-    'kube_node_ping_packets_sent_total{source_node="a", destination_node="gone"}': "600+0x10",
-    'kube_node_ping_packets_received_total{source_node="a", destination_node="gone"}': "600+0x10",
-    'external_ping_packets_sent_total{source_node="a", destination_name="dns", destination_host="192.0.2.53"}':
-        "0+60x10",
-    'external_ping_packets_received_total{source_node="a", destination_name="dns", destination_host="192.0.2.53"}':
-        "0+30x10",
-    'external_ping_packets_sent_total{source_node="b", destination_name="dns", destination_host="192.0.2.53"}':
-        "0+60x10",
-    'external_ping_packets_received_total{source_node="b", destination_name="dns", destination_host="192.0.2.53"}':
-        "0+60x10",
+    pair(SENT, "a", "b"): "0+60x10",
+    pair(RECEIVED, "a", "b"): "0+45x10",
+    pair(RTT_SUM, "a", "b"): "0+90x10",
+    pair(RTT_MAX, "a", "b"): "2 3 9 2 2 2 2 2 2 2 2",
+    pair(SENT, "b", "a"): "0+60x10",
+    pair(RECEIVED, "b", "a"): "0+60x10",
+    pair(RTT_SUM, "b", "a"): "0+60x10",
+    pair(RTT_MAX, "b", "a"): "1x10",
+    pair(SENT, "c", "b"): "0+30x10",
+    pair(RECEIVED, "c", "b"): "0+0x10",
+    pair(RTT_SUM, "c", "b"): "0+0x10",
+    pair(SENT, "a", "c"): "0+60x5 0+60x4",
+    pair(RECEIVED, "a", "c"): "0+30x5 0+30x4",
+    pair(RTT_SUM, "a", "c"): "0+30x5 0+30x4",
+    pair(SENT, "a", "gone"): "600+0x10",
+    pair(RECEIVED, "a", "gone"): "600+0x10",
+    external(EXTERNAL.packets_sent, "a", "dns"): "0+60x10",
+    external(EXTERNAL.packets_received, "a", "dns"): "0+30x10",
+    external(EXTERNAL.packets_sent, "b", "dns"): "0+60x10",
+    external(EXTERNAL.packets_received, "b", "dns"): "0+60x10",
 }
 WHOLE_RUN = {**GRAFANA_DEFAULTS, "__range": "10m", "__rate_interval": "10m"}
 

@@ -1,5 +1,6 @@
-"""Tests of monitoring/node-ping.rules.yaml: promtool accepts it, its unit tests pass, and every
-alert carries what an on-call person needs (severity, summary, description, a runbook that exists).
+"""Tests of monitoring/node-ping.rules.yaml (written from monitoring/src/alerts.yaml by
+scripts/generate_monitoring.py): promtool accepts it, its unit tests pass, and every alert carries
+what an on-call person needs (severity, summary, description, a runbook that exists).
 """
 
 from __future__ import annotations

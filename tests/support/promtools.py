@@ -1,4 +1,4 @@
-"""Helpers for tests of the monitoring files: load them, substitute Grafana variables, run promtool.
+"""The monitoring files as tests see them: load them, substitute Grafana variables, run promtool.
 
 `alert_expressions()` and `dashboard_queries()` are also meant for end-to-end tests that evaluate
 every alert expression and dashboard query against a live Prometheus.
@@ -17,8 +17,13 @@ from typing import Any, cast
 
 import yaml
 
+from node_ping import contract
+
 REPO = Path(__file__).resolve().parents[2]
 MONITORING = REPO / "monitoring"
+ALERTS_SOURCE = MONITORING / "src" / "alerts.yaml"
+"""The one source of the alerts: scripts/generate_monitoring.py writes RULES_FILE and the chart's
+PrometheusRule template from it."""
 RULES_FILE = MONITORING / "node-ping.rules.yaml"
 RULES_TEST_FILE = MONITORING / "node-ping.rules.test.yaml"
 DASHBOARD_FILE = MONITORING / "node-ping-dashboard.json"
@@ -35,23 +40,9 @@ GRAFANA_DEFAULTS: Mapping[str, str] = {
     "external": ".*",
 }
 
-_NODE_PAIR = ("packets_sent_total", "packets_received_total", "rtt_milliseconds_total",
-              "rtt_min", "rtt_max", "rtt_mdev")
 METRIC_CONTRACT: frozenset[str] = frozenset(
-    [f"kube_node_ping_{name}" for name in _NODE_PAIR]
-    + [f"external_ping_{name}" for name in _NODE_PAIR]
+    [metric.name for metric in contract.ALL_METRICS]
     + [
-        "kube_node_ping_exceptions_total",
-        "node_ping_cycle_duration_seconds",
-        "node_ping_cycle_nominal_seconds",
-        "node_ping_cycle_lateness_seconds",
-        "node_ping_last_success_timestamp_seconds",
-        "node_ping_cycles_total",
-        "node_ping_targets",
-        "node_ping_errors_total",
-        "node_ping_fping_cpu_seconds_total",
-        "node_ping_cpu_seconds_total",
-        "node_ping_build_info",
         # Added by node-exporter's textfile collector.
         "node_textfile_mtime_seconds",
         "node_textfile_scrape_error",
