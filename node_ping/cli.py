@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
-import logging
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -12,8 +10,9 @@ import click
 from click_default_group import DefaultGroup
 
 from node_ping import __version__
+from node_ping.diagnose.command import diagnose
+from node_ping.discover.command import discover
 from node_ping.probe.command import health, once, run
-from node_ping.settings import Command
 
 
 @click.group(cls=DefaultGroup, default="run", default_if_no_args=True,
@@ -28,33 +27,8 @@ def cli() -> None:
 cli.add_command(run)
 cli.add_command(once)
 cli.add_command(health)
-
-
-def _argparse_command(name: str, help_text: str) -> click.Command:
-    @click.command(name, cls=Command, help=help_text, add_help_option=False,
-                   context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-    @click.argument("argv", nargs=-1, type=click.UNPROCESSED)
-    def command(argv: tuple[str, ...]) -> int:
-        if name == "discover":
-            import better_exchook  # noqa: PLC0415
-
-            from node_ping.discover import command as module  # noqa: PLC0415
-
-            better_exchook.install()
-        else:
-            from node_ping.diagnose import command as module  # type: ignore[no-redef]  # noqa: PLC0415
-        parser = argparse.ArgumentParser(prog=f"node-ping {name}")
-        module.configure_parser(parser)
-        args = parser.parse_args(list(argv))
-        logging.basicConfig(level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,
-                            format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-        return int(module.run(args))
-
-    return command
-
-
-cli.add_command(_argparse_command("discover", "Keep the nodes.json ConfigMap in step with the cluster's nodes."))
-cli.add_command(_argparse_command("diagnose", "Read node-ping data from Prometheus and name the faulty node or link."))
+cli.add_command(discover)
+cli.add_command(diagnose)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

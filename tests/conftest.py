@@ -1,7 +1,8 @@
-"""Shared fixtures: real test hosts (network namespaces) and paths."""
+"""Shared fixtures: real test hosts (network namespaces), the chart, a bearer token file."""
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 
 from tests.support import netlab
 from tests.support.chart import CHART
+from tests.support.diagnosis import SECRET
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -40,3 +42,12 @@ def chart() -> Iterator[helm.Chart]:
     """The chart, loaded once per test module."""
     with helm.Chart.load(CHART) as loaded:
         yield loaded
+
+
+@pytest.fixture
+def token_file() -> Iterator[Path]:
+    """A bearer token file holding SECRET and a newline, as kubectl or a Secret volume writes it."""
+    with tempfile.TemporaryDirectory(prefix="node-ping-diagnose-") as directory:
+        path = Path(directory) / "token"
+        path.write_text(f"{SECRET}\n")
+        yield path

@@ -11,7 +11,7 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
-from node_ping import __version__
+from node_ping import __version__, logs
 from node_ping.probe import config
 from node_ping.probe.config import ListenAddress, Settings
 from node_ping.settings import EXIT_USAGE, Command, SettingsError, options
@@ -49,19 +49,10 @@ def _settings(values: dict[str, Any], *, cycles: int | None, example: bool = Fal
     )
 
 
-def _logging(verbose: bool) -> None:
-    # A crash prints a readable traceback with the values of local variables.
-    import better_exchook  # noqa: PLC0415
-
-    better_exchook.install()
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-
-
 @click.command(cls=Command, help="The DaemonSet loop (the default command).")
 @options(*config.RUN_SETTINGS)
 def run(**values: Any) -> int:
-    _logging(values["verbose"])
+    logs.setup(values["verbose"])
     settings = _settings(values, cycles=values["cycles"])
     if settings.textfile_dir is None and settings.listen is None:
         raise SettingsError(f"nowhere to put the metrics: set {config.TEXTFILE_DIR.env} or "
@@ -72,7 +63,7 @@ def run(**values: Any) -> int:
 @click.command(cls=Command, help="Run one cycle and print the metrics.")
 @options(*config.ONCE_SETTINGS)
 def once(**values: Any) -> int:
-    _logging(values["verbose"])
+    logs.setup(values["verbose"])
     return _probe(_settings(values, cycles=1, example=values["example"]), once=True)
 
 

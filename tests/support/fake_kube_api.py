@@ -1,7 +1,7 @@
 """A stand-in for the Kubernetes API server, for tests: Nodes and ConfigMaps over real HTTP on 127.0.0.1.
 
-No API server can run on the test machine, so this speaks just enough of the REST API for the real
-`kubernetes` client to use it unchanged, with the behaviour a controller has to survive:
+The real API server cannot run on the test machine, so this stand-in speaks just enough of the REST
+API for the real `kubernetes` client to use it unchanged, with the behaviour a controller has to survive:
   - one resourceVersion counter for every change, as etcd keeps it;
   - list (with limit/continue pages; a continue token goes stale, 410, once anything changed);
   - watch (?watch=1): chunked JSON lines ADDED/MODIFIED/DELETED/BOOKMARK, from a resourceVersion,
@@ -10,8 +10,10 @@ No API server can run on the test machine, so this speaks just enough of the RES
     do it, an ERROR event with code 410 in a 200 stream, or (`expired_as_http`) a plain HTTP 410;
   - ConfigMaps: get, create (409 AlreadyExists), replace (409 Conflict on a stale resourceVersion),
     delete, and a watch filtered by fieldSelector=metadata.name=<name>;
-  - labelSelector on lists and watches (=, ==, !=, in, notin, key, !key; 400 for anything else),
-    with the API server's rule for watches: an object whose labels move it out of the selection
+  - labelSelector on lists and watches, only as key=value requirements joined by commas (the rest
+    of the syntax is the real API server's to judge); anything else is answered as the API server
+    answers a selector it cannot parse: HTTP 400 with a Status whose message gives the reason.
+    Watches follow the API server's rule: an object whose labels move it out of the selection
     arrives as DELETED, one that moves in as ADDED;
   - faults: every request answered with an error status, connections dropped or left hanging
     (`fault`), open watches cut (`drop_watches`), and another writer slipping in just before the
@@ -60,10 +62,11 @@ class _Event:
 
 @dataclass(frozen=True)
 class _Selector:
-    """What one list or watch asks for: fieldSelector (only metadata.name=<name>) and labelSelector."""
+    """What one list or watch asks for: fieldSelector (only metadata.name=<name>) and labelSelector
+    (only key=value requirements)."""
 
     name: str | None = None
-    labels: tuple[tuple[str, str, frozenset[str]], ...] = ()  # (key, operator, values)
+    labels: tuple[tuple[str, str], ...] = ()  # (key, value): the label must be there with that value
 
     @classmethod
     def parse(cls, field_selector: str | None, label_selector: str | None) -> _Selector:
@@ -73,39 +76,20 @@ class _Selector:
             if not field_selector.startswith("metadata.name="):
                 raise ValueError(f"unsupported field selector {field_selector}")
             name = field_selector.partition("=")[2]
-        requirements: list[tuple[str, str, frozenset[str]]] = []
-        key = r"([^\s!=(),]+)"
+        requirements: list[tuple[str, str]] = []
         text = (label_selector or "").strip()
-        for part in (p.strip() for p in re.split(r",(?![^()]*\))", text)) if text else ():
-            if match := re.fullmatch(rf"!\s*{key}", part):
-                requirements.append((match[1], "!", frozenset()))
-            elif match := re.fullmatch(rf"{key}\s*(==|=|!=)\s*([^\s!=(),]*)", part):
-                requirements.append((match[1], "!=" if match[2] == "!=" else "=", frozenset([match[3]])))
-            elif match := re.fullmatch(rf"{key}\s+(in|notin)\s*\(([^()]*)\)", part):
-                requirements.append((match[1], match[2], frozenset(v.strip() for v in match[3].split(","))))
-            elif match := re.fullmatch(key, part):
-                requirements.append((match[1], "exists", frozenset()))
-            else:
-                raise ValueError(f"unable to parse requirement: {part!r}")
+        for part in text.split(",") if text else ():
+            match = re.fullmatch(r"\s*([A-Za-z0-9][-A-Za-z0-9_./]*)\s*=\s*([-A-Za-z0-9_.]*)\s*", part)
+            if match is None:
+                raise ValueError(f"unable to parse requirement: {part.strip()!r} is not key=value")
+            requirements.append((match[1], match[2]))
         return cls(name, tuple(requirements))
 
     def matches(self, obj: Obj) -> bool:
         if self.name is not None and obj["metadata"]["name"] != self.name:
             return False
         labels = obj["metadata"].get("labels") or {}
-        for key, operator, values in self.labels:
-            present = key in labels
-            if operator == "exists":
-                ok = present
-            elif operator == "!":
-                ok = not present
-            elif operator in ("=", "in"):
-                ok = present and labels[key] in values
-            else:  # != and notin also select objects without the label, as in Kubernetes
-                ok = not present or labels[key] not in values
-            if not ok:
-                return False
-        return True
+        return all(key in labels and labels[key] == value for key, value in self.labels)
 
     def watch_event(self, event: _Event) -> Obj | None:
         """`event` as a watch with this selector receives it, or None if it does not."""

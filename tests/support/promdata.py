@@ -13,6 +13,7 @@ afterwards. The last one takes any config, so end-to-end tests that scrape node-
 from __future__ import annotations
 
 import contextlib
+import json
 import shutil
 import subprocess
 import time
@@ -22,7 +23,9 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from node_ping import contract
 from node_ping.contract import ERROR_KINDS
+from node_ping.diagnose.matrix import Counts, Matrix
 from tests.support.ports import free_port
 from tests.support.processes import stop as stop_process
 
@@ -89,6 +92,32 @@ def send_loss(nodes: Sequence[str], node: str, ratio: float) -> dict[Pair, float
     return {(node, peer): ratio for peer in nodes if peer != node}
 
 
+def isolated(nodes: Sequence[str], node: str) -> dict[Pair, float]:
+    """`node` loses every ping it sends and every ping sent to it: cut off."""
+    return {**send_loss(nodes, node, 1.0), **receive_loss(nodes, node, 1.0)}
+
+
+def everywhere(nodes: Sequence[str], ratio: float) -> dict[Pair, float]:
+    """Every pair loses `ratio`."""
+    return {(s, d): ratio for s in nodes for d in nodes if s != d}
+
+
+STEPS_IN_15M = 60
+"""What increase(...[15m]) sees of the 15 s samples."""
+
+
+def matrix_of(mesh: Mesh, drop: Callable[[Pair], bool] = lambda _pair: False) -> Matrix:
+    """The matrix Prometheus gives for the mesh over 15 minutes, the cells `drop` names left out."""
+    def counts(loss: float, rtt: float) -> Counts:
+        received = PINGS_PER_STEP - round(PINGS_PER_STEP * loss)
+        return Counts(PINGS_PER_STEP * STEPS_IN_15M, received * STEPS_IN_15M, received * STEPS_IN_15M * rtt)
+
+    nodes = {pair: counts(mesh.loss.get(pair, 0.0), mesh.rtt_ms.get(pair, DEFAULT_RTT_MS))
+             for pair in mesh.node_pairs() if not drop(pair)}
+    external = {pair: counts(mesh.external_loss.get(pair, 0.0), 12.0) for pair in mesh.external_pairs()}
+    return Matrix(nodes, external)
+
+
 def _labels(**labels: str) -> str:
     return "{" + ",".join(f'{key}="{value}"' for key, value in labels.items()) + "}"
 
@@ -148,19 +177,19 @@ def _series(name: str, labels: str, per_step: float, steps: int, end: int, *,
             for i in range(paired + 1)]
 
 
-def _family(prefix: str, label_sets: Sequence[tuple[str, float, float]], steps: int, end: int,
+def _family(family: contract.PingFamily, label_sets: Sequence[tuple[str, float, float]], steps: int, end: int,
             pings: int, *, lives: Sequence[_Life] | None = None) -> list[str]:
     """sent, received and RTT-sum counters for (labels, loss, rtt) per target, `pings` sent per
     step, each target's exporter living as `lives` says (all the time if None). OpenMetrics wants
     each family in one block and each series' samples together in time order."""
     lines = []
-    for metric, what in (("packets_sent", "sent"), ("packets_received", "received"),
-                         ("rtt_milliseconds", "rtt")):
-        lines.append(f"# TYPE {prefix}_{metric} counter")
+    for metric, what in ((family.packets_sent, "sent"), (family.packets_received, "received"),
+                         (family.rtt_sum, "rtt")):
+        lines.append(f"# TYPE {metric.base} {metric.kind.value}")
         for index, (labels, loss, rtt) in enumerate(label_sets):
             received = pings - round(pings * loss)
             per_step = {"sent": pings, "received": received, "rtt": received * rtt}[what]
-            lines += _series(f"{prefix}_{metric}_total", labels, per_step, steps, end,
+            lines += _series(metric.name, labels, per_step, steps, end,
                              life=lives[index] if lives else None)
     return lines
 
@@ -171,18 +200,18 @@ def _own_gauges(mesh: Mesh, steps: int, end: int) -> list[str]:
     (a failed cycle counts as an fping error)."""
     start = end - (steps - 1) * STEP_S
     lives = {node: _life(mesh, node, steps) for node in mesh.nodes}
-    families: list[tuple[str, str, list[tuple[dict[str, str], Callable[[_Life, int], float]]]]] = [
-        ("node_ping_last_success_timestamp_seconds", "gauge",
-         [({}, lambda life, i: start + life.last_success(i) * STEP_S)]),
-        ("node_ping_cycle_nominal_seconds", "gauge", [({}, lambda _life, _i: STEP_S)]),
-        ("node_ping_cycles", "counter", [({}, _Life.cycles)]),
-        ("node_ping_errors", "counter",
-         [({"kind": kind}, _Life.errors if kind == "fping" else lambda _life, _i: 0) for kind in ERROR_KINDS]),
+    families: list[tuple[contract.Metric, list[tuple[dict[str, str], Callable[[_Life, int], float]]]]] = [
+        (contract.LAST_SUCCESS, [({}, lambda life, i: start + life.last_success(i) * STEP_S)]),
+        (contract.CYCLE_NOMINAL, [({}, lambda _life, _i: STEP_S)]),
+        (contract.CYCLES, [({}, _Life.cycles)]),
+        (contract.ERRORS,
+         [({"kind": kind}, _Life.errors if kind == contract.FPING_ERROR else lambda _life, _i: 0)
+          for kind in ERROR_KINDS]),
     ]
     lines = []
-    for name, kind, series in families:
-        lines.append(f"# TYPE {name} {kind}")
-        sample = f"{name}_total" if kind == "counter" else name
+    for metric, series in families:
+        lines.append(f"# TYPE {metric.base} {metric.kind.value}")
+        sample = metric.name
         for labels, value in series:
             for node, life in lives.items():
                 lines += [f"{sample}{_labels(source_node=node, **labels)} {value(life, i)} {start + i * STEP_S}"
@@ -207,10 +236,10 @@ def openmetrics(mesh: Mesh, end: int, minutes: int = 30) -> str:
          mesh.external_loss.get((s, t), 0.0), 12.0)
         for s, t in mesh.external_pairs()
     ]
-    lines = _family("kube_node_ping", node_sets, steps, end, mesh.pings_per_step,
+    lines = _family(contract.NODE, node_sets, steps, end, mesh.pings_per_step,
                     lives=[_life(mesh, s, steps) for s, _ in mesh.node_pairs()])
     if external_sets:
-        lines += _family("external_ping", external_sets, steps, end, mesh.pings_per_step,
+        lines += _family(contract.EXTERNAL, external_sets, steps, end, mesh.pings_per_step,
                          lives=[_life(mesh, s, steps) for s, _ in mesh.external_pairs()])
     lines += _own_gauges(mesh, steps, end)
     return "\n".join([*lines, "# EOF"]) + "\n"
@@ -277,3 +306,9 @@ def running_prometheus(data_dir: Path, config: str = MINIMAL_CONFIG) -> Iterator
         finally:
             _stop(process)
     raise RuntimeError("prometheus found no free port in three tries")
+
+
+def vector(*samples: tuple[Mapping[str, str], float]) -> bytes:
+    """Prometheus's answer to an instant query, as its HTTP API sends it."""
+    result = [{"metric": dict(labels), "value": [0, str(value)]} for labels, value in samples]
+    return json.dumps({"status": "success", "data": {"resultType": "vector", "result": result}}).encode()

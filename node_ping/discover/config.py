@@ -1,0 +1,130 @@
+"""The discovery controller's settings: each declared once (flag, env var, default, limits, help), and
+the frozen dataclass of one controller's values, validated once at start-up.
+
+What the API server would answer with 422 Invalid on every write is refused here instead (exit 2):
+a controller that is refused on every write retries forever. The label selector is the exception:
+the API server itself judges it, on the first list (see `node_ping.discover.command`).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+
+from node_ping.settings import Setting
+
+DEFAULT_ADDRESS_TYPES = ("InternalIP", "ExternalIP")
+# Hostname, InternalDNS and ExternalDNS hold names, but nodes.json needs IP addresses (fping -A
+# reports by address), so only the two IP address types can be chosen.
+IP_ADDRESS_TYPES = ("InternalIP", "ExternalIP")
+
+# Kubernetes' rules for names (RFC 1123), as apimachinery's validation applies them: a ConfigMap
+# name is a DNS subdomain (NameIsDNSSubdomain), a namespace a DNS label (ValidateNamespaceName).
+DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+DNS_SUBDOMAIN = re.compile(rf"{DNS_LABEL.pattern}(\.{DNS_LABEL.pattern})*")
+MAX_DNS_LABEL = 63
+MAX_DNS_SUBDOMAIN = 253
+
+
+class _NamespaceName(click.ParamType[str]):
+    name = "namespace"
+
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        name = str(value)
+        if not (len(name) <= MAX_DNS_LABEL and DNS_LABEL.fullmatch(name)):
+            self.fail(f"{name!r} is not a valid namespace name: use at most {MAX_DNS_LABEL} characters, lower-case "
+                      "letters, digits and '-', starting and ending with a letter or digit (an RFC 1123 DNS "
+                      "label, e.g. monitoring)", param, ctx)
+        return name
+
+
+class _ConfigMapName(click.ParamType[str]):
+    name = "name"
+
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        name = str(value)
+        if not (len(name) <= MAX_DNS_SUBDOMAIN and DNS_SUBDOMAIN.fullmatch(name)):
+            self.fail(f"{name!r} is not a valid ConfigMap name: use at most {MAX_DNS_SUBDOMAIN} characters, "
+                      "lower-case letters, digits, '-' and '.', starting and ending with a letter or digit (an "
+                      "RFC 1123 DNS subdomain, e.g. node-ping-nodes)", param, ctx)
+        return name
+
+
+def parse_address_types(text: str) -> tuple[str, ...]:
+    """`"InternalIP,ExternalIP"` -> ("InternalIP", "ExternalIP"); ValueError with the fix if unusable."""
+    canonical = {name.lower(): name for name in IP_ADDRESS_TYPES}
+    chosen: list[str] = []
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        name = canonical.get(item.lower())
+        if name is None:
+            raise ValueError(f"{item!r} is not an address type node-ping can use; list one or more of "
+                             f"{', '.join(IP_ADDRESS_TYPES)}, most preferred first")
+        if name not in chosen:
+            chosen.append(name)
+    if not chosen:
+        raise ValueError(f"the list is empty; list one or more of {', '.join(IP_ADDRESS_TYPES)}, most preferred first")
+    return tuple(chosen)
+
+
+class _AddressTypes(click.ParamType[tuple[str, ...]]):
+    name = "types"
+
+    def convert(self, value: object, param: click.Parameter | None,
+                ctx: click.Context | None) -> tuple[str, ...]:
+        try:
+            return parse_address_types(",".join(value) if isinstance(value, tuple) else str(value))
+        except ValueError as err:
+            self.fail(str(err), param, ctx)
+
+
+NAMESPACE = Setting("--namespace", env="POD_NAMESPACE", type=_NamespaceName(),
+                    help="Namespace of the ConfigMap (default: the namespace of the --kubeconfig's current context, "
+                         "else the pod's own namespace).")
+CONFIGMAP = Setting("--configmap", env="NODE_PING_CONFIGMAP", type=_ConfigMapName(),
+                    help="Name of the ConfigMap whose nodes.json key this keeps up to date; created if missing "
+                         "(required).")
+ADDRESS_TYPES = Setting("--address-types", env="NODE_PING_ADDRESS_TYPES", default=",".join(DEFAULT_ADDRESS_TYPES),
+                        type=_AddressTypes(), help="Node address types to use, most preferred first.")
+NODE_SELECTOR = Setting("--node-selector", env="NODE_PING_NODE_SELECTOR", metavar="SELECTOR",
+                        help="Label selector of the Nodes to ping, as kubectl -l takes it, e.g. "
+                             "kubernetes.io/os=linux: the nodes the exporter runs on (default: every Node).")
+KUBECONFIG = Setting("--kubeconfig", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                     help="Kubeconfig file, for running it by hand (default: the pod's service account).")
+VERBOSE = Setting("--verbose", short="-v", is_flag=True, help="Log every retry and every ConfigMap event.")
+
+DISCOVER_SETTINGS = (NAMESPACE, CONFIGMAP, ADDRESS_TYPES, NODE_SELECTOR, KUBECONFIG, VERBOSE)
+
+
+@dataclass(frozen=True)
+class DiscoverSettings:
+    """What the controller needs; the timing fields have production defaults and exist for tests."""
+
+    namespace: str
+    configmap: str
+    address_types: tuple[str, ...] = DEFAULT_ADDRESS_TYPES
+    # Label selector of the Nodes to list (the nodes the exporter DaemonSet runs on); None: all of them.
+    node_selector: str | None = None
+    # The API server ends each watch after this long; the controller resumes from the last
+    # resourceVersion, so a silently dead connection is noticed within this time.
+    watch_timeout_seconds: int = 300
+    # (connect, read) for every call that is not a watch.
+    request_timeout: tuple[float, float] = (5.0, 30.0)
+    backoff_initial_seconds: float = 0.5
+    backoff_max_seconds: float = 30.0
+    # Re-read the ConfigMap this often even without a watch event: a safety net if its watch is broken.
+    resync_seconds: float = 600.0
+    # Gather a burst of node events (a node pool scaling up) into one write.
+    settle_seconds: float = 0.5
+    # Nodes per list request; large clusters are listed in pages like kubectl and client-go do.
+    page_size: int = 500
+
+    def __post_init__(self) -> None:
+        # The namespace may come from a kubeconfig or the pod's namespace file, not only the flag.
+        for setting, value in ((NAMESPACE, self.namespace), (CONFIGMAP, self.configmap),
+                               (ADDRESS_TYPES, self.address_types)):
+            setting.check(value)

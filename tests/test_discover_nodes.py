@@ -1,0 +1,110 @@
+"""node_ping.discover.nodes: Node objects in, the exporter's nodes.json out, as pure functions.
+
+A Node -> its target entry, the target list -> the exact nodes.json text, "does it need writing".
+Nodes are written as the JSON dicts the API server sends (tests/support/fake_kube_api.make_node);
+what is rendered is read back with the exporter's own loader, `node_ping.targets.parse_nodes`.
+"""
+
+from __future__ import annotations
+
+import json
+
+from node_ping.discover.nodes import needs_write, node_target, render_nodes_json, summarize_change, validate_nodes_json
+from node_ping.targets import parse_nodes
+from tests.support.discovery import target
+from tests.support.fake_kube_api import make_node
+
+
+class TestNodeTarget:
+    """A Node object becomes one nodes.json entry: the preferred address type, its zone, or nothing yet."""
+
+    def test_internal_ip_is_preferred_over_external_ip(self) -> None:
+        node = make_node("n1", "10.0.0.1", "203.0.113.1")
+        assert node_target(node, ("InternalIP", "ExternalIP")) == target("n1", "10.0.0.1")
+
+    def test_external_ip_when_there_is_no_internal_ip(self) -> None:
+        node = make_node("n1", None, "203.0.113.1")
+        assert node_target(node, ("InternalIP", "ExternalIP")) == target("n1", "203.0.113.1")
+
+    def test_preference_is_configurable(self) -> None:
+        node = make_node("n1", "10.0.0.1", "203.0.113.1")
+        assert node_target(node, ("ExternalIP", "InternalIP")) == target("n1", "203.0.113.1")
+        assert node_target(make_node("n2", None, "203.0.113.2"), ("InternalIP",)) is None
+
+    def test_order_of_the_address_list_does_not_override_the_preference(self) -> None:
+        node = make_node("n1", addresses=[("ExternalIP", "203.0.113.1"), ("InternalIP", "10.0.0.1")])
+        assert node_target(node, ("InternalIP", "ExternalIP")) == target("n1", "10.0.0.1")
+
+    def test_no_address_yet_gives_none(self) -> None:
+        assert node_target(make_node("n1"), ("InternalIP", "ExternalIP")) is None  # only a Hostname
+        bare = {"metadata": {"name": "n2"}, "status": {}}
+        assert node_target(bare, ("InternalIP", "ExternalIP")) is None
+
+    def test_dual_stack_takes_the_first_address_of_the_type(self) -> None:
+        node = make_node("n1", addresses=[("InternalIP", "10.0.0.1"), ("InternalIP", "fd00::1")])
+        assert node_target(node, ("InternalIP",)) == target("n1", "10.0.0.1")
+
+    def test_malformed_address_falls_through_to_the_next_usable_one(self) -> None:
+        node = make_node("n1", addresses=[("InternalIP", "not-an-ip"), ("InternalIP", "fd00:0::0:1")])
+        assert node_target(node, ("InternalIP",)) == target("n1", "fd00::1")  # normalised as fping prints it
+
+    def test_zone_from_the_topology_label_only_when_present(self) -> None:
+        assert node_target(make_node("n1", "10.0.0.1", zone="eu-1a"), ("InternalIP",)) == target(
+            "n1", "10.0.0.1", "eu-1a")
+        assert node_target(make_node("n1", "10.0.0.1"), ("InternalIP",)) == target("n1", "10.0.0.1")
+        assert node_target(make_node("n1", "10.0.0.1", zone=""), ("InternalIP",)) == target("n1", "10.0.0.1")
+
+    def test_not_ready_node_keeps_its_entry(self) -> None:
+        node = make_node("n1", "10.0.0.1", ready=False)
+        assert node_target(node, ("InternalIP",)) == target("n1", "10.0.0.1")
+
+
+class TestRenderNodesJson:
+    """The nodes.json text is a pure function of the node set: same set, same bytes."""
+
+    def test_exact_layout(self) -> None:
+        text = render_nodes_json([target("b", "10.0.0.2"), target("a", "10.0.0.1", "z1")])
+        assert text == ('[\n'
+                        '  {\n    "ipAddress": "10.0.0.1",\n    "name": "a",\n    "zone": "z1"\n  },\n'
+                        '  {\n    "ipAddress": "10.0.0.2",\n    "name": "b"\n  }\n'
+                        ']\n')
+
+    def test_order_of_discovery_does_not_matter(self) -> None:
+        nodes = [target(f"node-{i}", f"10.0.0.{i}", "z" if i % 2 else None) for i in range(1, 20)]
+        assert render_nodes_json(nodes) == render_nodes_json(reversed(nodes))
+
+    def test_the_exporter_reads_back_what_was_rendered(self) -> None:
+        nodes = (target("a", "10.0.0.1", "z1"), target("b", "fd00::2"), target("c", "192.168.1.3", "z2"))
+        parsed = parse_nodes(render_nodes_json(nodes))
+        assert parsed.targets == nodes
+        assert parsed.problems == ()
+
+    def test_empty_cluster_is_an_empty_list(self) -> None:
+        assert render_nodes_json([]) == "[]\n"
+        assert parse_nodes(render_nodes_json([])).targets == ()
+
+    def test_two_nodes_with_one_address_are_reported(self) -> None:
+        problems = validate_nodes_json(render_nodes_json([target("a", "10.0.0.1"), target("b", "10.0.0.1")]))
+        assert len(problems) == 1
+        assert "'10.0.0.1'" in problems[0] and "'b'" in problems[0]
+
+
+class TestNeedsWrite:
+    """Only a difference in the stored bytes causes a write."""
+
+    def test_identical_text_needs_no_write(self) -> None:
+        text = render_nodes_json([target("a", "10.0.0.1")])
+        assert not needs_write(text, text)
+
+    def test_missing_or_different_text_needs_a_write(self) -> None:
+        text = render_nodes_json([target("a", "10.0.0.1")])
+        assert needs_write(None, text)
+        assert needs_write(render_nodes_json([target("a", "10.0.0.2")]), text)
+        assert needs_write(json.dumps(json.loads(text)), text)  # same content, hand-formatted: put back
+
+    def test_change_summary(self) -> None:
+        old = render_nodes_json([target("a", "10.0.0.1"), target("b", "10.0.0.2")])
+        new = render_nodes_json([target("a", "10.0.0.9"), target("c", "10.0.0.3")])
+        assert summarize_change(old, new) == "1 added, 1 removed, 1 changed"
+        assert summarize_change(None, new) == "new"
+        assert summarize_change("{oops", new) == "replacing unreadable content"
