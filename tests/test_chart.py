@@ -26,6 +26,8 @@ import pytest
 import yaml
 from kubernetes_validate import utils as kv_utils
 
+from node_ping.discover import config as discover_config
+from node_ping.probe import config as probe_config
 from node_ping.probe.config import Settings, parse_listen_address
 from node_ping.probe.textfile import output_path, remove_stale
 from node_ping.settings import SettingsError
@@ -37,17 +39,14 @@ from tests.support.processes import NODE_PING
 #: structure in TestMonitors instead.
 CRD_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule"}
 
-#: The fixed interface of `node-ping run` (see the project context and node_ping/probe/command.py): the env
-#: variables the DaemonSet may set. The chart sets all of them; NODE_PING_LISTEN_ADDRESS only when
-#: metrics are served over HTTP.
-RUN_ENV = {
-    "MY_NODE_NAME", "PROMETHEUS_TEXTFILE_DIR", "PROMETHEUS_TEXTFILE_PREFIX", "NODE_PING_CONFIG",
-    "NODE_PING_EXTERNAL_CONFIG", "NODE_PING_COUNT", "NODE_PING_PERIOD_MS", "NODE_PING_HEALTH_FILE",
-    "NODE_PING_TOPOLOGY", "NODE_PING_PEERS_PER_ZONE",
-}
-#: The env of `node-ping discover` that the chart sets (NODE_PING_NODE_SELECTOR while the exporter
-#: has a nodeSelector, as it has by default).
-DISCOVER_ENV = {"POD_NAMESPACE", "NODE_PING_CONFIGMAP", "NODE_PING_ADDRESS_TYPES", "NODE_PING_NODE_SELECTOR"}
+#: The env of `node-ping run` the DaemonSet sets: every env var its settings declare, but the fping
+#: binary (the image's is on the PATH) and the listen address, which it sets only when metrics are
+#: served over HTTP.
+RUN_ENV = {setting.env for setting in probe_config.RUN_SETTINGS if setting.env} - {
+    probe_config.FPING.env, probe_config.LISTEN_ADDRESS.env}
+#: The env of `node-ping discover` that the chart sets: every env var its settings declare
+#: (NODE_PING_NODE_SELECTOR while the exporter has a nodeSelector, as it has by default).
+DISCOVER_ENV = {setting.env for setting in discover_config.DISCOVER_SETTINGS if setting.env}
 
 DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
@@ -284,6 +283,14 @@ class TestContainerContract:
             or scenario.values["podMonitor"]["enabled"]
         assert env == RUN_ENV | ({"NODE_PING_LISTEN_ADDRESS"} if serving else set())
         assert scenario.exporter["args"] == ["run"]
+
+    def test_default_values_are_the_programs_defaults(self, defaults: Rendered) -> None:
+        """With the chart's defaults, the DaemonSet hands `node-ping run` the program's own defaults:
+        one default per setting, whether node-ping runs from the chart or by hand."""
+        env = defaults.exporter_env
+        for setting in (probe_config.PREFIX, probe_config.CONFIG, probe_config.EXTERNAL_CONFIG, probe_config.COUNT,
+                        probe_config.PERIOD_MS, probe_config.TOPOLOGY, probe_config.PEERS_PER_ZONE):
+            assert env[str(setting.env)]["value"] == str(setting.default), setting.flag
 
     def test_env_values(self, scenario: Rendered) -> None:
         env = scenario.exporter_env
