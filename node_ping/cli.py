@@ -12,10 +12,20 @@ from click_default_group import DefaultGroup
 from node_ping import __version__
 from node_ping.diagnose.command import diagnose
 from node_ping.discover.command import discover
-from node_ping.probe.command import health, once, run
+from node_ping.probe.command import INTERRUPTED, health, once, run
 
 
-@click.group(cls=DefaultGroup, default="run", default_if_no_args=True,
+class _DefaultRun(DefaultGroup):
+    """`node-ping` alone or followed by an option runs `run`; a word that names no command is an error,
+    not an option of `run`."""
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and not cmd_name.startswith("-"):
+            return None
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=_DefaultRun, default="run", default_if_no_args=True,
              context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 120},
              help="Probe every other Kubernetes node with fping and export Prometheus metrics to "
                   "node-exporter's textfile collector.")
@@ -40,6 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         err.show()
         return err.exit_code
     except click.Abort:
-        click.echo("Aborted!", err=True)
-        return 1
+        # Ctrl-C outside a prober's own signal handling (diagnose, discover's start-up): the shell's
+        # code for it, never 1, which diagnose uses for "faults found".
+        return INTERRUPTED
     return int(result or 0)

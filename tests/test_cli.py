@@ -304,3 +304,31 @@ class TestOnce:
         received = {labels["destination_node"]: v for labels, v in series[contract.NODE.packets_received.name]}
         assert received == {"loopback-a": 5, "loopback-b": 5, "loopback-v6": 5}
         assert series[contract.EXTERNAL.packets_received.name][0][1] == 5
+
+
+class TestCommandGroup:
+    """`node-ping` chooses the command: `run` by default, an error for a word that names none, and the
+    shell's code when a command is interrupted."""
+
+    def test_a_misspelt_command_is_named_as_such(self) -> None:
+        code, _, err = finish(node_ping("diagnoze", "--prometheus", "http://127.0.0.1:1"))
+        assert code == 2
+        assert "No such command 'diagnoze'" in err and "--prometheus" not in err
+
+    def test_ctrl_c_during_diagnose_exits_130_not_1(self) -> None:
+        """1 would read as "faults found" to a script."""
+        with socket.socket() as silent:  # accepts the connection, never answers
+            silent.bind(("127.0.0.1", 0))
+            silent.listen()
+            process = node_ping("diagnose", "--prometheus", f"http://127.0.0.1:{silent.getsockname()[1]}",
+                                "--timeout", "60")
+            try:
+                connection, _ = silent.accept()  # diagnose is waiting for its answer now
+                with connection:
+                    process.send_signal(signal.SIGINT)
+                    code, _, _ = finish(process, timeout=30)
+            finally:
+                if process.poll() is None:
+                    process.kill()
+                    process.wait()
+        assert code == 130
