@@ -8,6 +8,7 @@ not convert) becomes a usage error, exit 2, one line that names the flag and the
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from typing import Any, TypeVar
 import click
 
 F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
 
 EXIT_USAGE = 2
 """What every command exits with on a bad setting (click's usage-error code)."""
@@ -29,6 +31,48 @@ def env(name: str, default: str | None = None) -> str | None:
     """An env var's value; unset and empty both mean `default` (Kubernetes renders unset values as "")."""
     value = os.environ.get(name)
     return value if value not in (None, "") else default
+
+
+class Parsed(click.ParamType[T]):
+    """A value made by a parse function of the setting's own; its ValueError (or SettingsError) is the
+    message click shows."""
+
+    def __init__(self, name: str, parse: Callable[[str], T], parsed: type[Any] | None = None) -> None:
+        self.name = name
+        self._parse = parse
+        self._parsed = parsed  # a value already of this type (a default, or a check of a set value) passes
+
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> T:
+        if self._parsed is not None and isinstance(value, self._parsed):
+            return value  # type: ignore[no-any-return]
+        try:
+            return self._parse(str(value))
+        except (ValueError, SettingsError) as err:
+            self.fail(str(err), param, ctx)
+
+
+class PositiveNumber(click.ParamType[float]):
+    """A finite number above 0 and at most `limit`; `noun` says what it counts in messages."""
+
+    name = "number"
+
+    def __init__(self, limit: float = math.inf, noun: str = "number") -> None:
+        self.limit = limit
+        self.noun = noun
+
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        text = str(value)
+        try:
+            number = float(text)
+        except ValueError:
+            self.fail(f"{text!r} is not a {self.noun}", param, ctx)
+        if not math.isfinite(number):  # NaN compares false with everything: a limit it could never fail
+            self.fail(f"{text!r} is not a finite {self.noun}", param, ctx)
+        if not number > 0:
+            self.fail(f"{text!r} must be above 0", param, ctx)
+        if number > self.limit:
+            self.fail(f"{text!r} must be at most {self.limit:g}", param, ctx)
+        return number
 
 
 @dataclass(frozen=True)

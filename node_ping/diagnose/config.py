@@ -8,7 +8,6 @@ a header by its position or name, never quote it: it may be a token.
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -16,8 +15,8 @@ from pathlib import Path
 
 import click
 
-from node_ping.diagnose.address import Address, BadAddress, parse_address
-from node_ping.settings import Setting, SettingsError
+from node_ping.diagnose.address import Address, parse_address
+from node_ping.settings import Parsed, PositiveNumber, Setting, SettingsError
 
 # Prometheus's own duration syntax (prometheus/common model.ParseDuration): each unit at most once,
 # largest first. Its value must be above 0 and fit Go's time.Duration in whole milliseconds.
@@ -42,18 +41,6 @@ _HEADER_VALUE = re.compile(r"[\x20-\x7e\t]+")
 HEADERS_ENV = "NODE_PING_PROMETHEUS_HEADERS"
 """One 'Name: value' per line: header values may hold commas. Read here, not by click, because a
 --header replaces only the env's header of the same name rather than all of them."""
-
-
-class _Address(click.ParamType[Address]):
-    name = "url"
-
-    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> Address:
-        if isinstance(value, Address):
-            return value
-        try:
-            return parse_address(str(value))
-        except BadAddress as err:
-            self.fail(str(err), param, ctx)
 
 
 class _Duration(click.ParamType[str]):
@@ -106,30 +93,8 @@ class _Time(click.ParamType[float]):
                   param, ctx)
 
 
-class _Number(click.ParamType[float]):
-    """A finite number above 0 and at most `limit`."""
-
-    name = "number"
-
-    def __init__(self, limit: float = math.inf) -> None:
-        self.limit = limit
-
-    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> float:
-        text = str(value)
-        try:
-            number = float(text)
-        except ValueError:
-            self.fail(f"{text!r} is not a number", param, ctx)
-        if not math.isfinite(number):
-            self.fail(f"{text!r} is not a finite number", param, ctx)
-        if not number > 0:
-            self.fail(f"{text!r} must be above 0", param, ctx)
-        if number > self.limit:
-            self.fail(f"{text!r} must be at most {self.limit:g}", param, ctx)
-        return number
-
-
-PROMETHEUS = Setting("--prometheus", env="NODE_PING_PROMETHEUS_URL", required=True, type=_Address(), metavar="URL",
+PROMETHEUS = Setting("--prometheus", env="NODE_PING_PROMETHEUS_URL", required=True,
+                     type=Parsed("url", parse_address, Address), metavar="URL",
                      help="Prometheus base URL, e.g. http://prometheus.monitoring:9090; user:password@ in it is sent "
                           "as basic authentication and never shown.")
 RANGE = Setting("--range", default="15m", type=_Duration(), metavar="DURATION",
@@ -139,16 +104,16 @@ TIME = Setting("--time", type=_Time(), metavar="TIME",
                     f"{YEARS[1]} (default: now).")
 OUTPUT = Setting("--output", default="text", type=click.Choice(("text", "json")),
                  help="text for people, json for scripts.")
-LOSS_THRESHOLD = Setting("--loss-threshold", default=5.0, type=_Number(100.0), metavar="PERCENT",
+LOSS_THRESHOLD = Setting("--loss-threshold", default=5.0, type=PositiveNumber(100.0), metavar="PERCENT",
                          help="A pair losing this share of pings or more is bad: above 0, at most 100.")
-LATENCY_THRESHOLD = Setting("--latency-threshold", default=50.0, type=_Number(), metavar="MS",
+LATENCY_THRESHOLD = Setting("--latency-threshold", default=50.0, type=PositiveNumber(), metavar="MS",
                             help="A pair whose average RTT is this or more is slow.")
 HEADER = Setting("--header", multiple=True, metavar="'NAME: VALUE'",
                  help="Send this HTTP header with every request, e.g. 'X-Scope-OrgID: tenant-1' (repeatable; env "
                       f"{HEADERS_ENV}, one header per line; a --header replaces the env's header of the same name).")
 BEARER_TOKEN_FILE = Setting("--bearer-token-file", type=click.Path(path_type=Path), metavar="PATH",
                             help="Send 'Authorization: Bearer <the file's content>' with every request.")
-TIMEOUT = Setting("--timeout", default=10.0, type=_Number(MAX_TIMEOUT_S), metavar="SECONDS",
+TIMEOUT = Setting("--timeout", default=10.0, type=PositiveNumber(MAX_TIMEOUT_S), metavar="SECONDS",
                   help=f"For each HTTP request to Prometheus, at most {MAX_TIMEOUT_S:g}.")
 
 SETTINGS = (PROMETHEUS, RANGE, TIME, OUTPUT, LOSS_THRESHOLD, LATENCY_THRESHOLD, HEADER, BEARER_TOKEN_FILE, TIMEOUT)

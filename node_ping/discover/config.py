@@ -14,7 +14,7 @@ from pathlib import Path
 
 import click
 
-from node_ping.settings import Setting
+from node_ping.settings import Parsed, Setting
 
 DEFAULT_ADDRESS_TYPES = ("InternalIP", "ExternalIP")
 # Hostname, InternalDNS and ExternalDNS hold names, but nodes.json needs IP addresses (fping -A
@@ -29,28 +29,20 @@ MAX_DNS_LABEL = 63
 MAX_DNS_SUBDOMAIN = 253
 
 
-class _NamespaceName(click.ParamType[str]):
-    name = "namespace"
-
-    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> str:
-        name = str(value)
-        if not (len(name) <= MAX_DNS_LABEL and DNS_LABEL.fullmatch(name)):
-            self.fail(f"{name!r} is not a valid namespace name: use at most {MAX_DNS_LABEL} characters, lower-case "
-                      "letters, digits and '-', starting and ending with a letter or digit (an RFC 1123 DNS "
-                      "label, e.g. monitoring)", param, ctx)
-        return name
+def _namespace(name: str) -> str:
+    if not (len(name) <= MAX_DNS_LABEL and DNS_LABEL.fullmatch(name)):
+        raise ValueError(f"{name!r} is not a valid namespace name: use at most {MAX_DNS_LABEL} characters, lower-case "
+                         "letters, digits and '-', starting and ending with a letter or digit (an RFC 1123 DNS "
+                         "label, e.g. monitoring)")
+    return name
 
 
-class _ConfigMapName(click.ParamType[str]):
-    name = "name"
-
-    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> str:
-        name = str(value)
-        if not (len(name) <= MAX_DNS_SUBDOMAIN and DNS_SUBDOMAIN.fullmatch(name)):
-            self.fail(f"{name!r} is not a valid ConfigMap name: use at most {MAX_DNS_SUBDOMAIN} characters, "
-                      "lower-case letters, digits, '-' and '.', starting and ending with a letter or digit (an "
-                      "RFC 1123 DNS subdomain, e.g. node-ping-nodes)", param, ctx)
-        return name
+def _configmap_name(name: str) -> str:
+    if not (len(name) <= MAX_DNS_SUBDOMAIN and DNS_SUBDOMAIN.fullmatch(name)):
+        raise ValueError(f"{name!r} is not a valid ConfigMap name: use at most {MAX_DNS_SUBDOMAIN} characters, "
+                         "lower-case letters, digits, '-' and '.', starting and ending with a letter or digit (an "
+                         "RFC 1123 DNS subdomain, e.g. node-ping-nodes)")
+    return name
 
 
 def parse_address_types(text: str) -> tuple[str, ...]:
@@ -82,10 +74,10 @@ class _AddressTypes(click.ParamType[tuple[str, ...]]):
             self.fail(str(err), param, ctx)
 
 
-NAMESPACE = Setting("--namespace", env="POD_NAMESPACE", type=_NamespaceName(),
+NAMESPACE = Setting("--namespace", env="POD_NAMESPACE", type=Parsed("namespace", _namespace),
                     help="Namespace of the ConfigMap (default: the namespace of the --kubeconfig's current context, "
                          "else the pod's own namespace).")
-CONFIGMAP = Setting("--configmap", env="NODE_PING_CONFIGMAP", type=_ConfigMapName(),
+CONFIGMAP = Setting("--configmap", env="NODE_PING_CONFIGMAP", type=Parsed("name", _configmap_name),
                     help="Name of the ConfigMap whose nodes.json key this keeps up to date; created if missing "
                          "(required).")
 ADDRESS_TYPES = Setting("--address-types", env="NODE_PING_ADDRESS_TYPES", default=",".join(DEFAULT_ADDRESS_TYPES),

@@ -3,7 +3,6 @@ dataclass of one prober's values, validated once at start-up."""
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +11,7 @@ import click
 
 from node_ping.probe.textfile import MAX_NAME_BYTES
 from node_ping.probe.topology import MODES
-from node_ping.settings import Setting, SettingsError
+from node_ping.settings import Parsed, PositiveNumber, Setting, SettingsError
 
 _PREFIX = re.compile(r"^[A-Za-z0-9_.-]+$")
 MAX_PREFIX = 200
@@ -38,33 +37,6 @@ def parse_listen_address(text: str) -> ListenAddress:
     return ListenAddress(host.strip("[]") or EVERY_INTERFACE, int(port_text))
 
 
-class _ListenAddressType(click.ParamType[ListenAddress]):
-    name = "address"
-
-    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> ListenAddress:
-        if isinstance(value, ListenAddress):
-            return value
-        try:
-            return parse_listen_address(str(value))
-        except SettingsError as err:
-            self.fail(str(err), param, ctx)
-
-
-class _Seconds(click.ParamType[float]):
-    """A positive, finite number of seconds (NaN compares false with everything: never unhealthy)."""
-
-    name = "seconds"
-
-    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> float:
-        try:
-            seconds = float(str(value))
-        except ValueError:
-            self.fail(f"{value!r} is not a number of seconds", param, ctx)
-        if not math.isfinite(seconds) or seconds <= 0:
-            self.fail(f"{value!r} must be a finite number of seconds above 0", param, ctx)
-        return seconds
-
-
 _PATH = click.Path(path_type=Path)
 
 NODE_NAME = Setting("--node-name", env="MY_NODE_NAME",
@@ -88,14 +60,16 @@ TEXTFILE_DIR = Setting("--textfile-dir", env="PROMETHEUS_TEXTFILE_DIR", type=_PA
 PREFIX = Setting("--prefix", env="PROMETHEUS_TEXTFILE_PREFIX", default="node-ping_",
                  help="Textfile name prefix: the file is <prefix><node name>.prom.")
 CYCLES = Setting("--cycles", type=click.IntRange(min=1), help="Stop after N cycles (default: run forever).")
-LISTEN_ADDRESS = Setting("--listen-address", env="NODE_PING_LISTEN_ADDRESS", type=_ListenAddressType(),
+LISTEN_ADDRESS = Setting("--listen-address", env="NODE_PING_LISTEN_ADDRESS",
+                         type=Parsed("address", parse_listen_address, ListenAddress),
                          help="Also serve /metrics over HTTP: :9797 (every interface, IPv4 and IPv6), "
                               "127.0.0.1:9797 or [::1]:9797.")
 HEALTH_FILE = Setting("--health-file", env="NODE_PING_HEALTH_FILE", type=_PATH,
                       help="Touched after every successful cycle, for `node-ping health`.")
 EXAMPLE = Setting("--example", is_flag=True,
                   help="Probe the built-in loopback example (127.0.0.1, 127.0.0.2, ::1, localhost).")
-MAX_AGE = Setting("--max-age", required=True, type=_Seconds(), help="Seconds since the last successful cycle.")
+MAX_AGE = Setting("--max-age", required=True, type=PositiveNumber(noun="number of seconds"),
+                  help="Seconds since the last successful cycle.")
 
 PROBE_SETTINGS = (NODE_NAME, CONFIG, EXTERNAL_CONFIG, COUNT, PERIOD_MS, TOPOLOGY, PEERS_PER_ZONE, FPING, VERBOSE)
 """What `run` and `once` share."""
