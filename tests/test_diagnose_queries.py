@@ -20,7 +20,7 @@ import pytest
 
 from node_ping import contract
 from node_ping.diagnose import queries
-from node_ping.diagnose.render import iso
+from node_ping.diagnose.wording import iso
 from tests.support import promdata
 from tests.support.diagnosis import diagnose_cmd
 from tests.support.promdata import Mesh, isolated, receive_loss, send_loss

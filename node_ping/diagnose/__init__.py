@@ -1,0 +1,1 @@
+"""`node-ping diagnose`: read node-ping data from Prometheus and name the faulty node, link or cluster."""

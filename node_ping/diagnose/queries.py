@@ -13,7 +13,7 @@ import math
 from node_ping import contract
 from node_ping.diagnose.matrix import Counts, Freshness, Matrix, Pair, grace_s, probers, stale_sources
 from node_ping.diagnose.prometheus import Prometheus, PrometheusError
-from node_ping.diagnose.render import iso
+from node_ping.diagnose.wording import iso
 
 _SOURCE = contract.SOURCE
 _KIND = contract.ERRORS.labels[-1]

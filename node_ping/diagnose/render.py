@@ -12,11 +12,11 @@ import json
 from collections import Counter
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from node_ping.diagnose.analysis import NODE_SILENT, NODE_STALE, Thresholds, Verdict
 from node_ping.diagnose.matrix import Counts, Matrix, Pair, natural_key, natural_pair_key
+from node_ping.diagnose.wording import iso
 
 # Longer names are shortened in the matrices (with a legend), so a row of a 20-node cluster still
 # fits a terminal; 12 characters hold "ip-10-0-1-23" and most cloud short names.
@@ -24,11 +24,6 @@ _LABEL_WIDTH = 12
 # Above this many nodes a matrix shows only the rows and columns with marked cells, the most
 # marked first: 20 columns of 8 characters still fit a wide terminal.
 _FULL_MATRIX_NODES = 20
-
-
-def iso(at: float) -> str:
-    """A unix time as messages and reports show it: 2023-11-14 22:13:20 UTC."""
-    return datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def _common_affixes(names: Sequence[str]) -> tuple[int, int]:

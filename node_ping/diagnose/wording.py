@@ -1,8 +1,9 @@
-"""How numbers read in verdict messages: percentages, spans of values, lengths of time."""
+"""How numbers read in messages and reports: percentages, spans of values, lengths of time, times."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import UTC, datetime
 
 
 def pct(ratio: float) -> str:
@@ -35,3 +36,8 @@ def loss_span(ratios: Sequence[float]) -> str:
 
 def ms_span(values: Sequence[float]) -> str:
     return span(values, ".1f", " ms")
+
+
+def iso(at: float) -> str:
+    """A unix time as messages and reports show it: 2023-11-14 22:13:20 UTC."""
+    return datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")

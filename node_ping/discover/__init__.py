@@ -1,0 +1,1 @@
+"""The node-discovery controller: `node-ping discover`."""

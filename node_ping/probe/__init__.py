@@ -1,0 +1,1 @@
+"""The DaemonSet prober: `node-ping run | once | health`."""

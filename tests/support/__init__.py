@@ -1,0 +1,1 @@
+"""Helpers the tests share: test hosts, processes, servers, data; one of each."""
