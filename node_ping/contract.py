@@ -41,7 +41,8 @@ CONFIG_ERROR = "config"  # a target file could not be read or has bad entries
 FPING_ERROR = "fping"  # fping failed, reported nothing on a target, or received no reply at all
 WRITE_ERROR = "write"  # the textfile could not be written
 DNS_ERROR = "dns"  # an external host name did not resolve
-ERROR_KINDS = (CONFIG_ERROR, FPING_ERROR, WRITE_ERROR, DNS_ERROR)
+INTERNAL_ERROR = "internal"  # a cycle ended in an unexpected exception (a bug, no memory left)
+ERROR_KINDS = (CONFIG_ERROR, FPING_ERROR, WRITE_ERROR, DNS_ERROR, INTERNAL_ERROR)
 """The `kind` label of node_ping_errors_total. Every kind is exported from the start, so
 `increase()` sees the first error."""
 

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import re
+import socket
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,19 +56,44 @@ _HOSTNAME = re.compile(r"^(?=.{1,253}\.?$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-
                        r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$")
 
 
+_LIMITED_BROADCAST = ipaddress.IPv4Address("255.255.255.255")
+
+
 def normalise_ip(value: str) -> str:
-    """Return the canonical text of an IP address (as fping -A prints it); ValueError if it is none."""
-    address = ipaddress.ip_address(value.strip())
-    if address.is_unspecified or address.is_multicast:
-        raise ValueError(f"{value!r} is not a valid unicast IPv4 or IPv6 address")
-    if isinstance(address, ipaddress.IPv6Address) and address.scope_id and address.scope_id.isdigit():
-        # fping reports a link-local target by interface name (%eth0), never by index: its result
-        # would never be matched, and the same host could be listed twice unnoticed.
-        raise ValueError(f"{value!r} has a numeric zone; name the interface instead, e.g. "
-                         f"{str(address).split('%')[0]}%eth0")
+    """Return the canonical text of an IP address (as fping -A prints it); ValueError if it is none,
+    or one that fping cannot report on as a target of its own."""
+    address: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.ip_address(value.strip())
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return str(address.ipv4_mapped)
+        # Checked as what is probed: ::ffff:224.0.0.1 is the multicast 224.0.0.1.
+        address = address.ipv4_mapped
+    if address.is_unspecified or address.is_multicast or address == _LIMITED_BROADCAST:
+        raise ValueError(f"{value!r} is not a valid unicast IPv4 or IPv6 address")
+    if isinstance(address, ipaddress.IPv6Address) and address.scope_id:
+        if not address.is_link_local:
+            # fping (getaddrinfo) accepts a zone on link-local addresses only: any other reports nothing.
+            raise ValueError(f"{value!r} has a zone, which only a link-local address (fe80::/10) takes; "
+                             f"remove %{address.scope_id}")
+        if address.scope_id.isdigit():
+            # fping reports a link-local target by interface name (%eth0), never by index: its result
+            # would never be matched, and the same host could be listed twice unnoticed.
+            raise ValueError(f"{value!r} has a numeric zone; name the interface instead, e.g. "
+                             f"{str(address).split('%')[0]}%eth0")
     return str(address)
+
+
+def absent_interface(address: str) -> str | None:
+    """The interface a link-local address names (fe80::1%eth0) if this host has none by that name.
+
+    fping reports nothing on such a target; an interface can come later (a VPN, a bridge), so
+    this is checked whenever the file is read, not once."""
+    _, sep, zone = address.partition("%")
+    if not sep:
+        return None
+    try:
+        socket.if_nametoindex(zone)
+    except (OSError, ValueError):
+        return zone
+    return None
 
 
 def _json_type(value: object) -> str:
@@ -182,15 +210,44 @@ def parse_external(text: str, source: str = "external.json") -> TargetList[Exter
     return _parse(text, source, EXTERNAL_EXAMPLE, _external, lambda t: t.host)
 
 
+_FILE_TYPES = ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISCHR, "a character device"),
+               (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def _not_a_file(path: Path, mode: int, setting: str) -> ConfigError:
+    if stat.S_ISDIR(mode):
+        return ConfigError(f"{path} is a directory, not a file; point {setting} at the JSON file in it "
+                           "(a ConfigMap volume holds one file per key)")
+    kind = next((name for test, name in _FILE_TYPES if test(mode)), "not a regular file")
+    return ConfigError(f"{path} is {kind}, not a regular file; point {setting} at the JSON file")
+
+
+def _read_regular(path: Path, setting: str) -> bytes:
+    """The bytes of a regular file. Links are followed (a ConfigMap volume is links into ..data/);
+    anything else is refused by its type, before it is opened (opening a device can act on it) and
+    again on what was opened: reading a FIFO waits for a writer, a device may never end, and either
+    would hold up every cycle."""
+    mode = os.stat(path).st_mode
+    if not stat.S_ISREG(mode):
+        raise _not_a_file(path, mode, setting)
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    with open(fd, "rb") as file:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):  # swapped for something else since the check above
+            raise _not_a_file(path, mode, setting)
+        return file.read()
+
+
+class _Missing(ConfigError):
+    """The file does not exist (for external.json: no external targets)."""
+
+
 def _read(path: Path, setting: str) -> str:
     """The file's text; ConfigError with the fix when it cannot be had."""
     try:
-        return path.read_text(encoding="utf-8")
+        return _read_regular(path, setting).decode("utf-8")
     except FileNotFoundError:
-        raise ConfigError(f"{path} does not exist; mount the list there or point {setting} at it") from None
-    except IsADirectoryError:
-        raise ConfigError(f"{path} is a directory, not a file; point {setting} at the JSON file in it "
-                          "(a ConfigMap volume holds one file per key)") from None
+        raise _Missing(f"{path} does not exist; mount the list there or point {setting} at it") from None
     except PermissionError:
         raise ConfigError(f"cannot read {path}: permission denied; make it readable for the user node-ping "
                           "runs as") from None
@@ -201,12 +258,30 @@ def _read(path: Path, setting: str) -> str:
         raise ConfigError(f"cannot read {path}: {err.strerror or err}") from None
 
 
-def read_nodes(path: Path) -> TargetList[NodeTarget]:
-    return parse_nodes(_read(path, "NODE_PING_CONFIG / --config"), str(path))
+def _on_present_interfaces(loaded: TargetList[T], address_of: Callable[[T], str], source: str) -> TargetList[T]:
+    """Skip the link-local targets whose interface this host does not have (now): fping reports
+    nothing on them."""
+    problems = list(loaded.problems)
+    targets = []
+    for target in loaded.targets:
+        zone = absent_interface(address_of(target))
+        if zone is None:
+            targets.append(target)
+        else:
+            problems.append(f"{source}: address {address_of(target)!r} of {target.name!r} names the interface "
+                            f"{zone!r}, which this node does not have; skipped while it is absent")
+    return TargetList(tuple(targets), tuple(problems))
 
 
-def read_external(path: Path) -> TargetList[ExternalTarget]:
+def read_nodes(path: Path, setting: str) -> TargetList[NodeTarget]:
+    """Read nodes.json; `setting` names where its path comes from, for messages that say what to fix."""
+    return _on_present_interfaces(parse_nodes(_read(path, setting), str(path)), lambda t: t.address, str(path))
+
+
+def read_external(path: Path, setting: str) -> TargetList[ExternalTarget]:
     """Read external.json; a missing file means no external targets."""
-    if not path.exists():
+    try:
+        text = _read(path, setting)
+    except _Missing:
         return TargetList(())
-    return parse_external(_read(path, "NODE_PING_EXTERNAL_CONFIG / --external-config"), str(path))
+    return _on_present_interfaces(parse_external(text, str(path)), lambda t: t.host, str(path))

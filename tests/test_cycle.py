@@ -17,9 +17,10 @@ from typing import Any
 import pytest
 
 from node_ping import contract
-from node_ping.probe import fping
+from node_ping.probe import cycle, fping
 from node_ping.probe.config import ListenAddress, Settings
 from node_ping.probe.cycle import Outcome, Prober, run
+from node_ping.targets import NodeTarget, TargetList, read_nodes
 from tests.support.exposition import families
 
 
@@ -49,6 +50,10 @@ def prom(workdir: Path, node: str = "self") -> dict[str, list[tuple[dict[str, st
 def destinations(series: dict[str, list[tuple[dict[str, str], float]]], metric: str) -> dict[str, float]:
     return {labels.get("destination_node") or labels["destination_name"]: value
             for labels, value in series.get(metric, [])}
+
+
+def errors_by_kind(series: dict[str, list[tuple[dict[str, str], float]]]) -> dict[str, float]:
+    return {labels["kind"]: value for labels, value in series[contract.ERRORS.name]}
 
 
 class TestTargetsChange:
@@ -401,7 +406,9 @@ class TestRun:
 
         monkeypatch.setattr(prober, "cycle", flaky)
         assert run(prober, threading.Event()) == 0
-        assert prober.snapshot.exceptions == 1 and prober.snapshot.cycles == 1
+        # A cycle that failed is a cycle: counted, or a prober failing every time reads as stopped.
+        assert prober.snapshot.exceptions == 1 and prober.snapshot.cycles == 2
+        assert prober.snapshot.errors[contract.INTERNAL_ERROR] == 1
         # The count reached the file too: that is where an operator sees it.
         assert prom(workdir)[contract.EXCEPTIONS.name] == [({"source_node": "self"}, 1.0)]
 
@@ -415,4 +422,105 @@ class TestRun:
 
         monkeypatch.setattr(prober, "cycle", broken)
         assert run(prober, threading.Event()) == 1
-        assert prom(workdir)[contract.EXCEPTIONS.name] == [({"source_node": "self"}, 3.0)]
+        series = prom(workdir)
+        assert series[contract.EXCEPTIONS.name] == [({"source_node": "self"}, 3.0)]
+        assert series[contract.CYCLES.name] == [({"source_node": "self"}, 3.0)]
+        assert errors_by_kind(series)[contract.INTERNAL_ERROR] == 3
+
+
+class TestFailedCycles:
+    """However a cycle fails, it is counted as a cycle and by kind of error, and the file it leaves
+    never passes the previous cycle's RTT gauges off as new: they go, the counters stay."""
+
+    def test_an_fping_that_cannot_be_executed(self, workdir: Path, caplog: pytest.LogCaptureFixture) -> None:
+        write_nodes(workdir / "nodes.json", ("a", "127.0.0.2"))
+        prober = Prober(settings(workdir, cycles=1))
+        assert run(prober, threading.Event()) == 0
+        before = prom(workdir)
+        not_a_program = workdir / "fping"
+        not_a_program.write_bytes(b"\x7fELF but not a program")  # executable bit; the kernel refuses it
+        not_a_program.chmod(0o755)
+        prober.settings = settings(workdir, cycles=1, fping=str(not_a_program))
+        with caplog.at_level(logging.WARNING):
+            assert run(prober, threading.Event()) == 1
+        after = prom(workdir)
+        assert before[contract.NODE.rtt_min.name] and contract.NODE.rtt_min.name not in after
+        assert contract.NODE.rtt_max.name not in after and contract.NODE.rtt_mdev.name not in after
+        assert after[contract.NODE.packets_sent.name] == before[contract.NODE.packets_sent.name]
+        assert errors_by_kind(after)[contract.FPING_ERROR] == 1
+        assert after[contract.CYCLES.name] == [({"source_node": "self"}, 2.0)]
+        assert after[contract.LAST_SUCCESS.name] == before[contract.LAST_SUCCESS.name]
+        assert any("Exec format error" in r.getMessage() for r in caplog.records)
+
+    def test_an_unexpected_exception(self, workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        write_nodes(workdir / "nodes.json", ("a", "127.0.0.2"))
+        (workdir / "external.json").write_text(json.dumps([{"name": "lo", "host": "127.0.0.3"}]))
+        prober = Prober(settings(workdir, cycles=1))
+        assert run(prober, threading.Event()) == 0
+        before = prom(workdir)
+
+        def out_of_memory(*_args: object) -> None:
+            raise MemoryError
+
+        # Memory runs out after fping ran, while its report is read.
+        monkeypatch.setattr(cycle, "summarize", out_of_memory)
+        assert run(prober, threading.Event()) == 1
+        after = prom(workdir)
+        for family in contract.FAMILIES:
+            assert before[family.rtt_min.name], family.prefix
+            for gauge in (family.rtt_min, family.rtt_max, family.rtt_mdev):
+                assert gauge.name not in after, gauge.name
+            assert after[family.packets_sent.name] == before[family.packets_sent.name]
+        assert errors_by_kind(after) == {**errors_by_kind(before), contract.INTERNAL_ERROR: 1}
+        assert after[contract.CYCLES.name] == [({"source_node": "self"}, 2.0)]
+        assert after[contract.EXCEPTIONS.name] == [({"source_node": "self"}, 1.0)]
+        assert after[contract.LAST_SUCCESS.name] == before[contract.LAST_SUCCESS.name]
+
+
+class TestTargetsFpingCannotProbe:
+    """One entry fping cannot report on never fails the cycle of the others, nor the liveness probe."""
+
+    def test_such_entries_are_refused_and_the_rest_probed(self, workdir: Path,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+        (workdir / "nodes.json").write_text(json.dumps([
+            {"name": "a", "ipAddress": "127.0.0.2"}, {"name": "mapped-any", "ipAddress": "::ffff:0.0.0.0"},
+            {"name": "mapped-multicast", "ipAddress": "::ffff:224.0.0.1"},
+            {"name": "gone", "ipAddress": "fe80::1%np-absent0"}]))
+        beats: list[int] = []
+        prober = Prober(settings(workdir, cycles=2, period_ms=1))
+        with caplog.at_level(logging.WARNING):
+            assert run(prober, threading.Event(), lambda: beats.append(1)) == 0
+        assert beats == [1, 1]
+        series = prom(workdir)
+        assert destinations(series, contract.NODE.packets_sent.name) == {"a": 6}
+        # Bad entries every cycle they are there: a config error each, never an fping one.
+        assert errors_by_kind(series)[contract.CONFIG_ERROR] == 2 and errors_by_kind(series)[contract.FPING_ERROR] == 0
+        (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING
+                      and "network namespace" not in r.getMessage()]
+        assert "'::ffff:0.0.0.0' is not a valid unicast" in warning
+        assert "'::ffff:224.0.0.1' is not a valid unicast" in warning
+        assert "interface 'np-absent0', which this node does not have" in warning
+
+    def test_a_target_fping_reports_nothing_on_is_named_and_the_rest_stands(
+            self, workdir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+        """The list is read as usual, plus a link-local target whose interface is not there: an entry
+        that passed the check when it was read, and whose interface went before fping ran."""
+        def with_a_gone_interface(path: Path, setting: str) -> TargetList[NodeTarget]:
+            loaded = read_nodes(path, setting)
+            return TargetList((*loaded.targets, NodeTarget("gone", "fe80::1%np-absent0")), loaded.problems)
+
+        monkeypatch.setattr(cycle, "read_nodes", with_a_gone_interface)
+        write_nodes(workdir / "nodes.json", ("a", "127.0.0.2"))
+        beats: list[int] = []
+        prober = Prober(settings(workdir, cycles=1))
+        with caplog.at_level(logging.WARNING):
+            # Not complete (a script running `once` sees it), but healthy: fping itself works.
+            assert run(prober, threading.Event(), lambda: beats.append(1)) == 1
+        assert beats == [1]
+        series = prom(workdir)
+        assert destinations(series, contract.NODE.packets_sent.name) == {"a": 3}
+        assert destinations(series, contract.NODE.rtt_min.name).keys() == {"a"}
+        assert errors_by_kind(series)[contract.FPING_ERROR] == 1
+        assert series[contract.EXCEPTIONS.name] == [({"source_node": "self"}, 0.0)]
+        assert any("fping reported nothing on node gone (fe80::1%np-absent0)" in r.getMessage()
+                   for r in caplog.records)

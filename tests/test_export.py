@@ -23,7 +23,7 @@ def sample_snapshot() -> Snapshot:
         nodes=(TargetRow(("node-b", "10.0.0.2"), 6, 5, 2.5, summarize([0.5, 0.25, None, 0.75, 0.5, 0.5])),
                TargetRow(("node-c", "fd00::3"), 6, 0, 0.0, summarize([None] * 6))),
         external=(TargetRow(("dns", "8.8.8.8"), 3, 3, 30.0, summarize([10.0, 10.0, 10.0])),),
-        errors={"config": 1, "dns": 0, "fping": 2, "write": 0},
+        errors={"config": 1, "dns": 0, "fping": 2, "write": 0, "internal": 0},
         exceptions=2, cycles=7, targets={"node": 2, "external": 1},
         cycle_duration_s=3.5, probe_duration_s=3.25, cycle_nominal_s=3.0, last_success_ts=1_700_000_000.0,
         fping_cpu_s=0.5, own_cpu_s=1.25,
@@ -63,7 +63,7 @@ class TestExposition:
         series = families(render(sample_snapshot()))
         assert series[contract.CYCLE_LATENESS.name] == [({"source_node": "node-a"}, 0.25)]
         errors = {labels["kind"]: value for labels, value in series[contract.ERRORS.name]}
-        assert errors == {"config": 1.0, "dns": 0.0, "fping": 2.0, "write": 0.0}
+        assert errors == {"config": 1.0, "dns": 0.0, "fping": 2.0, "write": 0.0, "internal": 0.0}
         assert series[contract.EXCEPTIONS.name] == [({"source_node": "node-a"}, 2.0)]
 
     def test_a_run_shorter_than_nominal_is_on_time_not_early(self) -> None:

@@ -1,12 +1,18 @@
-"""Running fping: the command line, exit codes, time limits and never leaving a child behind.
+"""Running fping: the command line, exit codes, time limits, never leaving a child behind, bounded
+output and resources that run out.
 
 Most tests run the real fping against loopback. Faults real fping does not produce on demand (a
-hang, death by a signal) are played by small shell scripts standing in for the fping binary.
+hang, death by a signal, a flood of output) are played by small shell scripts standing in for the
+fping binary.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
+import logging
+import os
+import signal
 import socket
 import stat
 import subprocess
@@ -17,8 +23,13 @@ from pathlib import Path
 
 import pytest
 
+from node_ping import contract
 from node_ping.probe import fping, lock
-from node_ping.probe.report import parse_report
+from node_ping.probe.report import complete_reports, parse_report
+from tests.support.exposition import by_destination, families
+from tests.support.limits import descriptors_left, open_descriptors
+from tests.support.processes import NODE_PING, REPO
+from tests.support.procfs import peak_memory_bytes, wait_until
 
 
 def fake_fping(tmp_path: Path, body: str) -> str:
@@ -70,12 +81,12 @@ def held_lock() -> Iterator[Callable[[], None]]:
 
 
 @pytest.fixture
-def started(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[subprocess.Popen[str]]]:
+def started(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[subprocess.Popen[bytes]]]:
     """Every process fping.run starts, so a test can check it was reaped however early it died."""
-    processes: list[subprocess.Popen[str]] = []
+    processes: list[subprocess.Popen[bytes]] = []
     real_start = fping._start
 
-    def start(argv: list[str]) -> subprocess.Popen[str]:
+    def start(argv: list[str]) -> subprocess.Popen[bytes]:
         processes.append(real_start(argv))
         return processes[-1]
 
@@ -149,7 +160,7 @@ class TestRun:
             assert fping.run([binary], 5, threading.Event()).returncode == code
 
     def test_hung_fping_is_killed_at_the_deadline(self, tmp_path: Path,
-                                                  started: list[subprocess.Popen[str]]) -> None:
+                                                  started: list[subprocess.Popen[bytes]]) -> None:
         binary = fake_fping(tmp_path, "exec sleep 60")
         with pytest.raises(fping.FpingTimeout, match="longer than") as caught:
             fping.run([binary], timeout_s=0.5, stop=threading.Event())
@@ -159,9 +170,9 @@ class TestRun:
         assert process.returncode is not None
         assert not Path(f"/proc/{process.pid}").exists()
         # The exception (held here, as a log handler may) keeps run's frame alive: its pipes must
-        # be closed anyway, or every timed-out cycle would leak two descriptors.
+        # be closed anyway, or every timed-out cycle would leak a descriptor (stdout is not a pipe).
         assert caught.value.__traceback__ is not None
-        assert process.stdout is not None and process.stdout.closed
+        assert process.stdout is None
         assert process.stderr is not None and process.stderr.closed
 
     def test_killed_by_a_signal(self, tmp_path: Path) -> None:
@@ -239,6 +250,100 @@ class TestRun:
             fping.run(["fping", "--", "127.0.0.1"], timeout_s=30, stop=stop)
 
     def test_runs_with_c_locale(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-        binary = fake_fping(tmp_path, 'echo "10.0.0.1 : $LC_ALL" >&2')
+        binary = fake_fping(tmp_path, 'if [ "$LC_ALL" = C ]; then echo "10.0.0.1 : 0.5" >&2; '
+                                      'else echo "fping: locale $LC_ALL" >&2; exit 3; fi')
         monkeypatch.setenv("LC_ALL", "de_DE.UTF-8")
-        assert fping.run([binary], 5, threading.Event()).report.strip() == "10.0.0.1 : C"
+        assert fping.run([binary], 5, threading.Event()).report == "10.0.0.1 : 0.5\n"
+
+
+FLOODING_FPING = """count=1
+while [ $# -gt 0 ]; do case "$1" in -C) count=$2; shift 2;; --) shift; break;; *) shift;; esac; done
+head -c 200000000 /dev/zero >&2
+echo >&2
+yes 'ICMP Host Unreachable from 10.0.0.1 for ICMP Echo sent to 10.0.0.2' | head -c 60000000 >&2
+yes '127.0.0.2 : duplicate for [0], 64 bytes, 0.340 ms' | head -c 40000000 >&2
+for address in "$@"; do
+    samples=""; i=0
+    while [ $i -lt "$count" ]; do samples="$samples 0.05"; i=$((i + 1)); done
+    echo "$address :$samples" >&2
+done"""
+"""300 MB of output that is no report (one 200 MB line, ICMP errors, duplicates), then a valid report."""
+
+MEMORY_LIMIT = 128 * 2**20
+"""The chart's memory limit for the prober container."""
+
+
+class TestBoundedOutput:
+    """fping's output is read as it comes; only report lines are kept, within bounds its command line
+    justifies. A line past the bounds is dropped whole: it never reads as fewer samples."""
+
+    def test_a_flood_of_output_leaves_memory_low_and_targets_measured(self, tmp_path: Path) -> None:
+        (tmp_path / "textfile").mkdir()
+        (tmp_path / "nodes.json").write_text(json.dumps([{"name": "me", "ipAddress": "127.0.0.1"},
+                                                         {"name": "peer", "ipAddress": "127.0.0.2"}]))
+        textfile = tmp_path / "textfile" / "node-ping_me.prom"
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("NODE_PING", "MY_NODE", "PROMETHEUS_"))}
+        env.update(MY_NODE_NAME="me", NODE_PING_CONFIG=str(tmp_path / "nodes.json"),
+                   NODE_PING_EXTERNAL_CONFIG=str(tmp_path / "external.json"),
+                   PROMETHEUS_TEXTFILE_DIR=str(tmp_path / "textfile"),
+                   NODE_PING_FPING=fake_fping(tmp_path, FLOODING_FPING))
+        with (tmp_path / "stderr").open("w") as stderr:
+            process = subprocess.Popen([*NODE_PING, "run", "--count", "3", "--period-ms", "100"], env=env, cwd=REPO,
+                                       stdout=subprocess.DEVNULL, stderr=stderr)
+        try:
+            wait_until(textfile.exists, 60, "the first cycle writes the textfile")
+            peak = peak_memory_bytes(process.pid)
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=10) == 0
+        finally:
+            process.kill()
+            process.wait()
+        assert peak < MEMORY_LIMIT / 2, f"node-ping's peak memory was {peak / 2**20:.0f} MiB"
+        series = families(textfile.read_text())
+        assert by_destination(series, contract.NODE.packets_sent.name) == {"peer": 3}
+        assert by_destination(series, contract.NODE.packets_received.name) == {"peer": 3}
+        assert "Traceback" not in (tmp_path / "stderr").read_text()
+
+    def test_an_overlong_report_line_is_dropped_whole(self, tmp_path: Path,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+        binary = fake_fping(tmp_path, f"""echo "127.0.0.1 :{' 0.1' * 5000}" >&2
+            echo 'ICMP Host Unreachable from 10.0.0.1 for ICMP Echo sent to 10.0.0.2' >&2
+            echo '127.0.0.2 : 0.1 0.2 0.3' >&2""")
+        with caplog.at_level(logging.WARNING):
+            result = fping.run([binary, "-C", "3", "--", "127.0.0.1", "127.0.0.2"], 10, threading.Event())
+        assert dict(complete_reports(result.report, 3)) == {"127.0.0.2": (0.1, 0.2, 0.3)}
+        assert "127.0.0.1" not in parse_report(result.report)
+        assert (result.cut_reports, result.dropped_lines) == (1, 1)
+        assert "counts as unreported" in caplog.text
+
+    def test_report_lines_past_the_total_bound_are_dropped(self, tmp_path: Path) -> None:
+        # Lines that look like reports (on an address not probed), far more than 2 targets can have.
+        binary = fake_fping(tmp_path, """yes '10.9.9.9 : 0.1 0.1 0.1' | head -n 100000 >&2
+            echo '127.0.0.2 : 0.1 0.2 0.3' >&2""")
+        result = fping.run([binary, "-C", "3", "--", "127.0.0.1", "127.0.0.2"], 10, threading.Event())
+        assert len(result.report) <= (fping.REPORT_ADDRESS_ROOM + 3 * fping.REPORT_SAMPLE_ROOM) * (
+            2 + fping.REPORT_SPARE_LINES)
+        assert "127.0.0.2" not in parse_report(result.report)  # unreported, not misread
+        assert result.cut_reports > 0
+
+
+class TestResourcesRunOut:
+    """No descriptor (or memory, or process) left to start fping: an FpingError that says so, which
+    the cycle counts as an fping error, never an unexpected exception, and nothing leaked."""
+
+    def test_no_descriptor_left(self) -> None:
+        argv = fping.build_argv(["127.0.0.1"], count=1, period_ms=10)
+        before = open_descriptors()
+        messages: list[str] = []
+        for left in range(8):  # bounded: the first few fail, at some point fping runs
+            with descriptors_left(left):
+                try:
+                    fping.run(argv, timeout_s=10, stop=threading.Event())
+                except fping.FpingError as err:
+                    messages.append(str(err))
+                    continue
+            break
+        assert messages, "fping ran with no descriptor left"
+        assert any("cannot start fping: Too many open files (node-ping has as many files open as its limit "
+                   "allows (ulimit -n))" in message for message in messages), messages
+        assert open_descriptors() == before

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
 
+from node_ping import contract
+from node_ping.probe.config import CONFIG, EXTERNAL_CONFIG
 from node_ping.targets import (
     ConfigError,
     ExternalTarget,
@@ -16,6 +20,8 @@ from node_ping.targets import (
     read_external,
     read_nodes,
 )
+from tests.support.exposition import families
+from tests.support.processes import NODE_PING, stop
 
 
 def nodes_json(*entries: object) -> str:
@@ -58,6 +64,12 @@ class TestNodes:
         ({"name": "x", "ipAddress": "10.0.0.9", "zone": 3}, "zone"),
         # fping names the interface in its report: a result for %2 would never be matched.
         ({"name": "x", "ipAddress": "fe80::1%2"}, "numeric zone; name the interface instead, e.g. fe80::1%eth0"),
+        # Checked as what fping is given, after the IPv4-mapped form is converted.
+        ({"name": "x", "ipAddress": "::ffff:0.0.0.0"}, "not a valid unicast"),
+        ({"name": "x", "ipAddress": "::ffff:224.0.0.1"}, "not a valid unicast"),
+        ({"name": "x", "ipAddress": "255.255.255.255"}, "not a valid unicast"),
+        # fping resolves a zone on a link-local address only; on any other it reports nothing.
+        ({"name": "x", "ipAddress": "fd00::1%eth0"}, "only a link-local address (fe80::/10) takes; remove %eth0"),
         ("10.0.0.9", "not a JSON object"),
     ])
     def test_bad_entry_is_skipped_and_named(self, entry: object, fragment: str) -> None:
@@ -79,19 +91,20 @@ class TestNodes:
         assert parse_nodes("[]").targets == ()
 
     def test_missing_file_is_an_error(self, tmp_path: Path) -> None:
-        with pytest.raises(ConfigError, match=r"does not exist.*NODE_PING_CONFIG / --config"):
-            read_nodes(tmp_path / "nodes.json")
+        with pytest.raises(ConfigError, match=r"does not exist.*'--config' \(env var: 'NODE_PING_CONFIG'\)"):
+            read_nodes(tmp_path / "nodes.json", CONFIG.hint)
 
     def test_unreadable_files_say_what_to_do(self, tmp_path: Path) -> None:
         (tmp_path / "dir").mkdir()
-        with pytest.raises(ConfigError, match="is a directory, not a file; point NODE_PING_CONFIG"):
-            read_nodes(tmp_path / "dir")
+        with pytest.raises(ConfigError, match=r"is a directory, not a file; point '--config' "
+                                              r"\(env var: 'NODE_PING_CONFIG'\)"):
+            read_nodes(tmp_path / "dir", CONFIG.hint)
         latin1 = tmp_path / "latin1.json"
         latin1.write_bytes('[{"name": "n\xf6de", "ipAddress": "10.0.0.1"}]'.encode("latin-1"))
         with pytest.raises(ConfigError, match=r"is not UTF-8 text .*save it as UTF-8"):
-            read_nodes(latin1)
+            read_nodes(latin1, CONFIG.hint)
         with pytest.raises(ConfigError, match=r"is a directory.*NODE_PING_EXTERNAL_CONFIG"):
-            read_external(tmp_path / "dir")
+            read_external(tmp_path / "dir", EXTERNAL_CONFIG.hint)
 
 
 class TestExternal:
@@ -103,10 +116,71 @@ class TestExternal:
         assert loaded.targets == (ExternalTarget("dns", "8.8.8.8"), ExternalTarget("web", "example.com."))
 
     @pytest.mark.parametrize("host", ["-q", "exa mple.com", "a..b", "x" * 64 + ".com", "1.2.3.4.5:80", "fe80::1%2",
-                                      "224.0.0.1"])
+                                      "224.0.0.1", "::ffff:0.0.0.0", "::ffff:224.0.0.1", "::1%lo"])
     def test_bad_hosts_are_skipped(self, host: str) -> None:
         loaded = parse_external(json.dumps([{"name": "bad", "host": host}]))
         assert loaded.targets == () and len(loaded.problems) == 1
 
     def test_missing_file_means_no_external_targets(self, tmp_path: Path) -> None:
-        assert read_external(tmp_path / "external.json").targets == ()
+        assert read_external(tmp_path / "external.json", EXTERNAL_CONFIG.hint).targets == ()
+        (tmp_path / "dangling.json").symlink_to(tmp_path / "nowhere")
+        assert read_external(tmp_path / "dangling.json", EXTERNAL_CONFIG.hint).targets == ()
+
+
+class TestInterfaces:
+    """A link-local address names an interface; without it on this node fping reports nothing."""
+
+    def test_an_absent_interface_is_a_bad_entry_every_time_it_is_read(self, tmp_path: Path) -> None:
+        nodes = tmp_path / "nodes.json"
+        nodes.write_text(nodes_json({"name": "here", "ipAddress": "fe80::1%lo"},
+                                    {"name": "gone", "ipAddress": "fe80::2%np-absent0"}))
+        for _ in range(2):
+            loaded = read_nodes(nodes, CONFIG.hint)
+            assert loaded.targets == (NodeTarget("here", "fe80::1%lo"),)
+            (problem,) = loaded.problems
+            assert "'fe80::2%np-absent0' of 'gone' names the interface 'np-absent0'" in problem
+        external = tmp_path / "external.json"
+        external.write_text(json.dumps([{"name": "gone", "host": "fe80::2%np-absent0"}]))
+        external_list = read_external(external, EXTERNAL_CONFIG.hint)
+        assert external_list.targets == () and len(external_list.problems) == 1
+
+    def test_the_check_is_of_the_host_not_of_the_text(self) -> None:
+        """Discovery renders nodes.json on another node: parsing alone does not look at interfaces."""
+        assert parse_nodes(nodes_json({"name": "x", "ipAddress": "fe80::2%np-absent0"})).problems == ()
+
+
+class TestOnlyRegularFiles:
+    """A FIFO or a device where a list should be is refused by its type, without reading from it."""
+
+    @pytest.mark.parametrize("setting", ["--config", "--external-config"])
+    def test_a_fifo_is_refused_without_blocking(self, tmp_path: Path, setting: str) -> None:
+        fifo = tmp_path / "fifo"
+        os.mkfifo(fifo)
+        (tmp_path / "nodes.json").write_text(nodes_json({"name": "a", "ipAddress": "127.0.0.2"}))
+        paths = {"--config": tmp_path / "nodes.json", "--external-config": tmp_path / "external.json", setting: fifo}
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("NODE_PING", "MY_NODE", "PROMETHEUS_"))}
+        process = subprocess.Popen([*NODE_PING, "once", "--node-name", "self", "--count", "1", "--period-ms", "10",
+                                    *[str(part) for pair in paths.items() for part in pair]],
+                                   env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            out, err = process.communicate(timeout=30)  # bounds a hang; a normal run takes about a second
+        finally:
+            stop(process)
+        assert process.returncode == 1, err  # the list was never read: `once` says so
+        env_var = "NODE_PING_CONFIG" if setting == "--config" else "NODE_PING_EXTERNAL_CONFIG"
+        assert f"{fifo} is a named pipe (FIFO), not a regular file; point '{setting}' (env var: '{env_var}') at" in err
+        series = families(out)
+        assert {labels["kind"]: v for labels, v in series[contract.ERRORS.name]}[contract.CONFIG_ERROR] == 1
+        if setting == "--external-config":  # the node list is probed all the same
+            assert [labels["destination_node"] for labels, _ in series[contract.NODE.packets_sent.name]] == ["a"]
+
+    def test_a_link_to_a_device_is_refused_a_link_to_a_file_read(self, tmp_path: Path) -> None:
+        """A ConfigMap volume is links into ..data/: links are followed, to files only."""
+        (tmp_path / "..data").mkdir()
+        (tmp_path / "..data" / "nodes.json").write_text(nodes_json({"name": "a", "ipAddress": "10.0.0.1"}))
+        (tmp_path / "nodes.json").symlink_to("..data/nodes.json")
+        assert read_nodes(tmp_path / "nodes.json", CONFIG.hint).targets == (NodeTarget("a", "10.0.0.1"),)
+        (tmp_path / "zero.json").symlink_to("/dev/zero")  # would never end
+        with pytest.raises(ConfigError, match=r"zero.json is a character device, not a regular file; point "
+                                              r"'--config' \(env var: 'NODE_PING_CONFIG'\) at the JSON file"):
+            read_nodes(tmp_path / "zero.json", CONFIG.hint)

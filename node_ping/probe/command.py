@@ -19,6 +19,9 @@ from node_ping.settings import EXIT_USAGE, Command, SettingsError, options
 INTERRUPTED = 130
 """Exit code of `once` stopped by a signal, as shells report a command ended by Ctrl-C."""
 
+STOP_GRACE_S = 1.5
+"""A stop signal ends the prober within 2 s, even when its main thread is stuck (see signals)."""
+
 EXAMPLES = Path(__file__).parents[1] / "examples"
 EXAMPLE_COUNT, EXAMPLE_PERIOD_MS = 5, 200
 """`once --example` is quick unless --count / --period-ms (or their env vars) say otherwise."""
@@ -94,14 +97,15 @@ def health(health_file: Path | None, max_age: float) -> int:
 
 def _probe(settings: Settings, *, once: bool) -> int:
     # Imported here so `node-ping --help` and `health` stay fast and light.
+    from node_ping.probe import fping  # noqa: PLC0415
     from node_ping.probe.cycle import Prober, run  # noqa: PLC0415
     from node_ping.probe.export import SnapshotCollector, new_registry, render  # noqa: PLC0415
     from node_ping.probe.serve import serve_metrics  # noqa: PLC0415
-    from node_ping.probe.textfile import output_path, remove_stale  # noqa: PLC0415
+    from node_ping.probe.textfile import claim, output_path, release, remove_stale  # noqa: PLC0415
     from node_ping.signals import stop_on_signals  # noqa: PLC0415
 
     log.info("node-ping %s starting: %s", __version__, settings)
-    stop = stop_on_signals()
+    stop = stop_on_signals(STOP_GRACE_S, exit_code=INTERRUPTED if once else 0, on_overdue=fping.kill_running)
     own_file = output_path(settings.textfile_dir, settings.prefix, settings.node_name) \
         if settings.textfile_dir is not None else None
     prober = Prober(settings, last_success_ts=_previous_last_success(own_file, settings.node_name))
@@ -123,8 +127,16 @@ def _probe(settings: Settings, *, once: bool) -> int:
                 log.info("removed stale file %s from an earlier run", path)
         except OSError as err:
             log.warning("cannot clean up %s: %s", settings.textfile_dir, err)
+    if own_file is not None:
+        # One writer per file: another node-ping of this node (a surge, a release with the same
+        # prefix) leaves it to us while we run, and we to it while it does.
+        claim(own_file)
 
-    code = run(prober, stop, prober.touch_health)
+    try:
+        code = run(prober, stop, prober.touch_health)
+    finally:
+        if own_file is not None:
+            release(own_file)  # a node-ping waiting for our file (a surge) takes over at its next cycle
     if once:
         if stop.is_set():
             return INTERRUPTED  # a cut-short cycle has nothing worth printing
@@ -145,10 +157,12 @@ def _shown(listen: ListenAddress) -> str:
 def _previous_last_success(own_file: Path | None, node_name: str) -> float | None:
     """The last success the previous instance on this node wrote, if its file is there."""
     from node_ping.probe.export import last_success_in  # noqa: PLC0415  (see _probe)
+    from node_ping.probe.textfile import read_text  # noqa: PLC0415
 
     if own_file is None:
         return None
     try:
-        return last_success_in(own_file.read_text(encoding="utf-8", errors="replace"), node_name)
+        # Not through a link: others may write to the directory, and node-ping reads as root.
+        return last_success_in(read_text(own_file), node_name)
     except OSError:
         return None

@@ -14,13 +14,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from node_ping.contract import CONFIG_ERROR, DNS_ERROR, FPING_ERROR, WRITE_ERROR
+from node_ping.contract import CONFIG_ERROR, DNS_ERROR, FPING_ERROR, INTERNAL_ERROR, WRITE_ERROR
 from node_ping.probe import fping
-from node_ping.probe.config import Settings
+from node_ping.probe.config import CONFIG, EXTERNAL_CONFIG, PREFIX, Settings
 from node_ping.probe.export import Snapshot, TargetRow, render_chunks
 from node_ping.probe.report import CycleStats, complete_reports, summarize
 from node_ping.probe.resolve import resolve_all
-from node_ping.probe.textfile import output_path, write_atomic
+from node_ping.probe.textfile import Taken, Tampered, output_path, touch, write_textfile
 from node_ping.probe.topology import select_peers
 from node_ping.targets import ConfigError, ExternalTarget, NodeTarget, TargetList, read_external, read_nodes
 
@@ -119,9 +119,10 @@ def _own_cpu() -> float:
 class Outcome:
     """How a cycle went."""
 
-    probed: bool  # fping ran and reported on every target (or there was nothing to probe)
+    probed: bool  # fping ran and works: the loopback canary answered (or there was nothing to probe)
     published: bool  # the result reached the textfile or the HTTP endpoint (or stdout, for `once`)
     lists_usable: bool  # each target list was read, or a last good one was kept; False: probing blind
+    reported: bool = True  # fping reported on every target; False: some are counted as fping errors
 
     @property
     def ok(self) -> bool:
@@ -132,7 +133,7 @@ class Outcome:
     @property
     def complete(self) -> bool:
         """Nothing was missing: what `once` and `run --cycles` exit with."""
-        return self.ok and self.lists_usable
+        return self.ok and self.lists_usable and self.reported
 
 
 STOPPED = Outcome(probed=False, published=False, lists_usable=True)
@@ -147,8 +148,9 @@ class Prober:
         self._clock = clock
         self._problems = _Problems()
         self._cycles_without_wait = QUIET_CYCLES
-        self._nodes = _LastGood("node list", lambda: read_nodes(settings.config_path))
-        self._external = _LastGood("external list", lambda: read_external(settings.external_config_path))
+        self._nodes = _LastGood("node list", lambda: read_nodes(settings.config_path, CONFIG.hint))
+        self._external = _LastGood("external list",
+                                   lambda: read_external(settings.external_config_path, EXTERNAL_CONFIG.hint))
         self._node_totals: dict[NodeTarget, _Totals] = {}
         self._external_totals: dict[ExternalTarget, _Totals] = {}
         # The previous instance's last success (see metrics.last_success_in), else start-up: not
@@ -193,6 +195,7 @@ class Prober:
         if probed is None:
             return STOPPED  # publish nothing half-done
         reports, fping_cpu, ok = probed
+        reported = self._report_missing(node_addresses, external, reports) if ok else True
         node_rows = self._account(self._node_totals, node_addresses, reports, lambda n: (n.name, n.address))
         # A name that did not resolve this cycle is still configured: keep its counters.
         external_rows = self._account(self._external_totals, external, reports, lambda e: (e.name, e.host),
@@ -214,7 +217,7 @@ class Prober:
             own_cpu_s=_own_cpu(),
         )
         outcome = Outcome(probed=ok, published=self.publish(),
-                          lists_usable=self._nodes.usable and self._external.usable)
+                          lists_usable=self._nodes.usable and self._external.usable, reported=reported)
         log.debug("cycle %d: %d node and %d external targets in %.1f s (%s)", self.snapshot.cycles, len(nodes),
                   len(external), time.monotonic() - started, outcome)
         return outcome
@@ -234,9 +237,12 @@ class Prober:
             result = fping.run_all(argvs, s.fping_timeout_s, stop)
         except fping.Interrupted:
             return None
-        except fping.FpingError as err:
+        except (fping.FpingError, OSError) as err:
+            # OSError: fping could not be started (not an executable, no descriptors or memory left).
+            why = f"cannot run {s.fping}: {err.strerror or err}" if isinstance(err, OSError) else str(err)
             self._error(FPING_ERROR)
-            self._problems.report("fping", f"fping failed: {err}; keeping the previous results")
+            self._problems.report("fping", f"fping failed: {why}; keeping the previous counters, nothing "
+                                  "measured this cycle")
             return {}, 0.0, False
         # Waiting is a state, not an event: while another node-ping runs, some turns come at once.
         self._cycles_without_wait = 0 if result.waited_s >= WAITED_S else self._cycles_without_wait + 1
@@ -254,14 +260,40 @@ class Prober:
                                   "drops every reply: give the container NET_RAW. With it, a firewall in this "
                                   "network namespace drops echo replies. Nothing counted this cycle")
             return {}, result.cpu_seconds, False
+        if canary is None:
+            # Loopback always gets a report from a working fping: without one, fping itself failed.
+            self._error(FPING_ERROR)
+            self._problems.report("fping", f"fping reported nothing on {CANARY}, which always answers: it did "
+                                  "not run to the end; the targets it did report on are counted")
+            return reports, result.cpu_seconds, False
         self._problems.report("fping", None)
-        # Without a complete report we do not know what was sent: count nothing for it, and say so.
-        missing = [address for address in addresses if address not in reports]
+        return reports, result.cpu_seconds, True
+
+    def _report_missing(self, nodes: dict[NodeTarget, str], external: dict[ExternalTarget, str],
+                        reports: dict[str, CycleStats]) -> bool:
+        """Name the targets a working fping reported nothing on (without a complete report we do not know
+        what was sent: nothing is counted for them) and count one fping error; False if there were any."""
+        missing = [f"node {node.name} ({address})" for node, address in nodes.items() if address not in reports]
+        missing += [f"external {target.name} ({target.host}{'' if address == target.host else f' = {address}'})"
+                    for target, address in external.items() if address not in reports]
         if missing:
             self._error(FPING_ERROR)
-        self._problems.report("fping report", f"fping reported no complete result for {_some(missing)}"
-                              if missing else None)
-        return reports, result.cpu_seconds, not missing
+        self._problems.report("fping report", f"fping reported nothing on {_some(missing)}; nothing is counted "
+                              "for them this cycle, the other targets are" if missing else None)
+        return not missing
+
+    def fail(self, before: Snapshot) -> None:
+        """Count a cycle that ended in an unexpected exception (begun at `before`) as a cycle, an exception
+        and an `internal` error. The RTT gauges describe the last cycle, which measured nothing to trust:
+        kept, they would pass old numbers as new. The counters stay."""
+        self._error(INTERNAL_ERROR)
+        now = self.snapshot
+        # Where the cycle got as far as recording itself, it is not counted twice.
+        self.snapshot = dataclasses.replace(
+            now, nodes=tuple(dataclasses.replace(row, last=None) for row in now.nodes),
+            external=tuple(dataclasses.replace(row, last=None) for row in now.external),
+            cycles=now.cycles + (0 if now.cycles > before.cycles else 1),
+            exceptions=now.exceptions + (0 if now.exceptions > before.exceptions else 1), own_cpu_s=_own_cpu())
 
     @staticmethod
     def _account(totals: dict[K, _Totals], address_of: dict[K, str], reports: dict[str, CycleStats],
@@ -294,14 +326,24 @@ class Prober:
             return True
         path = output_path(s.textfile_dir, s.prefix, s.node_name)
         try:
-            write_atomic(path, render_chunks(self.snapshot))
+            write_textfile(path, render_chunks(self.snapshot))
+        except Taken as taken:
+            self._error(WRITE_ERROR)
+            self.on_snapshot(self.snapshot)
+            self._problems.report("textfile", None)
+            self._problems.report("textfile writer", f"{taken}. During a rolling update this passes by itself; if "
+                                  f"another release of node-ping runs on this node, give one of them another "
+                                  f"{PREFIX.flag} ({PREFIX.env})")
+            return True  # this node's data still reaches the file, through the other node-ping
         except OSError as err:
             self._error(WRITE_ERROR)
             self.on_snapshot(self.snapshot)
             served = s.listen is not None
-            self._problems.report("textfile", f"cannot write {path}: {err.strerror or err}; the previous file is "
-                                  f"left as it was{'' if served else ' and this cycle counts as failed'}")
+            reason = str(err) if isinstance(err, Tampered) else \
+                f"cannot write {path}: {err.strerror or err}; the previous file is left as it was"
+            self._problems.report("textfile", f"{reason}{'' if served else '; this cycle counts as failed'}")
             return served
+        self._problems.report("textfile writer", None)
         self._problems.report("textfile", None)
         return True
 
@@ -311,7 +353,7 @@ class Prober:
         if health_file is None:
             return
         try:
-            health_file.touch()
+            touch(health_file)  # never through a link planted in its directory
         except OSError as err:
             self._problems.report("health file", f"cannot touch health file {health_file}: "
                                   f"{err.strerror or err}; the liveness probe will fail")
@@ -329,12 +371,13 @@ def run(prober: Prober, stop: threading.Event, health: Callable[[], None] = lamb
     outcome = Outcome(probed=True, published=True, lists_usable=True)
     while not stop.is_set() and (s.cycles is None or done < s.cycles):
         started = time.monotonic()
+        before = prober.snapshot
         try:
             outcome = prober.cycle(stop)
         except Exception:
             # A bug must not become a crash loop: log it with its traceback, count it, go on.
             log.exception("cycle failed unexpectedly; continuing")
-            prober.snapshot = dataclasses.replace(prober.snapshot, exceptions=prober.snapshot.exceptions + 1)
+            prober.fail(before)
             # The count must reach the file, or a bug in every cycle looks like a stale file.
             outcome = Outcome(probed=False, published=prober.publish(), lists_usable=True)
         if stop.is_set():

@@ -2,22 +2,35 @@
 
 Exit codes: 0 all answered, 1 some unreachable, 2 unknown host (all three are data); 3 bad
 arguments and 4 a system call failure are errors, and so is death by a signal.
+
+fping never outlives node-ping: it is started with the parent-death signal SIGKILL, so a node-ping
+killed outright (SIGKILL, the OOM killer) takes its fping along. Its stderr is read as it comes and
+only report lines are kept, within what its command line can justify: an fping (or something in its
+place) that writes without end cannot take node-ping's memory with it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import dataclasses
 import errno
 import logging
 import os
+import re
 import resource
+import selectors
+import signal
 import subprocess
 import threading
 import time
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import IO, cast
 
 from node_ping.probe import lock
+from node_ping.probe.report import parse_report
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +57,34 @@ SEQUENCE_HOLD_MS = 10_000
 SEQUENCE_SAFETY = 0.9
 """fping's sequence-number pool, how long it holds a number, and the share of it we use."""
 
+REPORT_ADDRESS_ROOM, REPORT_SAMPLE_ROOM, REPORT_SPARE_LINES = 256, 12, 16
+"""Bytes a report line may take: an address and " : ", then per sample "-" or an RTT such as
+" 1234.567"; and report lines kept beyond one per target (fping never writes more)."""
+
+MESSAGE_LINES, MESSAGE_CHARS = 3, 300
+"""The last lines of fping's other output kept for an error message, each cut to this length."""
+
+_MAYBE_REPORT = re.compile(rb"\s*\S+\s+:\s+[-\d]")
+"""Cheap first look at a line; parse_report decides. Rejects "duplicate for [0], ..." and the like."""
+
+PR_SET_PDEATHSIG = 1  # prctl(2): the signal a child gets when the thread that started it ends
+
+_prctl: Callable[..., int] | None
+try:
+    _prctl = ctypes.CDLL(None, use_errno=True).prctl
+except (OSError, AttributeError):  # not Linux: no parent-death signal, fping ends with its run
+    _prctl = None
+
+_START_FAILURES = {  # what can be lacking when fping is started; the next cycle tries again
+    errno.EMFILE: "node-ping has as many files open as its limit allows (ulimit -n)",
+    errno.ENFILE: "the system's table of open files is full (fs.file-max)",
+    errno.ENOMEM: "out of memory",
+    errno.EAGAIN: "the limit on processes is reached (the pod's pids limit or RLIMIT_NPROC)",
+}
+
+_running: set[subprocess.Popen[bytes]] = set()
+_running_lock = threading.Lock()
+
 
 class FpingError(Exception):
     """fping could not produce a report this cycle."""
@@ -67,10 +108,12 @@ class Interrupted(FpingError):
 
 @dataclass(frozen=True)
 class FpingResult:
-    report: str  # what fping wrote to stderr
+    report: str  # fping's report lines (what it wrote to stderr, without anything else)
     returncode: int
     cpu_seconds: float  # user + system time of fping itself
     waited_s: float = 0.0  # for another node-ping's fping in this network namespace (lock)
+    dropped_lines: int = 0  # other lines of fping's stderr: ICMP errors, duplicates, anything unexpected
+    cut_reports: int = 0  # report lines past the bounds (see _Stderr): their targets count as unreported
 
 
 def packet_gap_ms(target_count: int, period_ms: float) -> float:
@@ -102,7 +145,7 @@ def _children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def _stop(process: subprocess.Popen[str]) -> None:
+def _stop(process: subprocess.Popen[bytes]) -> None:
     """Terminate, then kill, and always reap: never leave an fping child or its pipes behind."""
     if process.poll() is None:
         process.terminate()
@@ -111,6 +154,8 @@ def _stop(process: subprocess.Popen[str]) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
     process.wait()
+    with _running_lock:
+        _running.discard(process)
     # communicate() closes the pipes when fping finishes; when it was cut short they would stay
     # open for as long as an exception's traceback keeps this frame alive.
     for pipe in (process.stdout, process.stderr):
@@ -128,11 +173,39 @@ def max_targets_per_run(period_ms: int) -> int:
     return max(1, int(SEQUENCE_NUMBERS * SEQUENCE_SAFETY * period_ms / SEQUENCE_HOLD_MS))
 
 
-def _start(argv: list[str]) -> subprocess.Popen[str]:
+def kill_running() -> None:
+    """Kill every fping still running, for an exit that cannot wait for the loop to stop them."""
+    with _running_lock:
+        processes = list(_running)
+    for process in processes:
+        with contextlib.suppress(OSError):
+            process.kill()
+
+
+def _in_child(parent: int) -> None:
+    """Runs in the forked child, before exec.
+
+    The parent-death signal fires when the thread that forked ends: the main thread, which runs the
+    loop for as long as node-ping lives. The kernel keeps it across exec unless the exec gains
+    privileges (a non-root user running a setuid or file-capability fping); then fping ends with
+    its own run. A parent that died before prctl would never send it: hence the getppid() check.
+    """
+    signal.pthread_sigmask(signal.SIG_SETMASK, ())  # node-ping blocks its stop signals; fping must not
+    if _prctl is not None:
+        _prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+    if os.getppid() != parent:
+        os._exit(1)
+
+
+def _start(argv: list[str]) -> subprocess.Popen[bytes]:
     env = {**os.environ, "LC_ALL": "C"}
+    parent = os.getpid()
     try:
-        return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, env=env, errors="replace")
+        # stdout is not read: with -q, fping writes its report to stderr and nothing to stdout.
+        process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.PIPE, env=env,
+                                   # Safe with threads: _in_child takes no lock and imports nothing.
+                                   preexec_fn=lambda: _in_child(parent))  # noqa: PLW1509
     except FileNotFoundError:
         raise FpingNotFound(f"{argv[0]} not found; install fping (Debian: apt-get install fping)") from None
     except PermissionError as err:
@@ -143,19 +216,91 @@ def _start(argv: list[str]) -> subprocess.Popen[str]:
                               "capability, which this container does not have: add NET_RAW to "
                               "securityContext.capabilities") from None
         raise FpingNotFound(f"cannot execute {argv[0]}: {err}") from None
+    except OSError as err:
+        raise FpingFailed(f"cannot start {argv[0]}: {_lacking(err)}; trying again next cycle") from None
+    except subprocess.SubprocessError as err:  # _in_child failed
+        raise FpingFailed(f"cannot start {argv[0]}: {err}") from None
+    with _running_lock:
+        _running.add(process)
+    return process
 
 
-def _check_exit(code: int, report: str) -> None:
+class _Stderr:
+    """fping's stderr as it comes: report lines kept up to bounds taken from its command line (a
+    longer line is dropped whole, never cut into a shorter report), the last few other lines kept
+    for an error message, the rest counted and dropped."""
+
+    def __init__(self, argv: Sequence[str]) -> None:
+        targets = len(argv) - argv.index("--") - 1 if "--" in argv else 1
+        try:
+            count = int(argv[argv.index("-C") + 1])
+        except (ValueError, IndexError):
+            count = 1
+        self.max_line = REPORT_ADDRESS_ROOM + REPORT_SAMPLE_ROOM * count
+        self.max_total = self.max_line * (targets + REPORT_SPARE_LINES)
+        self.lines: list[str] = []
+        self.kept = 0
+        self.messages: deque[str] = deque(maxlen=MESSAGE_LINES)
+        self.dropped_lines = 0
+        self.cut_reports = 0
+        self._partial = bytearray()
+        self._overlong = False
+
+    def feed(self, chunk: bytes) -> None:
+        *complete, rest = chunk.split(b"\n")
+        for piece in complete:
+            self._hold(piece)
+            self._end_line()
+        self._hold(rest)
+
+    def close(self) -> None:
+        """End of output. A last line without a newline may have been cut off: a message at most."""
+        if self._partial.strip() and not self._overlong:
+            self.messages.append(self._partial[:MESSAGE_CHARS].decode("utf-8", "replace").strip())
+        self._partial.clear()
+
+    def _hold(self, piece: bytes) -> None:
+        if self._overlong:
+            return
+        self._partial += piece
+        if len(self._partial) > self.max_line:
+            self._partial.clear()
+            self._overlong = True
+
+    def _end_line(self) -> None:
+        line, overlong = bytes(self._partial), self._overlong
+        self._partial.clear()
+        self._overlong = False
+        if overlong:
+            self.cut_reports += 1  # perhaps a report, perhaps not: it cannot be read whole either way
+            return
+        text = line.decode("utf-8", "replace").strip()
+        if _MAYBE_REPORT.match(line) and parse_report(text + "\n"):
+            if self.kept + len(text) + 1 <= self.max_total:
+                self.lines.append(text)
+                self.kept += len(text) + 1
+            else:
+                self.cut_reports += 1
+        elif text:
+            self.dropped_lines += 1
+            self.messages.append(text[:MESSAGE_CHARS])
+
+    @property
+    def report(self) -> str:
+        return "".join(f"{line}\n" for line in self.lines)
+
+
+def _check_exit(code: int, stderr: _Stderr) -> None:
     """Raise FpingFailed unless the exit code means fping produced data."""
     if code < 0:
         raise FpingFailed(f"fping was killed by signal {-code}")
-    if code == 4 and not report.strip():
+    if code == 4 and not stderr.lines and not stderr.messages:
         # With -q, fping says nothing when it cannot open an ICMP socket: explain it here.
         raise FpingFailed("fping exited with code 4 without a message: it could not open an ICMP socket; "
                           "it needs the NET_RAW capability (or, without it, a group inside "
                           "net.ipv4.ping_group_range and fping 5.2 or later)")
     if code not in (0, 1, 2):
-        tail = " ".join(report.strip().splitlines()[-3:])
+        tail = " ".join(stderr.messages)
         raise FpingFailed(f"fping exited with code {code}: {tail or 'no message'}")
 
 
@@ -177,26 +322,24 @@ def run_all(argvs: list[list[str]], timeout_s: float, stop: threading.Event, pol
         raise FpingTimeout(f"{err}; their replies and ours would mix, so we wait our turn") from None
     except lock.Stopped:
         raise Interrupted("stopped while waiting for another node-ping's fping") from None
+    except OSError as err:  # no descriptor left for the lock's socket or the pipes' selector, say
+        raise FpingFailed(f"cannot run fping: {_lacking(err)}") from None
+
+
+def _lacking(err: OSError) -> str:
+    why = _START_FAILURES.get(err.errno or 0)
+    return f"{err.strerror or err} ({why})" if why else f"{err.strerror or err}"
 
 
 def _run_all(argvs: list[list[str]], timeout_s: float, stop: threading.Event, poll_s: float) -> FpingResult:
     cpu_before = _children_cpu()
-    processes: list[subprocess.Popen[str]] = []
-    reports: list[str] = []
+    processes: list[subprocess.Popen[bytes]] = []
+    outputs: list[_Stderr] = []
     try:
         for argv in argvs:
             processes.append(_start(argv))
-        deadline = time.monotonic() + timeout_s
-        for process in processes:
-            while True:
-                try:
-                    reports.append(process.communicate(timeout=poll_s)[1])
-                    break
-                except subprocess.TimeoutExpired:
-                    if stop.is_set():
-                        raise Interrupted("stopped while fping was running") from None
-                    if time.monotonic() > deadline:
-                        raise FpingTimeout(f"fping ran longer than {timeout_s:.0f} s and was killed") from None
+            outputs.append(_Stderr(argv))
+        _collect(list(zip(processes, outputs, strict=True)), timeout_s, stop, poll_s)
     finally:
         for process in processes:
             _stop(process)
@@ -205,6 +348,47 @@ def _run_all(argvs: list[list[str]], timeout_s: float, stop: threading.Event, po
         # is the stop, not an fping fault, and its cut-short report must not be counted.
         raise Interrupted("stopped while fping was running")
     cpu = _children_cpu() - cpu_before
-    for process, report in zip(processes, reports, strict=True):
-        _check_exit(process.returncode, report)
-    return FpingResult(report="".join(reports), returncode=max(p.returncode for p in processes), cpu_seconds=cpu)
+    for process, output in zip(processes, outputs, strict=True):
+        _check_exit(process.returncode, output)
+    dropped, cut = sum(o.dropped_lines for o in outputs), sum(o.cut_reports for o in outputs)
+    if cut:
+        log.warning("fping wrote %d lines too long, or too many, for the report of its %d targets: dropped, and "
+                    "a target whose report was among them counts as unreported", cut,
+                    sum(len(argv) - argv.index("--") - 1 for argv in argvs if "--" in argv))
+    if dropped:
+        log.debug("fping wrote %d lines besides its report (ICMP errors, duplicates): not kept", dropped)
+    return FpingResult(report="".join(o.report for o in outputs), returncode=max(p.returncode for p in processes),
+                       cpu_seconds=cpu, dropped_lines=dropped, cut_reports=cut)
+
+
+def _collect(runs: list[tuple[subprocess.Popen[bytes], _Stderr]], timeout_s: float, stop: threading.Event,
+             poll_s: float) -> None:
+    """Read every fping's stderr to its end, then wait for them all; raise Interrupted on a stop
+    request, FpingTimeout past the time limit."""
+    deadline = time.monotonic() + timeout_s
+
+    def check() -> None:
+        if stop.is_set():
+            raise Interrupted("stopped while fping was running")
+        if time.monotonic() > deadline:
+            raise FpingTimeout(f"fping ran longer than {timeout_s:.0f} s and was killed")
+
+    with selectors.DefaultSelector() as selector:
+        for process, output in runs:
+            selector.register(cast(IO[bytes], process.stderr).fileno(), selectors.EVENT_READ, output)
+        while selector.get_map():
+            for key, _ in selector.select(poll_s):
+                chunk = os.read(key.fd, 65_536)
+                if chunk:
+                    key.data.feed(chunk)
+                else:
+                    selector.unregister(key.fd)
+                    key.data.close()
+            check()
+    for process, _ in runs:
+        while True:
+            try:
+                process.wait(timeout=poll_s)
+                break
+            except subprocess.TimeoutExpired:
+                check()
