@@ -19,10 +19,13 @@ from werkzeug import Request, Response
 
 from node_ping import __version__
 from node_ping.diagnose.address import Address, BadAddress, parse_address, redact
-from node_ping.diagnose.prometheus import Prometheus, PrometheusError
+from node_ping.diagnose.prometheus import MAX_ANSWER_BYTES, Prometheus, PrometheusError
 from tests.support.diagnosis import HEALTHY_PAIR, SECRET, Answer, diagnose_cmd, requests_to, serve
+from tests.support.measured import run_measured
 from tests.support.ports import free_port
+from tests.support.processes import NODE_PING
 from tests.support.promdata import vector
+from tests.support.rawhttp import dripping, loopback_server, streaming
 
 
 def serve_requiring(server: HTTPServer, **expected: str) -> str:
@@ -127,6 +130,19 @@ class TestRequests:
         body = vector(({"a": "1"}, 1.5), ({"a": "2"}, float("nan")), ({"a": "3"}, float("inf")))
         url = serve(httpserver_ipv4, lambda _headers: Answer(200, body))
         assert query(url) == [({"a": "1"}, 1.5)]
+
+    def test_a_large_answer_is_read_whole(self, httpserver_ipv4: HTTPServer) -> None:
+        """Read as a stream, samples and numbers cut at chunk boundaries still come out whole, and
+        warnings after the data are kept."""
+        samples = [({"source_node": f"node-{i % 150:03d}", "destination_node": f"node-{i // 150:03d}-\u00e9"},
+                    i * 1.25 + 0.001) for i in range(30_000)]
+        body = json.loads(vector(*samples))
+        body["warnings"] = ["partial response"]
+        text = json.dumps(body, indent=1, ensure_ascii=False).encode()
+        url = serve(httpserver_ipv4, lambda _headers: Answer(200, text))
+        with Prometheus(parse_address(url), 5.0) as prometheus:
+            assert prometheus.query("up", 1_700_000_000.0) == samples
+        assert prometheus.warnings == ["partial response"]
 
     def test_warnings_are_kept_once_each(self, httpserver_ipv4: HTTPServer) -> None:
         body = json.loads(HEALTHY_PAIR)
@@ -334,3 +350,51 @@ class TestAuthentication:
         assert (f"the server at {url} redirects /api/v1/query to {elsewhere}/api/v1/query (HTTP 302); node-ping "
                 "does not follow redirects") in err
         assert "bob" not in err
+
+
+def oversized_answer() -> tuple[Iterator[bytes], int]:
+    """A well-formed vector answer of a little more than MAX_ANSWER_BYTES, generated as it is sent
+    (its parts, and its length): one MiB block of samples with long node names, over and over."""
+    item = json.dumps({"metric": {"source_node": "s" * 30_000, "destination_node": "d" * 30_000},
+                       "value": [1_700_000_000, "1"]}).encode()
+    block = b",".join([item] * 17)
+    head, tail = b'{"status":"success","data":{"resultType":"vector","result":[', b"]}}"
+    blocks = MAX_ANSWER_BYTES // len(block) + 2
+
+    def parts() -> Iterator[bytes]:
+        yield head + block
+        for _ in range(blocks - 1):
+            yield b"," + block
+        yield tail
+
+    return parts(), len(head) + blocks * len(block) + (blocks - 1) + len(tail)
+
+
+class TestLimits:
+    """--timeout bounds each request as a whole, and an answer's size is bounded: a server that
+    drips or floods costs diagnose neither minutes nor memory. diagnose runs as its own process
+    here, so that a hang is cut off and its peak memory is its own."""
+
+    @pytest.mark.parametrize(("head", "drip"), [
+        (b"HTTP/1.1 200 OK\r\nX-Slow: ", b"a"),
+        (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 1000000\r\n\r\n{", b" "),
+    ], ids=["headers", "body"])
+    def test_a_dripping_server_is_cut_off_at_the_timeout(self, head: bytes, drip: bytes) -> None:
+        with loopback_server(dripping(head, drip)) as url:
+            finished = run_measured([*NODE_PING, "diagnose", "--prometheus", url, "--timeout", "1"], within_s=20)
+        assert (finished.code, finished.stdout) == (2, ""), finished.stderr
+        assert finished.stderr == (f"node-ping diagnose: cannot reach Prometheus at {url}: no answer within 1 s "
+                                   "(raise --timeout, or check the address)\n")
+
+    def test_an_answer_over_the_cap_is_refused_without_holding_it(self) -> None:
+        parts, length = oversized_answer()
+        with loopback_server(streaming(b"HTTP/1.1 200 OK", parts, length)) as url:
+            finished = run_measured([*NODE_PING, "diagnose", "--prometheus", url, "--timeout", "120"], within_s=120)
+        assert (finished.code, finished.stdout) == (2, ""), finished.stderr
+        assert finished.stderr == (
+            f"node-ping diagnose: Prometheus at {url} answered a query with more than 512 MiB, more than diagnose "
+            "reads (5,000 nodes in zone topology need about 400 MiB). The answer holds one sample per probed pair "
+            "of nodes whatever --range, so a shorter --range does not help: check that --prometheus points at "
+            "Prometheus itself, or probe fewer pairs (chart value topology.mode: zone).\n")
+        assert length > MAX_ANSWER_BYTES
+        assert finished.peak_rss_bytes < MAX_ANSWER_BYTES // 4, finished.peak_rss_bytes

@@ -301,3 +301,40 @@ class TestApiTrouble:
         running.thread.join(timeout=5)
         assert not running.thread.is_alive()
         wait_for(lambda: not watch_threads(), "the watch threads to end", timeout=5)
+
+
+class TestConfigMapLimit:
+    """A node list the API server would refuse (over 1 MiB in the ConfigMap) is not written: the error
+    says so and what to do, and the exporters keep the list last written."""
+
+    @staticmethod
+    def configmap(data: dict[str, str]) -> dict[str, object]:
+        return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"namespace": NS, "name": CM, "labels": LABELS},
+                "data": data}
+
+    def test_too_many_nodes(self, kube: FakeKubeAPI, start: Callable[..., Running],
+                            caplog: pytest.LogCaptureFixture) -> None:
+        caplog.set_level(logging.INFO, logger="node_ping")
+        written = render_nodes_json([target("a", "10.0.0.1")])
+        kube.put_configmap(self.configmap({"nodes.json": written}))
+        # 8,200 nodes with 63-character names and IPv6 addresses: one entry is 130 bytes.
+        kube.load_nodes([make_node(f"node-{i:06d}-".ljust(63, "x"),
+                                   f"fd00:1234:5678:9abc:def0:1000:{0x1000 + i:x}:abcd") for i in range(8_200)])
+        start(page_size=2_000)
+        [message] = wait_for(lambda: messages(caplog, "more than the 1,048,576 bytes"), "the error")
+        assert message.startswith(f"ConfigMap {NS}/{CM}: nodes.json for 8,200 nodes is 1,06")
+        assert message.endswith("not writing it, so the exporters keep the node list last written. Probe fewer nodes "
+                                "(--node-selector).")
+        assert [r.levelname for r in caplog.records if r.getMessage() == message] == ["ERROR"]
+        assert stored_text(kube) == written
+        assert kube.count("PUT", CM_PATH) == 0
+
+    def test_other_keys_count_too(self, kube: FakeKubeAPI, start: Callable[..., Running],
+                                  caplog: pytest.LogCaptureFixture) -> None:
+        kube.put_configmap(self.configmap({"nodes.json": "[]\n", "notes": "x" * (1024 * 1024 - 10)}))
+        kube.put_node(make_node("a", "10.0.0.1"))
+        start()
+        [message] = wait_for(lambda: messages(caplog, "with the ConfigMap's other keys"), "the error")
+        assert message.endswith("or move the other keys out of this ConfigMap.")
+        assert stored_text(kube) == "[]\n"
+        assert kube.count("PUT", CM_PATH) == 0

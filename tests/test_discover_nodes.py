@@ -9,8 +9,18 @@ from __future__ import annotations
 
 import json
 
-from node_ping.discover.nodes import needs_write, node_target, render_nodes_json, summarize_change, validate_nodes_json
-from node_ping.targets import parse_nodes
+import pytest
+
+from node_ping.discover.nodes import (
+    CONFIGMAP_LIMIT_BYTES,
+    needs_write,
+    node_target,
+    oversize,
+    render_nodes_json,
+    summarize_change,
+    validate_nodes_json,
+)
+from node_ping.targets import NodeTarget, parse_nodes
 from tests.support.discovery import target
 from tests.support.fake_kube_api import make_node
 
@@ -65,8 +75,8 @@ class TestRenderNodesJson:
     def test_exact_layout(self) -> None:
         text = render_nodes_json([target("b", "10.0.0.2"), target("a", "10.0.0.1", "z1")])
         assert text == ('[\n'
-                        '  {\n    "ipAddress": "10.0.0.1",\n    "name": "a",\n    "zone": "z1"\n  },\n'
-                        '  {\n    "ipAddress": "10.0.0.2",\n    "name": "b"\n  }\n'
+                        '{"ipAddress":"10.0.0.1","name":"a","zone":"z1"},\n'
+                        '{"ipAddress":"10.0.0.2","name":"b"}\n'
                         ']\n')
 
     def test_order_of_discovery_does_not_matter(self) -> None:
@@ -87,6 +97,51 @@ class TestRenderNodesJson:
         problems = validate_nodes_json(render_nodes_json([target("a", "10.0.0.1"), target("b", "10.0.0.1")]))
         assert len(problems) == 1
         assert "'10.0.0.1'" in problems[0] and "'b'" in problems[0]
+
+
+def cloud_nodes(count: int, zone: str | None = None) -> list[NodeTarget]:
+    """Nodes with names of 63 characters, the most a label value (and so a node name used as one) may
+    have, and IPv6 addresses of the longest form."""
+    return [target(f"node-{i:06d}-".ljust(63, "x"),
+                   f"fd00:1234:5678:9abc:def0:{0x1000 + i // 4096:x}:{0x1000 + i % 4096:x}:abcd", zone)
+            for i in range(count)]
+
+
+class TestConfigMapLimit:
+    """nodes.json must fit the 1 MiB the API server accepts in a ConfigMap: 8,065 nodes with 63-character
+    names and IPv6 addresses do (6,808 with a zone such as europe-west1-b); beyond that discovery says so."""
+
+    @pytest.mark.parametrize(("count", "zone"), [(8_000, None), (6_800, "europe-west1-b")])
+    def test_the_largest_clusters_fit(self, count: int, zone: str | None) -> None:
+        text = render_nodes_json(cloud_nodes(count, zone))
+        assert len(text.encode()) <= CONFIGMAP_LIMIT_BYTES
+        assert oversize(text, count) is None
+        assert parse_nodes(text).targets == tuple(cloud_nodes(count, zone))
+
+    def test_an_entry_per_line(self) -> None:
+        lines = render_nodes_json(cloud_nodes(3)).splitlines()
+        assert (lines[0], lines[-1], len(lines)) == ("[", "]", 5)
+
+    def test_the_exporter_reads_indented_lists_too(self) -> None:
+        nodes = cloud_nodes(3, "z1")
+        indented = json.dumps([{"name": n.name, "ipAddress": n.address, "zone": n.zone} for n in nodes], indent=2)
+        assert parse_nodes(indented).targets == parse_nodes(render_nodes_json(nodes)).targets == tuple(nodes)
+
+    def test_over_the_limit_says_why_and_what_to_do(self) -> None:
+        text = render_nodes_json(cloud_nodes(8_200))
+        assert oversize(text, 8_200) == (
+            f"nodes.json for 8,200 nodes is {len(text):,} bytes, more than the 1,048,576 bytes (1 MiB) the API server "
+            "accepts in a ConfigMap: not writing it, so the exporters keep the node list last written. Probe fewer "
+            "nodes (--node-selector).")
+
+    def test_other_keys_count_too(self) -> None:
+        text = render_nodes_json(cloud_nodes(10))
+        other = CONFIGMAP_LIMIT_BYTES - len(text) + 1
+        assert oversize(text, 10, other - 1) is None
+        message = oversize(text, 10, other)
+        assert message is not None
+        assert f"{len(text):,} bytes, 1,048,577 with the ConfigMap's other keys" in message
+        assert message.endswith("or move the other keys out of this ConfigMap.")
 
 
 class TestNeedsWrite:

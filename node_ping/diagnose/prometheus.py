@@ -5,14 +5,27 @@ becomes HTTP basic authentication. Credentials never appear in any output: the U
 them, headers by name only. Redirects are reported, not followed, so credentials go only where the
 URL points. Warnings in Prometheus's answers (a partial response from Thanos, say) are kept for the
 user: the data may be incomplete.
+
+--timeout is a deadline for the whole request (connect, headers, body): a watchdog shuts the
+connection's socket when it passes, so a server that sends a byte now and then cannot hold
+diagnose for longer. The answer is read as a stream, at most MAX_ANSWER_BYTES of it, and turned
+into samples item by item: neither the whole body nor its whole JSON tree is ever held.
 """
 
 from __future__ import annotations
 
+import codecs
+import contextlib
 import json
 import math
+import re
+import socket
+import sys
+import threading
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
 
@@ -24,6 +37,15 @@ Sample = tuple[dict[str, str], float]
 
 _QUERY_PATH = "/api/v1/query"
 _MAX_DETAIL = 500  # characters of an error or warning text Prometheus sent
+# The largest answer is one sample per probed pair. 5,000 nodes in zone topology probe up to 336
+# peers each (docs/scale.md): 1.68 million samples of about 225 bytes each with two 63-character
+# node names ({"metric":{"destination_node":...,"source_node":...},"value":[1700000000.123,"..."]}),
+# 378 MB. 512 MiB leaves a third again of that.
+MAX_ANSWER_BYTES = 512 * 1024 * 1024
+_MAX_VALUE_CHARS = 1024 * 1024  # one JSON value other than the result list: a sample, the warnings
+_CHUNK_BYTES = 64 * 1024
+_ERROR_BODY_BYTES = 4096  # of an error answer, enough for its reason
+_TRACED = ("connection.connect_tcp.complete", "connection.start_tls.complete")
 
 
 class PrometheusError(Exception):
@@ -40,6 +62,10 @@ class Prometheus:
         self.url = address.url
         self.timeout = timeout
         self.warnings: list[str] = []
+        self._stream: Any = None  # the network stream last connected: the one a request in flight uses
+        self._expired = False
+        self._in_flight = False
+        self._watch = threading.Lock()  # between a request ending and its watchdog firing
         # Names only, for messages about refused credentials.
         self._credentials = sorted({*sent, *(["Authorization"] if address.basic_auth else [])})
         self._client = httpx.Client(
@@ -58,22 +84,73 @@ class Prometheus:
 
     def query(self, promql: str, at: float) -> list[Sample]:
         """The instant vector of `promql` at unix time `at`, its NaN and infinite values left out."""
+        self._expired = False
+        watchdog = threading.Timer(self.timeout, self._expire)
+        watchdog.daemon = True
+        with self._watch:
+            self._in_flight = True
+        watchdog.start()
         try:
-            response = self._client.get(f"{self.url}{_QUERY_PATH}", params={"query": promql, "time": f"{at:.3f}"})
+            with self._client.stream("GET", f"{self.url}{_QUERY_PATH}", params={"query": promql, "time": f"{at:.3f}"},
+                                     extensions={"trace": self._trace}) as response:
+                chunks = self._capped(response.iter_bytes(_CHUNK_BYTES))
+                if not response.is_success:
+                    raise PrometheusError(self._http_error(response, _head(chunks)))
+                return self._vector(chunks)
+        except PrometheusError:
+            if self._expired:  # a body cut off by the watchdog reads as malformed
+                raise PrometheusError(self._no_answer()) from None
+            raise
         except httpx.TimeoutException:
-            raise PrometheusError(f"cannot reach Prometheus at {self.url}: no answer within {self.timeout:g} s "
-                                  "(raise --timeout, or check the address)") from None
+            raise PrometheusError(self._no_answer()) from None
         except httpx.RemoteProtocolError as err:
+            if self._expired:
+                raise PrometheusError(self._no_answer()) from None
             raise PrometheusError(f"the server at {self.url} does not answer like an HTTP server "
                                   f"({type(err).__name__}); is --prometheus the right address?") from None
         except (httpx.HTTPError, httpx.InvalidURL) as err:
+            if self._expired:
+                raise PrometheusError(self._no_answer()) from None
             raise PrometheusError(f"cannot reach Prometheus at {self.url}: {_reason(err)}") from None
-        if not response.is_success:
-            raise PrometheusError(self._http_error(response))
-        return self._vector(response.content)
+        finally:
+            watchdog.cancel()
+            with self._watch:  # a watchdog that fires late must not cut the next request's connection
+                self._in_flight = False
 
-    def _http_error(self, response: httpx.Response) -> str:
-        body = response.content[:4096]
+    def _no_answer(self) -> str:
+        return (f"cannot reach Prometheus at {self.url}: no answer within {self.timeout:g} s "
+                "(raise --timeout, or check the address)")
+
+    def _trace(self, event: str, info: Mapping[str, Any]) -> None:
+        """httpcore's trace hook: remember the connection's stream, for the watchdog to cut."""
+        if event in _TRACED:
+            self._stream = info.get("return_value")
+
+    def _expire(self) -> None:
+        """The request's deadline passed: shut its socket, which ends the read that waits on it."""
+        with self._watch:
+            if not self._in_flight:
+                return
+            self._expired = True
+            sock = self._stream.get_extra_info("socket") if self._stream is not None else None
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+    def _capped(self, chunks: Iterator[bytes]) -> Iterator[bytes]:
+        total = 0
+        for chunk in chunks:
+            total += len(chunk)
+            if total > MAX_ANSWER_BYTES:
+                raise PrometheusError(
+                    f"Prometheus at {self.url} answered a query with more than {MAX_ANSWER_BYTES >> 20} MiB, more than "
+                    "diagnose reads (5,000 nodes in zone topology need about 400 MiB). The answer holds one sample "
+                    "per probed pair of nodes whatever --range, so a shorter --range does not help: check that "
+                    "--prometheus points at Prometheus itself, or probe fewer pairs (chart value topology.mode: "
+                    "zone).")
+            yield chunk
+
+    def _http_error(self, response: httpx.Response, body: bytes) -> str:
         try:
             detail = json.loads(body).get("error")
         except (ValueError, AttributeError):
@@ -102,16 +179,14 @@ class Prometheus:
                     "'X-Scope-OrgID: <tenant>' for Mimir) / --bearer-token-file, or user:password@ in the URL")
         return f"Prometheus at {self.url} refused the request ({what}); {hint}"
 
-    def _vector(self, body: bytes) -> list[Sample]:
+    def _vector(self, chunks: Iterator[bytes]) -> list[Sample]:
         not_prometheus = PrometheusError(
             f"the server at {self.url} answered {_QUERY_PATH}, but not like Prometheus; is --prometheus "
             "Prometheus's base URL (e.g. http://prometheus.monitoring:9090)?")
         try:
-            reply = json.loads(body)
+            reply = _read_reply(_JsonStream(chunks))
         except ValueError:
             raise not_prometheus from None
-        if not isinstance(reply, dict):
-            raise not_prometheus
         # An error answer has no data: its status and error come first, or it reads as "not Prometheus".
         if reply.get("status") == "error":
             detail = str(reply.get("error") or reply.get("errorType") or "no reason given")[:_MAX_DETAIL]
@@ -120,18 +195,10 @@ class Prometheus:
             raise not_prometheus
         self._note_warnings(reply.get("warnings"))
         data = reply["data"]
-        if data.get("resultType") != "vector" or not isinstance(data.get("result"), list):
+        result = data.get("result")
+        if data.get("resultType") != "vector" or not isinstance(result, _Result) or result.malformed:
             raise not_prometheus
-        samples = []
-        for item in data["result"]:
-            try:
-                labels = {str(k): str(v) for k, v in item["metric"].items()}
-                value = float(item["value"][1])
-            except (KeyError, IndexError, TypeError, ValueError, AttributeError):
-                raise not_prometheus from None
-            if math.isfinite(value):
-                samples.append((labels, value))
-        return samples
+        return result.samples
 
     def _note_warnings(self, warnings: object) -> None:
         """Keep the warnings of a successful answer (Thanos's partial response, say): the data may
@@ -166,3 +233,139 @@ def _first_line(body: bytes, content_type: str) -> str | None:
         return None
     lines = body.decode("utf-8", "replace").strip().splitlines()
     return lines[0][:200] if lines else None
+
+
+def _head(chunks: Iterator[bytes]) -> bytes:
+    """The first _ERROR_BODY_BYTES of a body, the rest left unread."""
+    head = b""
+    for chunk in chunks:
+        head += chunk
+        if len(head) >= _ERROR_BODY_BYTES:
+            break
+    return head[:_ERROR_BODY_BYTES]
+
+
+@dataclass
+class _Result:
+    """An answer's data.result, read item by item: the finite samples, and whether any item was no sample."""
+
+    samples: list[Sample] = field(default_factory=list)
+    malformed: bool = False
+
+    def add(self, item: Any) -> None:
+        try:
+            # Interned: the same few thousand node names recur in every sample.
+            labels = {sys.intern(str(k)): sys.intern(str(v)) for k, v in item["metric"].items()}
+            value = float(item["value"][1])
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError):
+            self.malformed = True
+            return
+        if math.isfinite(value):
+            self.samples.append((labels, value))
+
+
+_BLANKS = re.compile(r"[ \t\n\r]*")
+_DECODER = json.JSONDecoder()
+
+
+class _JsonStream:
+    """JSON read off a stream of byte chunks one value at a time; only the text not yet parsed is
+    held. Anything that is not JSON, or one value longer than _MAX_VALUE_CHARS, raises ValueError."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks = chunks
+        self._utf8 = codecs.getincrementaldecoder("utf-8")()
+        self._text = ""
+        self._at = 0
+        self._ended = False
+
+    def _fill(self) -> bool:
+        """Append the next chunk to the unparsed text; False at the end of the stream."""
+        if self._ended:
+            return False
+        chunk = next(self._chunks, None)
+        self._ended = chunk is None
+        self._text = self._text[self._at:] + self._utf8.decode(chunk or b"", final=self._ended)
+        self._at = 0
+        if len(self._text) > _MAX_VALUE_CHARS + _CHUNK_BYTES:
+            raise ValueError("one JSON value is too long")
+        return True
+
+    def peek(self) -> str:
+        """The next character other than a blank, '' at the end."""
+        while True:
+            self._at = _BLANKS.match(self._text, self._at).end()  # type: ignore[union-attr]  # * matches always
+            if self._at < len(self._text):
+                return self._text[self._at]
+            if not self._fill():
+                return ""
+
+    def take(self, char: str) -> None:
+        if self.peek() != char:
+            raise ValueError(f"expected {char!r}")
+        self._at += 1
+
+    def value(self) -> Any:
+        """The next whole JSON value."""
+        self.peek()
+        while True:
+            try:
+                value, end = _DECODER.raw_decode(self._text, self._at)
+            except ValueError:
+                if self._fill():
+                    continue  # cut off by the chunk's end, or not JSON: more text tells
+                raise
+            if end == len(self._text) and self._fill():
+                continue  # a number at the chunk's end may go on in the next one
+            self._at = end
+            return value
+
+    def members(self) -> Iterator[str]:
+        """The keys of the object that comes next; the caller reads each one's value before the next key."""
+        self.take("{")
+        if self.peek() == "}":
+            self.take("}")
+            return
+        while True:
+            key = self.value()
+            if not isinstance(key, str):
+                raise ValueError("an object key that is no string")
+            self.take(":")
+            yield key
+            if self.peek() != ",":
+                self.take("}")
+                return
+            self.take(",")
+
+    def items(self, into: _Result) -> None:
+        """The array that comes next, each item added to `into` as soon as it is read."""
+        self.take("[")
+        if self.peek() == "]":
+            self.take("]")
+            return
+        while True:
+            into.add(self.value())
+            if self.peek() != ",":
+                self.take("]")
+                return
+            self.take(",")
+
+
+def _read_reply(stream: _JsonStream) -> dict[str, Any]:
+    """An answer's top-level members, with data.result as a _Result; the rest as JSON values."""
+    reply: dict[str, Any] = {}
+    for key in stream.members():
+        if key != "data" or stream.peek() != "{":
+            reply[key] = stream.value()
+            continue
+        data: dict[str, Any] = {}
+        for name in stream.members():
+            if name == "result" and stream.peek() == "[":
+                data[name] = _Result()
+                stream.items(data[name])
+            else:
+                data[name] = stream.value()
+        reply[key] = data
+    if stream.peek() != "":
+        raise ValueError("text after the answer")
+    return reply

@@ -14,6 +14,8 @@ ends within a second or two of SIGTERM instead of after the watch timeout.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import logging
 import threading
 import time
@@ -26,7 +28,7 @@ from kubernetes.client.exceptions import ApiException
 
 from node_ping.discover.cache import NodeCache
 from node_ping.discover.config import DiscoverSettings
-from node_ping.discover.nodes import needs_write, render_nodes_json, summarize_change, validate_nodes_json
+from node_ping.discover.nodes import needs_write, oversize, render_nodes_json, summarize_change, validate_nodes_json
 from node_ping.discover.watch import ApiTrouble, Backoff, Watches, http_status
 
 log = logging.getLogger(__name__)
@@ -78,6 +80,7 @@ class Discovery:
         self._writes = 0
         # Used by the reconcile thread only:
         self._reported_problems: tuple[str, ...] = ()
+        self._reported_oversize: str | None = None
 
     # -- the whole controller ------------------------------------------------------------------
 
@@ -200,6 +203,13 @@ class Discovery:
                 with self._lock:
                     self._stored = desired
                 return
+            # The API server would refuse it (422) on every retry; the ConfigMap keeps what it holds.
+            problem = oversize(desired, count, _other_bytes(current))
+            if problem != self._reported_oversize and problem is not None:
+                log.error("%s: %s", self._where, problem)
+            self._reported_oversize = problem
+            if problem is not None:
+                return
             with self._lock:
                 self._writing = desired
             try:
@@ -256,3 +266,16 @@ class Discovery:
         current.metadata.labels = {**(current.metadata.labels or {}), **LABELS}
         self._api.replace_namespaced_config_map(self._settings.configmap, self._settings.namespace, current,
                                                 _request_timeout=self._settings.request_timeout)
+
+
+def _other_bytes(configmap: Any) -> int:
+    """What the ConfigMap's keys other than nodes.json count against the API server's size limit."""
+    if configmap is None:
+        return 0
+    size = sum(len(value.encode()) for key, value in (configmap.data or {}).items() if key != DATA_KEY)
+    for value in (configmap.binary_data or {}).values():
+        try:
+            size += len(base64.b64decode(value))
+        except (binascii.Error, ValueError):
+            size += len(value)
+    return size
