@@ -15,10 +15,12 @@ import json
 import math
 import os
 import re
+import shlex
 import subprocess
 import tomllib
 from pathlib import Path
 from typing import Any
+from xml.etree import ElementTree
 
 import helm_python as helm
 import kubernetes_validate
@@ -33,7 +35,10 @@ from node_ping.probe.textfile import output_path, remove_stale
 from node_ping.settings import SettingsError
 from node_ping.targets import parse_nodes
 from tests.support.chart import CHART, CI_VALUES, NAMESPACE, RELEASE, REPO, SCENARIOS, Rendered, load_manifests, render
-from tests.support.processes import NODE_PING
+from tests.support.discovery import CM, NS, stored_text, wait_for, write_kubeconfig
+from tests.support.fake_kube_api import FakeKubeAPI, make_node
+from tests.support.ports import free_port, get
+from tests.support.processes import NODE_PING, stop
 
 #: Kinds that come from CRDs (Prometheus Operator): no schema in kubernetes-validate, checked by
 #: structure in TestMonitors instead.
@@ -47,6 +52,8 @@ RUN_ENV = {setting.env for setting in probe_config.RUN_SETTINGS if setting.env} 
 #: The env of `node-ping discover` that the chart sets: every env var its settings declare
 #: (NODE_PING_NODE_SELECTOR while the exporter has a nodeSelector, as it has by default).
 DISCOVER_ENV = {setting.env for setting in discover_config.DISCOVER_SETTINGS if setting.env}
+
+PROJECT_HOME = "https://github.com/node-ping/node-ping"
 
 DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
@@ -101,8 +108,9 @@ class TestInstall:
         report = helm.lint(CHART, SCENARIOS[name], strict=True, namespace=NAMESPACE,
                            kube_version=f"v{KUBE_VERSIONS[0]}")
         assert report["errors"] == []
-        # Severity 1 is info ("icon is recommended"); warnings (2) and errors (3) must not occur.
+        # Severity 1 is info; warnings (2) and errors (3) must not occur.
         assert [m for m in report["messages"] if m["severity"] >= 2] == []
+        assert not [m for m in report["messages"] if "icon" in str(m)]
 
     def test_every_scenario_file_is_used(self) -> None:
         """Each ci file names one scenario and changes something compared to the defaults."""
@@ -117,6 +125,20 @@ class TestInstall:
         # The default image tag is appVersion, which must be the version the wheel is built as.
         project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
         assert metadata["appVersion"] == project["version"]
+
+    def test_chart_links(self, chart: helm.Chart) -> None:
+        """home, sources and maintainers name the project; the icon URL is the raw URL of an SVG that
+        is in the repository at the path the URL names."""
+        metadata = chart.metadata
+        assert metadata["home"] == PROJECT_HOME
+        assert metadata["sources"] == [PROJECT_HOME]
+        assert [m["name"] for m in metadata["maintainers"]] and all(m.get("url") for m in metadata["maintainers"])
+        raw = "https://raw.githubusercontent.com/node-ping/node-ping/main/"
+        assert metadata["icon"].startswith(raw)
+        icon = REPO / metadata["icon"].removeprefix(raw)
+        root = ElementTree.parse(icon).getroot()  # noqa: S314 - the repository's own file, not untrusted input
+        assert root.tag == "{http://www.w3.org/2000/svg}svg"
+        assert icon.stat().st_size < 4096
 
 
 class TestKubernetesSchemas:
@@ -278,10 +300,13 @@ class TestContainerContract:
     """The DaemonSet gives `node-ping run` exactly the env, files and paths it reads."""
 
     def test_env_names(self, scenario: Rendered) -> None:
+        """Besides node-ping's own, only the address /metrics is bound to, when it is served on one."""
         env = set(scenario.exporter_env)
         serving = scenario.values["metrics"]["enabled"] or scenario.values["serviceMonitor"]["enabled"] \
             or scenario.values["podMonitor"]["enabled"]
-        assert env == RUN_ENV | ({"NODE_PING_LISTEN_ADDRESS"} if serving else set())
+        bound = serving and not scenario.values["metrics"]["listenOnAllInterfaces"]
+        bind_env = "HOST_IP" if scenario.values["hostNetwork"] else "POD_IP"
+        assert env == RUN_ENV | ({"NODE_PING_LISTEN_ADDRESS"} if serving else set()) | ({bind_env} if bound else set())
         assert scenario.exporter["args"] == ["run"]
 
     def test_default_values_are_the_programs_defaults(self, defaults: Rendered) -> None:
@@ -303,7 +328,10 @@ class TestContainerContract:
         assert env["NODE_PING_PEERS_PER_ZONE"]["value"] == str(values["topology"]["peersPerZone"])
         assert env["NODE_PING_HEALTH_FILE"]["value"] == "/tmp/node-ping.health"
         if "NODE_PING_LISTEN_ADDRESS" in env:
-            assert env["NODE_PING_LISTEN_ADDRESS"]["value"] == f":{values['metrics']['port']}"
+            port = values["metrics"]["port"]
+            bind_env = "HOST_IP" if values["hostNetwork"] else "POD_IP"
+            expected = f":{port}" if values["metrics"]["listenOnAllInterfaces"] else f"[$({bind_env})]:{port}"
+            assert env["NODE_PING_LISTEN_ADDRESS"]["value"] == expected
 
     def test_config_files_come_from_the_configmaps(self, scenario: Rendered) -> None:
         """NODE_PING_CONFIG and NODE_PING_EXTERNAL_CONFIG point into /config, where the projected
@@ -779,7 +807,7 @@ class TestMonitors:
         pod_labels = rendered.daemonset["spec"]["template"]["metadata"]["labels"]
         assert service["spec"]["selector"].items() <= pod_labels.items()
         assert port["targetPort"] in [p["name"] for p in rendered.exporter["ports"]]
-        assert rendered.exporter_env["NODE_PING_LISTEN_ADDRESS"]["value"] == ":9797"
+        assert rendered.exporter_env["NODE_PING_LISTEN_ADDRESS"]["value"] == "[$(HOST_IP)]:9797"
 
     def test_pod_monitor(self, chart: helm.Chart) -> None:
         rendered = render(chart, SCENARIOS["podmonitor-values.yaml"])
@@ -792,7 +820,7 @@ class TestMonitors:
         (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
         assert (endpoint["interval"], endpoint["scrapeTimeout"]) == ("1m", "10s")
         assert rendered.exporter["ports"] == [{"name": endpoint["port"], "containerPort": 9798, "protocol": "TCP"}]
-        assert rendered.exporter_env["NODE_PING_LISTEN_ADDRESS"]["value"] == ":9798"
+        assert rendered.exporter_env["NODE_PING_LISTEN_ADDRESS"]["value"] == "[$(HOST_IP)]:9798"
         assert not rendered.has("Service")
 
     @pytest.mark.parametrize("release", ["2nd", "np.prod"])
@@ -909,8 +937,20 @@ class TestNotes:
         assert "WARNING" not in render(chart, SCENARIOS["static-nodes-values.yaml"]).notes
 
     def test_metrics_port(self, chart: helm.Chart) -> None:
-        notes = render(chart, SCENARIOS["podmonitor-values.yaml"]).notes
-        assert "curl -s http://localhost:9798/metrics" in notes
+        """Bound to the node's address, /metrics is read at that address, not through port-forward."""
+        notes = render(chart, SCENARIOS["podmonitor-values.yaml"]).notes_text
+        assert "curl -s http://<IP>:9798/metrics | grep kube_node_ping_packets_sent_total" in notes
+        assert "on port 9798 of its node's address (status.hostIP) only" in notes
+        assert "kubectl port-forward does not reach it" in notes
+        assert "port-forward daemonset" not in notes
+        everywhere = render(chart, {"metrics": {"enabled": True, "listenOnAllInterfaces": True}}).notes_text
+        assert "kubectl -n monitoring port-forward daemonset/node-ping 9797 &" in everywhere
+        assert "curl -s http://localhost:9797/metrics" in everywhere
+        pod = render(chart, {"metrics": {"enabled": True}, "hostNetwork": False}).notes_text
+        assert "on port 9797 of its pod's address only" in pod
+
+    def test_prometheus_query_lists_the_reporting_nodes(self, defaults: Rendered) -> None:
+        assert "count by (source_node) (node_ping_cycles_total)" in defaults.notes
 
     @pytest.mark.parametrize(("ping", "seconds"), [({}, 30), ({"count": 20, "periodMs": 500}, 10),
                                                    ({"count": 7, "periodMs": 333}, 3)])
@@ -1051,3 +1091,322 @@ class TestDocumentation:
         readme = (CHART / "README.md").read_text()
         for command in ("helm install node-ping charts/node-ping", "helm upgrade", "helm uninstall node-ping"):
             assert command in readme
+
+
+DIGEST = "sha256:" + "0123456789abcdef" * 4
+
+
+def discovery_container(rendered: Rendered) -> dict[str, Any]:
+    (container,) = rendered.discovery["spec"]["template"]["spec"]["containers"]
+    assert isinstance(container, dict)
+    return container
+
+
+class TestImages:
+    """`image.digest` pins the exporter's image; discovery runs its own image (the Dockerfile's
+    `discovery` target), named and tagged after the exporter's unless told otherwise."""
+
+    def test_defaults(self, defaults: Rendered) -> None:
+        assert defaults.exporter["image"] == "node-ping:0.1.0"
+        assert discovery_container(defaults)["image"] == "node-ping-discovery:0.1.0"
+        assert discovery_container(defaults)["imagePullPolicy"] == "IfNotPresent"
+
+    def test_digest_wins_over_the_tag(self, chart: helm.Chart) -> None:
+        rendered = render(chart, {"image": {"repository": "registry.example.com/node-ping", "tag": "9.9.9",
+                                            "digest": DIGEST}})
+        assert rendered.exporter["image"] == f"registry.example.com/node-ping@{DIGEST}"
+        # The exporter's digest names the exporter's image only.
+        assert discovery_container(rendered)["image"] == "registry.example.com/node-ping-discovery:9.9.9"
+
+    def test_discovery_follows_the_exporter(self, chart: helm.Chart) -> None:
+        rendered = render(chart, {"image": {"repository": "registry.example.com/np", "tag": "1.2.3",
+                                            "pullPolicy": "Always"}})
+        assert discovery_container(rendered)["image"] == "registry.example.com/np-discovery:1.2.3"
+        assert discovery_container(rendered)["imagePullPolicy"] == "Always"
+
+    def test_discovery_values(self, chart: helm.Chart) -> None:
+        rendered = render(chart, SCENARIOS["pinned-images-values.yaml"])
+        assert rendered.exporter["image"] == (
+            "registry.example.com/node-ping@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef")
+        assert discovery_container(rendered)["image"] == (
+            "registry.example.com/tools/node-ping-discovery@"
+            "sha256:fedcba9876543210fedcba9876543210fedcba9876543210fedcba9876543210")
+        assert discovery_container(rendered)["imagePullPolicy"] == "Always"
+        assert rendered.exporter["imagePullPolicy"] == "IfNotPresent"
+        tagged = render(chart, {"discovery": {"image": {"tag": "0.1.0-debug"}}})
+        assert discovery_container(tagged)["image"] == "node-ping-discovery:0.1.0-debug"
+        assert tagged.exporter["image"] == "node-ping:0.1.0"
+
+    def test_one_image_for_both(self, chart: helm.Chart) -> None:
+        """An image built before the Dockerfile had targets holds both commands."""
+        rendered = render(chart, {"image": {"repository": "registry.example.com/node-ping"},
+                                  "discovery": {"image": {"repository": "registry.example.com/node-ping"}}})
+        assert discovery_container(rendered)["image"] == rendered.exporter["image"]
+
+    @pytest.mark.parametrize("digest", ["sha256:abc", "sha256:" + "A" * 64, "latest", "sha512:" + "a" * 128,
+                                        "sha256:" + "a" * 65, "@sha256:" + "a" * 64])
+    @pytest.mark.parametrize("where", ["image", "discovery.image"])
+    def test_schema_refuses_a_bad_digest(self, chart: helm.Chart, digest: str, where: str) -> None:
+        values: dict[str, Any] = {"digest": digest}
+        for part in reversed(where.split(".")):
+            values = {part: values}
+        with pytest.raises(helm.HelmValuesError, match="digest"):
+            chart.validate_schema(chart.merge_values(values))
+
+
+def kubelet_env(container: dict[str, Any], fields: dict[str, str], paths: Path) -> dict[str, str]:
+    """The container's env as the kubelet hands it over: fieldRefs from `fields`, `$(VAR)` expanded
+    from the entries before it, and absolute paths moved under `paths`."""
+    env = {"PATH": os.environ["PATH"], "LC_ALL": "C"}
+    for var in container["env"]:
+        if "valueFrom" in var:
+            env[var["name"]] = fields[var["valueFrom"]["fieldRef"]["fieldPath"]]
+        elif var["value"].startswith("/"):
+            env[var["name"]] = str(paths / var["value"].strip("/").replace("/", "_"))
+        else:
+            env[var["name"]] = re.sub(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)",
+                                      lambda ref: env.get(ref.group(1), ref.group(0)), var["value"])
+    return env
+
+
+def answers(url: str) -> bool:
+    try:
+        get(url, timeout=2)
+    except OSError:
+        return False
+    return True
+
+
+class TestMetricsAddress:
+    """/metrics is served on the node's own address by default, not on every interface of the node."""
+
+    def test_bound_to_the_host_ip(self, chart: helm.Chart) -> None:
+        rendered = render(chart, {"metrics": {"enabled": True}})
+        env = rendered.exporter["env"]
+        names = [var["name"] for var in env]
+        assert names.index("HOST_IP") < names.index("NODE_PING_LISTEN_ADDRESS")  # expanded from earlier entries only
+        assert env[names.index("HOST_IP")]["valueFrom"] == {"fieldRef": {"fieldPath": "status.hostIP"}}
+        assert env[names.index("NODE_PING_LISTEN_ADDRESS")]["value"] == "[$(HOST_IP)]:9797"
+
+    def test_own_network_namespace_binds_the_pod_ip(self, chart: helm.Chart) -> None:
+        """Without hostNetwork the node's address is not in the pod's network namespace."""
+        rendered = render(chart, {"metrics": {"enabled": True}, "hostNetwork": False})
+        assert rendered.exporter_env["POD_IP"]["valueFrom"] == {"fieldRef": {"fieldPath": "status.podIP"}}
+        assert "HOST_IP" not in rendered.exporter_env
+        assert rendered.exporter_env["NODE_PING_LISTEN_ADDRESS"]["value"] == "[$(POD_IP)]:9797"
+
+    def test_every_interface_on_request(self, chart: helm.Chart) -> None:
+        rendered = render(chart, SCENARIOS["pinned-images-values.yaml"])
+        assert rendered.exporter_env["NODE_PING_LISTEN_ADDRESS"]["value"] == ":9797"
+        assert "HOST_IP" not in rendered.exporter_env
+
+    @pytest.mark.parametrize(("host_ip", "url_host", "other"), [("127.0.0.1", "127.0.0.1", "127.0.0.2"),
+                                                                ("::1", "[::1]", "127.0.0.1")])
+    def test_node_ping_serves_that_address_only(self, chart: helm.Chart, tmp_path: Path, host_ip: str,
+                                                url_host: str, other: str) -> None:
+        """Play kubelet: the rendered env, with status.hostIP an IPv4 or an IPv6 address, makes
+        `node-ping run` serve /metrics at that address, and nothing at another of the host's."""
+        port = free_port(dual_stack=True)
+        rendered = render(chart, {"metrics": {"enabled": True, "port": port}, "discovery": {"enabled": False},
+                                  "nodes": [{"name": "node-a", "ipAddress": "127.0.0.1"}],
+                                  "ping": {"count": 1, "periodMs": 100}})
+        env = kubelet_env(rendered.exporter, {"spec.nodeName": "node-a", "status.hostIP": host_ip}, tmp_path)
+        assert env["NODE_PING_LISTEN_ADDRESS"] == f"[{host_ip}]:{port}"
+        Path(env["PROMETHEUS_TEXTFILE_DIR"]).mkdir()
+        Path(env["NODE_PING_CONFIG"]).write_text(rendered.one("ConfigMap")["data"]["nodes.json"])
+        Path(env["NODE_PING_EXTERNAL_CONFIG"]).write_text("[]")
+        process = subprocess.Popen([*NODE_PING, *rendered.exporter["args"]], env=env, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.PIPE, text=True)
+        try:
+            wait_for(lambda: answers(f"http://{url_host}:{port}/metrics") or process.poll() is not None,
+                     "node-ping to serve /metrics", timeout=30)
+            assert process.poll() is None
+            assert "node_ping_build_info" in get(f"http://{url_host}:{port}/metrics")
+            assert not answers(f"http://{other}:{port}/metrics")
+        finally:
+            stop(process)
+
+
+def liveness_command(rendered: Rendered, health_file: Path) -> list[str]:
+    """The discovery liveness probe's command as this machine runs it: node-ping from the project's
+    virtualenv, the container's /tmp health file at `health_file`."""
+    container = discovery_container(rendered)
+    command = container["livenessProbe"]["exec"]["command"]
+    in_container = {var["name"]: var.get("value") for var in container["env"]}["NODE_PING_HEALTH_FILE"]
+    assert command[0] == "node-ping" and in_container in command
+    return [*NODE_PING, *[str(health_file) if part == in_container else part for part in command[1:]]]
+
+
+class TestDiscoveryLivenessProbe:
+    """Discovery is restarted when one of its loops ended or hangs: the health file it touches goes stale."""
+
+    def test_rendered(self, defaults: Rendered, chart: helm.Chart) -> None:
+        container = discovery_container(defaults)
+        probe = container["livenessProbe"]
+        assert (probe["initialDelaySeconds"], probe["periodSeconds"], probe["timeoutSeconds"],
+                probe["failureThreshold"]) == (30, 30, 10, 3)
+        health_file = {var["name"]: var.get("value") for var in container["env"]}["NODE_PING_HEALTH_FILE"]
+        assert probe["exec"]["command"] == ["node-ping", "health", "--health-file", health_file, "--max-age", "120"]
+        assert any(health_file.startswith(mount["mountPath"] + "/") for mount in container["volumeMounts"])
+        off = render(chart, {"discovery": {"livenessProbe": {"enabled": False}}})
+        assert "livenessProbe" not in discovery_container(off)
+
+    def test_healthy_discover_passes_and_a_stale_file_fails(self, defaults: Rendered, tmp_path: Path) -> None:
+        """A real `node-ping discover`, given the rendered health file, passes the rendered check; the
+        same check fails once the file is older than maxAgeSeconds (a loop that ended or hangs)."""
+        health = tmp_path / "discover.health"
+        with FakeKubeAPI() as kube:
+            kube.put_node(make_node("node-a", "192.0.2.11"))
+            kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", kube.url, namespace=NS)
+            env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
+            env.update(NODE_PING_CONFIGMAP=CM, NODE_PING_HEALTH_FILE=str(health), PYTHONPATH=str(REPO))
+            process = subprocess.Popen([*NODE_PING, "discover", "--kubeconfig", str(kubeconfig)], env=env,
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            try:
+                wait_for(lambda: stored_text(kube), "discover to write its ConfigMap")
+                wait_for(health.exists, "discover to touch its health file")
+                check = subprocess.run(liveness_command(defaults, health), capture_output=True, text=True,
+                                       timeout=30, check=False)
+            finally:
+                stop(process)
+        assert check.returncode == 0, check.stderr
+        os.utime(health, (health.stat().st_mtime - 121, health.stat().st_mtime - 121))
+        stale = subprocess.run(liveness_command(defaults, health), capture_output=True, text=True, timeout=30,
+                               check=False)
+        assert stale.returncode == 1 and "unhealthy" in stale.stderr
+
+
+class TestNotesCommands:
+    """The commands NOTES.txt prints work on what the chart deploys."""
+
+    def test_counting_the_series_in_the_file(self, chart: helm.Chart, tmp_path: Path) -> None:
+        """The in-pod command of step 3 counts the nodes one exporter pings, from its own file."""
+        rendered = render(chart, {"discovery": {"enabled": False}, "nodes": [
+            {"name": "node-a", "ipAddress": "127.0.0.1"}, {"name": "node-b", "ipAddress": "127.0.0.2"},
+            {"name": "node-c", "ipAddress": "::1"}], "ping": {"count": 1, "periodMs": 50}})
+        env = kubelet_env(rendered.exporter, {"spec.nodeName": "node-a"}, tmp_path)
+        Path(env["PROMETHEUS_TEXTFILE_DIR"]).mkdir()
+        Path(env["NODE_PING_CONFIG"]).write_text(rendered.one("ConfigMap")["data"]["nodes.json"])
+        Path(env["NODE_PING_HEALTH_FILE"]).parent.mkdir(exist_ok=True)
+        cycle = subprocess.run([*NODE_PING, *rendered.exporter["args"], "--cycles", "1"], env=env,
+                               capture_output=True, text=True, timeout=60, check=False)
+        assert cycle.returncode == 0, cycle.stderr
+        (line,) = [line for line in rendered.notes.splitlines() if "sh -c" in line]
+        command = shlex.split(line.split(" -- ", 1)[1])
+        counted = subprocess.run(command, env=env, capture_output=True, text=True, timeout=30, check=False)
+        assert counted.stdout.strip() == "2", counted.stderr
+
+
+UPSTREAM = REPO / "tests" / "fixtures" / "upstream-charts"
+STACK_DOCS = [REPO / "docs" / "operations.md", REPO / "README.md", CHART / "README.md"]
+
+
+def upstream(name: str) -> dict[str, Any]:
+    (path,) = UPSTREAM.glob(f"{name}-*-values.yaml")
+    values = yaml.safe_load(path.read_text())
+    assert isinstance(values, dict)
+    return values
+
+
+def stack_values() -> dict[str, Any]:
+    """kube-prometheus-stack's values with its subcharts' own defaults below its settings for them."""
+    def merged(below: Any, above: Any) -> Any:
+        if not (isinstance(below, dict) and isinstance(above, dict)):
+            return above
+        return {key: merged(below.get(key), above[key]) if key in above else below[key]
+                for key in {**below, **above}}
+
+    stack = upstream("kube-prometheus-stack")
+    for subchart in ("prometheus-node-exporter", "grafana"):
+        stack[subchart] = merged(upstream(subchart), stack[subchart])
+    return stack
+
+
+def yaml_snippets(path: Path) -> list[dict[str, Any]]:
+    """The ```yaml blocks of a markdown file (indented ones too), parsed."""
+    blocks = re.findall(r"^( *)```yaml\n(.*?)^\1```", path.read_text(), flags=re.MULTILINE | re.DOTALL)
+    parsed = [yaml.safe_load("\n".join(line.removeprefix(indent) for line in body.splitlines()))
+              for indent, body in blocks]
+    return [block for block in parsed if isinstance(block, dict)]
+
+
+def leaves(values: dict[str, Any], prefix: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], Any]]:
+    """(key path, value) of every value a snippet sets; a list is one value, as Helm replaces it whole."""
+    found: list[tuple[tuple[str, ...], Any]] = []
+    for key, value in values.items():
+        if isinstance(value, dict) and value:
+            found += leaves(value, (*prefix, key))
+        else:
+            found.append(((*prefix, key), value))
+    return found
+
+
+def lookup(values: Any, path: tuple[str, ...]) -> tuple[bool, Any]:
+    for key in path:
+        if not isinstance(values, dict) or key not in values:
+            return False, None
+        values = values[key]
+    return True, values
+
+
+class TestUpstreamSnippets:
+    """The docs' kube-prometheus-stack snippets set only keys the stack's values have
+    (tests/fixtures/upstream-charts, versions in SOURCES.yaml), and never a list the stack already
+    sets: Helm would replace the stack's list with the snippet's and quietly drop its entries."""
+
+    @staticmethod
+    def stack_snippets() -> list[dict[str, Any]]:
+        stack = upstream("kube-prometheus-stack")
+        return [block for path in STACK_DOCS for block in yaml_snippets(path) if set(block) <= set(stack)]
+
+    def test_snippets_found(self) -> None:
+        tops = {key for block in self.stack_snippets() for key in block}
+        assert {"prometheus-node-exporter", "grafana"} <= tops
+
+    def test_every_key_exists_upstream(self) -> None:
+        values = stack_values()
+        for block in self.stack_snippets():
+            for path, _ in leaves(block):
+                assert lookup(values, path)[0], f"{'.'.join(path)} is no value of kube-prometheus-stack"
+
+    def test_no_list_the_stack_sets_is_replaced(self) -> None:
+        values = stack_values()
+        for block in self.stack_snippets():
+            for path, value in leaves(block):
+                if isinstance(value, list):
+                    assert not lookup(values, path)[1], f"{'.'.join(path)}: the stack sets this list already"
+
+    def test_the_check_catches_the_old_snippet(self) -> None:
+        """The extraArgs list the docs used to give replaced the stack's own (which has since grown)."""
+        old = {"prometheus-node-exporter": {"extraArgs": ["--collector.textfile.directory=/host/textfile"]}}
+        ((path, _),) = leaves(old)
+        stack_args = lookup(stack_values(), path)[1]
+        assert any("run/containerd" in arg for arg in stack_args) and any("erofs" in arg for arg in stack_args)
+
+    def test_standalone_node_exporter_snippet(self) -> None:
+        """The snippet for the prometheus-node-exporter chart on its own sets keys it has, and lists
+        it leaves empty."""
+        node_exporter = upstream("prometheus-node-exporter")
+        blocks = [block for block in yaml_snippets(REPO / "docs" / "operations.md")
+                  if "extraHostVolumeMounts" in block]
+        assert blocks
+        for block in blocks:
+            for path, _ in leaves(block):
+                present, default = lookup(node_exporter, path)
+                assert present and default == [], ".".join(path)
+
+    def test_node_ping_snippets_fit_the_schema(self, chart: helm.Chart) -> None:
+        """Every snippet of node-ping values in the docs is accepted by the chart."""
+        ours = [block for path in STACK_DOCS for block in yaml_snippets(path) if set(block) <= set(chart.values)]
+        assert any("podMonitor" in block for block in ours)
+        for block in ours:
+            chart.validate_schema(chart.merge_values(block))
+
+    def test_versions_are_recorded(self) -> None:
+        sources = yaml.safe_load((UPSTREAM / "SOURCES.yaml").read_text())
+        assert set(sources) == {path.name for path in UPSTREAM.glob("*-values.yaml")}
+        operations = " ".join((REPO / "docs" / "operations.md").read_text().split())
+        for name, source in sources.items():
+            assert name == f"{source['chart']}-{source['version']}-values.yaml"
+            assert re.fullmatch(r"[0-9a-f]{40}", source["commit"])
+            assert f"{source['chart']} {source['version']}" in operations

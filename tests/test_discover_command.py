@@ -20,7 +20,7 @@ import pytest
 from node_ping.cli import main
 from node_ping.discover.command import discover, settings_from
 from node_ping.settings import SettingsError
-from tests.support.discovery import CM, NODES_PATH, NS, target, wait_targets, write_kubeconfig
+from tests.support.discovery import CM, NODES_PATH, NS, target, wait_for, wait_targets, write_kubeconfig
 from tests.support.fake_kube_api import FakeKubeAPI, make_node
 from tests.support.processes import NODE_PING
 
@@ -213,3 +213,22 @@ class TestCommand:
         assert process.returncode == 0, stderr
         assert "stopping" in stderr
         assert f"created ConfigMap {NS}/{CM}: nodes.json lists 1 nodes" in stderr
+
+
+class TestLiveness:
+    """--health-file: touched while every loop runs, so `node-ping health` is the Deployment's liveness probe."""
+
+    def test_a_running_discover_is_healthy(self, kube: FakeKubeAPI, tmp_path: Path) -> None:
+        kube.put_node(make_node("a", "10.0.0.1"))
+        health = tmp_path / "discover.health"
+        process = discover_process(kube, tmp_path, "--health-file", str(health))
+        try:
+            wait_targets(kube, target("a", "10.0.0.1"), timeout=30)
+            wait_for(health.exists, "the health file", timeout=30)
+            checked = subprocess.run([*NODE_PING, "health", "--health-file", str(health), "--max-age", "60"],
+                                     capture_output=True, text=True, timeout=30, check=False)
+            process.send_signal(signal.SIGTERM)
+        finally:
+            stderr = finish(process, timeout=10)
+        assert process.returncode == 0, stderr
+        assert checked.returncode == 0, checked.stderr

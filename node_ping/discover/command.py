@@ -45,7 +45,8 @@ def settings_from(values: Mapping[str, Any], namespace_file: Path = NAMESPACE_FI
     # Blank means every Node; anything else goes to the API server as written, which judges it.
     selector = (values["node_selector"] or "").strip() or None
     return DiscoverSettings(namespace=namespace, configmap=values["configmap"],
-                            address_types=values["address_types"], node_selector=selector)
+                            address_types=values["address_types"], node_selector=selector,
+                            health_file=values.get("health_file"))
 
 
 def kubeconfig_namespace(kubeconfig: Path) -> str | None:

@@ -87,9 +87,11 @@ NODE_SELECTOR = Setting("--node-selector", env="NODE_PING_NODE_SELECTOR", metava
                              "kubernetes.io/os=linux: the nodes the exporter runs on (default: every Node).")
 KUBECONFIG = Setting("--kubeconfig", type=click.Path(exists=True, dir_okay=False, path_type=Path),
                      help="Kubeconfig file, for running it by hand (default: the pod's service account).")
+HEALTH_FILE = Setting("--health-file", env="NODE_PING_HEALTH_FILE", type=click.Path(path_type=Path),
+                      help="Touched every few seconds while every loop of the controller runs, for `node-ping health`.")
 VERBOSE = Setting("--verbose", short="-v", is_flag=True, help="Log every retry and every ConfigMap event.")
 
-DISCOVER_SETTINGS = (NAMESPACE, CONFIGMAP, ADDRESS_TYPES, NODE_SELECTOR, KUBECONFIG, VERBOSE)
+DISCOVER_SETTINGS = (NAMESPACE, CONFIGMAP, ADDRESS_TYPES, NODE_SELECTOR, KUBECONFIG, HEALTH_FILE, VERBOSE)
 
 
 @dataclass(frozen=True)
@@ -101,6 +103,8 @@ class DiscoverSettings:
     address_types: tuple[str, ...] = DEFAULT_ADDRESS_TYPES
     # Label selector of the Nodes to list (the nodes the exporter DaemonSet runs on); None: all of them.
     node_selector: str | None = None
+    # Touched while the controller's loops run (see liveness.py); None: no liveness file.
+    health_file: Path | None = None
     # The API server ends each watch after this long; the controller resumes from the last
     # resourceVersion, so a silently dead connection is noticed within this time.
     watch_timeout_seconds: int = 300

@@ -28,6 +28,7 @@ from kubernetes.client.exceptions import ApiException
 
 from node_ping.discover.cache import NodeCache
 from node_ping.discover.config import DiscoverSettings
+from node_ping.discover.liveness import Heartbeat
 from node_ping.discover.nodes import needs_write, oversize, render_nodes_json, summarize_change, validate_nodes_json
 from node_ping.discover.watch import ApiTrouble, Backoff, Watches, http_status
 
@@ -73,6 +74,7 @@ class Discovery:
         self._wake = threading.Event()  # the cache or the ConfigMap may have moved
         self._watches = Watches(stop, settings.watch_timeout_seconds, settings.request_timeout[0])
         self._nodes = NodeCache(api, settings, stop, self._watches, self._wake)
+        self._heartbeat = Heartbeat(settings.health_file)
         # Guarded by _lock:
         self._stored: str | None = None
         self._writing: str | None = None  # the text of a write in flight: its watch echo is no news
@@ -91,6 +93,7 @@ class Discovery:
                    threading.Thread(target=self._configmap_loop, name="discover-configmap", daemon=True)]
         for thread in threads:
             thread.start()
+        self._heartbeat.watch(threads)
         try:
             self._reconcile_loop()
         finally:
@@ -162,6 +165,7 @@ class Discovery:
         backoff = self._backoff(f"updating {self._where}")
         next_resync = time.monotonic() + self._settings.resync_seconds
         while not self._stop.is_set():
+            self._heartbeat.beat()
             if not self._wake.wait(_POLL_SECONDS):
                 if time.monotonic() < next_resync:
                     continue

@@ -126,10 +126,63 @@ namespaces' names equal again.
 {{- end }}
 
 {{/*
-The image reference; the tag defaults to the chart's appVersion.
+An image reference: repository@digest when a digest is given (the tag is then ignored), else
+repository:tag. Call with (dict "repository" $r "tag" $t "digest" $d).
 */}}
+{{- define "node-ping.imageRef" -}}
+{{- if .digest }}
+{{- printf "%s@%s" .repository .digest }}
+{{- else }}
+{{- printf "%s:%s" .repository .tag }}
+{{- end }}
+{{- end }}
+
+{{/* The exporter's image; the tag defaults to the chart's appVersion. */}}
 {{- define "node-ping.image" -}}
-{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- include "node-ping.imageRef" (dict "repository" .Values.image.repository "tag" (default .Chart.AppVersion .Values.image.tag) "digest" .Values.image.digest) }}
+{{- end }}
+
+{{/*
+Discovery's image, built from the Dockerfile's `discovery` target: by default the exporter's
+repository with `-discovery` appended, and the exporter's tag. Never the exporter's digest: it
+names the other image.
+*/}}
+{{- define "node-ping.discovery.image" -}}
+{{- $image := .Values.discovery.image }}
+{{- $repository := default (printf "%s-discovery" .Values.image.repository) $image.repository }}
+{{- $tag := default (default .Chart.AppVersion .Values.image.tag) $image.tag }}
+{{- include "node-ping.imageRef" (dict "repository" $repository "tag" $tag "digest" $image.digest) }}
+{{- end }}
+
+{{- define "node-ping.discovery.imagePullPolicy" -}}
+{{- default .Values.image.pullPolicy .Values.discovery.image.pullPolicy }}
+{{- end }}
+
+{{/*
+The listen address of the exporter's /metrics, as NODE_PING_LISTEN_ADDRESS. Every interface
+(`:PORT`) only when asked for; otherwise the address in the env var named by
+"node-ping.bindAddressEnv", which Kubernetes expands. Always in brackets: an IPv6 address needs
+them, and node-ping (as node-exporter) reads `[192.0.2.1]:PORT` as the IPv4 address.
+*/}}
+{{- define "node-ping.listenAddress" -}}
+{{- if .Values.metrics.listenOnAllInterfaces }}
+{{- printf ":%d" (int .Values.metrics.port) }}
+{{- else }}
+{{- printf "[$(%s)]:%d" (include "node-ping.bindAddressEnv" .) (int .Values.metrics.port) }}
+{{- end }}
+{{- end }}
+
+{{/*
+The env var that holds the address /metrics is bound to: the node's (status.hostIP) in the node's
+network namespace, the pod's own (status.podIP) in a network namespace of its own, where the
+node's address does not exist.
+*/}}
+{{- define "node-ping.bindAddressEnv" -}}
+{{- ternary "HOST_IP" "POD_IP" .Values.hostNetwork }}
+{{- end }}
+
+{{- define "node-ping.bindAddressField" -}}
+{{- ternary "status.hostIP" "status.podIP" .Values.hostNetwork }}
 {{- end }}
 
 {{/*
