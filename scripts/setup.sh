@@ -4,7 +4,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DEBIAN_PACKAGES=(fping iproute2 nftables prometheus prometheus-node-exporter python3-venv procps libcap2-bin)
+# podman (with runc, its networking and buildah) builds and runs the images in tests/test_image.py;
+# mmdebstrap makes their base image from Debian's packages (scripts/stand_in_base.sh).
+DEBIAN_PACKAGES=(fping iproute2 nftables prometheus prometheus-node-exporter python3-venv procps libcap2-bin
+                 ca-certificates podman buildah runc conmon catatonit netavark aardvark-dns uidmap
+                 slirp4netns golang-github-containers-common mmdebstrap)
 
 missing=()
 for package in "${DEBIAN_PACKAGES[@]}"; do
@@ -22,9 +26,10 @@ if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
 fi
 stamp=.venv/.node-ping-installed
-if [ ! -f "$stamp" ] || [ requirements-dev.txt -nt "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+if [ ! -f "$stamp" ] || [ requirements-dev.lock -nt "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     echo "setup: installing Python packages into .venv"
-    .venv/bin/pip install -q --disable-pip-version-check -r requirements-dev.txt
+    # Exactly the locked versions, each file checked against its hash (scripts/lock.sh makes the lock).
+    .venv/bin/pip install -q --disable-pip-version-check --require-hashes -r requirements-dev.lock
     .venv/bin/pip install -q --disable-pip-version-check --no-deps -e .
     touch "$stamp"
 fi

@@ -1,19 +1,28 @@
-"""The container image, without a container engine: what the Dockerfile says is checked against the
-repository, Debian and the Helm chart, and its two stages are replayed (wheels built from the files
-the builder receives and the build stage copies, installed offline into a clean virtualenv) to see
-the entrypoint work.
+"""The container images: what the Dockerfile says is checked against the repository, Debian and the
+Helm chart, then both targets are built by podman and run the way the chart runs them.
 
 The Dockerfile is read by dockerfile-parse, and the build context is what the Docker SDK's own
 .dockerignore matcher lets through, so neither reading can drift from Docker's.
+
+There is no registry here, so the base image python:3.11-slim-bookworm is a stand-in made by
+scripts/stand_in_base.sh from Debian bookworm's own packages. It differs from the real image in:
+Python is Debian's 3.11.2 in /usr/bin (the real image builds the newest 3.11 into /usr/local); pip is
+Debian's 23.0 with setuptools and wheel beside it; pip installs into /usr/local/lib/python3.11/
+dist-packages, not site-packages; it is larger (about 245 MB against about 130 MB). `python`, `pip`,
+LANG=C.UTF-8, a pip allowed to install system-wide and empty apt lists are as in the real image.
+Builds never pull (--pull=never); the build's pip reaches PyPI with the machine's CA bundle,
+mounted for RUN only.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import shutil
 import subprocess
+import time
 import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -27,8 +36,14 @@ from docker.utils.build import exclude_paths
 from dockerfile_parse import DockerfileParser
 from dockerfile_parse.parser import image_from
 
-from tests.support.chart import CHART, REPO, Rendered, render
-from tests.support.processes import PYTHON
+from node_ping import contract
+from node_ping.targets import parse_nodes
+from tests.support import netlab, podman
+from tests.support.chart import CHART, NAMESPACE, REPO, Rendered, render
+from tests.support.exporters import node_exporter
+from tests.support.exposition import by_destination, families
+from tests.support.fake_kube_api import FakeKubeAPI, make_node
+from tests.support.ports import get
 
 DOCKERFILE = REPO / "Dockerfile"
 DOCKERIGNORE = REPO / ".dockerignore"
@@ -143,20 +158,10 @@ def pod_spec(workload: dict[str, Any]) -> dict[str, Any]:
 class TestDockerfile:
     """The Dockerfile against the repository, Debian and the chart."""
 
-    def test_base_image(self, stages: list[Stage]) -> None:
-        assert len(stages) == 2
-        assert [stage.base for stage in stages] == [BASE_IMAGE, BASE_IMAGE]
-        assert stages[0].name == "build"
-
-    def test_build_stage_makes_wheels(self, stages: list[Stage]) -> None:
-        commands = [" ".join(command) for command in run_commands(stages[0])]
-        assert any(c.startswith("pip wheel") and "--no-deps" in c and c.endswith(" .") for c in commands)
-        assert any(c.startswith("pip wheel") and "-r requirements.txt" in c for c in commands)
-
-    def test_final_stage_installs_only_the_wheels(self, final: Stage) -> None:
-        (install,) = [c for c in run_commands(final) if c[:2] == ["pip", "install"]]
-        assert "--no-index" in install
-        assert any("from=build" in args for args in final.all("RUN"))
+    def test_targets(self, stages: list[Stage]) -> None:
+        """Both targets share one base; the exporter is the default (last) target."""
+        assert [(stage.name, stage.base) for stage in stages] == [
+            ("build", BASE_IMAGE), ("common", BASE_IMAGE), ("discovery", "common"), ("exporter", "common")]
 
     def test_apt_packages_exist_in_debian(self, final: Stage) -> None:
         packages = [word for command in run_commands(final) if command[:2] == ["apt-get", "install"]
@@ -174,24 +179,24 @@ class TestDockerfile:
             assert shown.returncode == 0 and f"Package: {package}" in shown.stdout, (
                 f"Debian {codename} has no package {package!r} (after `apt-get update`): {shown.stderr}")
 
-    def test_user_matches_the_chart(self, final: Stage, rendered: Rendered) -> None:
-        commands = run_commands(final)
+    def test_user_matches_the_chart(self, stages: list[Stage], rendered: Rendered) -> None:
+        commands = run_commands(stages[1])
         (useradd,) = [c for c in commands if c[0] == "useradd"]
         (groupadd,) = [c for c in commands if c[0] == "groupadd"]
         uid = int(useradd[useradd.index("--uid") + 1])
         gid = int(groupadd[groupadd.index("--gid") + 1])
         assert useradd[-1] == "node-ping" and useradd[useradd.index("--gid") + 1] == str(gid)
         # USER must be numeric: the kubelet cannot check runAsNonRoot against a user name.
-        (user,) = final.all("USER")
-        assert user == f"{uid}:{gid}"
+        for target in stages[2:]:
+            (user,) = target.all("USER")
+            assert user == f"{uid}:{gid}", target.name
         security = pod_spec(rendered.discovery)["securityContext"]
         assert (security["runAsUser"], security["runAsGroup"], security["runAsNonRoot"]) == (uid, gid, True)
 
-    def test_entrypoint(self, final: Stage, rendered: Rendered) -> None:
-        (entrypoint,) = final.all("ENTRYPOINT")
-        (cmd,) = final.all("CMD")
+    def test_entrypoint(self, stages: list[Stage], rendered: Rendered) -> None:
+        (entrypoint,) = stages[1].all("ENTRYPOINT")
         assert json.loads(entrypoint) == ["node-ping"]
-        assert json.loads(cmd) == ["run"]
+        assert [json.loads(target.all("CMD")[0]) for target in stages[2:]] == [["discover"], ["run"]]
         scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
         assert "node-ping" in scripts
         # The chart passes only arguments, so the entrypoint runs them.
@@ -202,7 +207,7 @@ class TestDockerfile:
     def test_copied_paths_exist_and_reach_the_builder(self, stages: list[Stage]) -> None:
         context = build_context(REPO)
         sources = [source for stage in stages for source in copied_sources(stage)]
-        assert {"pyproject.toml", "requirements.txt", "node_ping"} <= set(sources)
+        assert {"pyproject.toml", "requirements.lock", "requirements-discover.lock", "node_ping"} <= set(sources)
         for source in sources:
             assert (REPO / source).exists(), f"COPY {source}: no such file in the repository"
             files = source_files(source)
@@ -225,78 +230,221 @@ class TestDockerfile:
         assert "node_ping/cli.py" in context
 
 
+# input -> the lock scripts/lock.sh makes from it
+LOCKS = {"requirements.txt": "requirements.lock", "requirements-discover.txt": "requirements-discover.lock",
+         "requirements-dev.txt": "requirements-dev.lock"}
+PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+)")
+
+
+def canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def inputs(path: Path) -> dict[str, str]:
+    """Package -> version pinned by a requirements file, following its `-r` includes."""
+    pins: dict[str, str] = {}
+    for raw in path.read_text().splitlines():
+        line = raw.split("#", 1)[0].strip()
+        if line.startswith("-r "):
+            pins |= inputs(path.parent / line[3:].strip())
+        elif line:
+            match = PIN.match(line)
+            assert match, f"{path.name}: {line!r} is not pinned with =="
+            pins[canonical(match[1])] = match[2]
+    return pins
+
+
+def locked(path: Path) -> dict[str, str]:
+    """Package -> version of a lock, each entry checked to carry at least one sha256 hash."""
+    entries = re.split(r"\n(?=[A-Za-z0-9])", path.read_text())
+    pins: dict[str, str] = {}
+    for entry in entries:
+        match = PIN.match(entry)
+        if match:
+            assert "--hash=sha256:" in entry, f"{path.name}: {match[1]} has no hash"
+            pins[canonical(match[1])] = match[2]
+    return pins
+
+
+class TestLocks:
+    """Every dependency the images and .venv install is pinned with hashes, and each lock agrees with
+    its human-edited input (requirements*.txt) and with the other locks."""
+
+    @pytest.mark.parametrize("source", list(LOCKS))
+    def test_every_input_is_locked_at_its_version(self, source: str) -> None:
+        wanted = inputs(REPO / source)
+        pins = locked(REPO / LOCKS[source])
+        assert {name: pins.get(name) for name in wanted} == wanted, f"run `bash scripts/lock.sh` after editing {source}"
+
+    def test_locks_agree_with_the_dev_lock(self) -> None:
+        """The tests run the versions the images ship."""
+        dev = locked(REPO / "requirements-dev.lock")
+        for lock in ("requirements.lock", "requirements-discover.lock"):
+            pins = locked(REPO / lock)
+            assert {name: dev.get(name) for name in pins} == pins, lock
+
+    def test_exporter_lock_has_no_kubernetes_client(self) -> None:
+        assert "kubernetes" not in locked(REPO / "requirements.lock")
+        assert "kubernetes" in locked(REPO / "requirements-discover.lock")
+
+
+# The exporter's own layers stay small: no Kubernetes client, no bytecode.
+EXPORTER_MAX_OVER_BASE = 30_000_000
+# The discovery image carries the Kubernetes client (and its asyncio copy): about 105 MB.
+DISCOVERY_MAX_OVER_BASE = 125_000_000
+
+
+@dataclass(frozen=True)
+class Images:
+    base: str
+    exporter: str  # image ids
+    discovery: str
+
+
 @pytest.fixture(scope="module")
-def image_venv(tmp_path_factory: pytest.TempPathFactory, stages: list[Stage]) -> Iterator[Path]:
-    """Replay the image build: copy exactly the files the build stage copies out of the build
-    context (what .dockerignore lets through) into a fresh directory, build the wheels like the
-    build stage, install them offline into a clean virtualenv like the final stage. Yields the
-    virtualenv."""
-    root = tmp_path_factory.mktemp("image")
+def images(rendered: Rendered, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Images]:
+    """Both targets built by podman from the repository, tagged as the chart names them (the
+    Deployment's name last, should both name the same image); removed afterwards, the base kept."""
+    reason = podman.unavailable()
+    if reason:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI installs podman (scripts/setup.sh), yet: {reason}")
+        pytest.skip(reason)
+    workdir = tmp_path_factory.mktemp("images")
+    base = podman.base_image()
+    built: list[str] = []
     try:
-        workdir = root / "src"
-        workdir.mkdir()
-        context = build_context(REPO)
-        for source in copied_sources(stages[0]):
-            for file in source_files(source):
-                relative = file.relative_to(REPO).as_posix()
-                if relative in context:
-                    (workdir / relative).parent.mkdir(parents=True, exist_ok=True)
-                    shutil.copy2(file, workdir / relative)
-        wheels = root / "wheels"
-        pip = [PYTHON, "-m", "pip", "--disable-pip-version-check", "--no-input"]
-        for command in (
-            [*pip, "wheel", "--no-cache-dir", "--wheel-dir", str(wheels), "--no-deps", "."],
-            [*pip, "wheel", "--wheel-dir", str(wheels), "-r", "requirements.txt"],
-        ):
-            built = subprocess.run(command, cwd=workdir, capture_output=True, text=True, timeout=900, check=False)
-            assert built.returncode == 0, built.stdout + built.stderr
-        venv = root / "venv"
-        # The virtualenv's base is the interpreter without the project's packages: it stands for the image.
-        subprocess.run([PYTHON, "-m", "venv", str(venv)], check=True, timeout=300)
-        installed = subprocess.run(
-            [str(venv / "bin" / "pip"), "install", "--disable-pip-version-check", "--no-cache-dir", "--no-index",
-             "--find-links", str(wheels), *map(str, sorted(wheels.glob("*.whl")))],
-            capture_output=True, text=True, timeout=900, check=False)
-        assert installed.returncode == 0, installed.stdout + installed.stderr
-        yield venv
+        for target, workload in (("exporter", rendered.daemonset), ("discovery", rendered.discovery)):
+            built.append(podman.build(target, pod_spec(workload)["containers"][0]["image"], workdir))
+        yield Images(base, *built)
     finally:
-        shutil.rmtree(root, ignore_errors=True)
-
-
-def node_ping(venv: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(venv / "bin" / "node-ping"), *args], capture_output=True, text=True,
-                          timeout=120, check=False)
+        podman.remove_images(*built)
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 @pytest.mark.slow
-class TestImageInstall:
-    """The wheels build from the copied files alone and give a working `node-ping` entrypoint."""
+class TestImages:
+    """What each image holds, read from the built images."""
 
-    def test_wheel_version_is_the_chart_app_version(self, image_venv: Path) -> None:
+    def test_sizes_over_the_base(self, images: Images) -> None:
+        base = podman.size(images.base)
+        assert podman.size(images.exporter) - base <= EXPORTER_MAX_OVER_BASE
+        assert podman.size(images.discovery) - base <= DISCOVERY_MAX_OVER_BASE
+
+    def test_only_discovery_has_the_kubernetes_client(self, images: Images) -> None:
+        probe = ("import importlib.util, sys; "
+                 "sys.exit(0 if importlib.util.find_spec('kubernetes') else 3)")
+        assert podman.run(images.exporter, "-c", probe, entrypoint="python").returncode == 3
+        found = podman.run(images.discovery, "-c", probe, entrypoint="python")
+        assert found.returncode == 0, found.stderr
+
+    def test_exactly_the_locked_versions(self, images: Images) -> None:
+        for image, lock in ((images.exporter, "requirements.lock"), (images.discovery, "requirements-discover.lock")):
+            listed = podman.run(image, "-m", "pip", "list", "--format", "json", entrypoint="python")
+            assert listed.returncode == 0, listed.stderr
+            installed = {canonical(p["name"]): p["version"] for p in json.loads(listed.stdout)}
+            pins = locked(REPO / lock)
+            assert {name: installed.get(name) for name in pins} == pins, image
+        assert "fping" not in podman.run(images.discovery, "-c", "import shutil; print(shutil.which('fping'))",
+                                         entrypoint="python").stdout.split()
+
+    def test_no_bytecode(self, images: Images) -> None:
+        for image in (images.exporter, images.discovery):
+            found = podman.run(image, "/usr/local", "-name", "*.pyc", entrypoint="find")
+            assert found.returncode == 0 and found.stdout == "", image
+
+    def test_version_is_the_chart_app_version(self, images: Images) -> None:
         app_version = yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"]
-        shown = subprocess.run([str(image_venv / "bin" / "pip"), "show", "node-ping"], capture_output=True,
-                               text=True, timeout=120, check=True)
-        assert f"Version: {app_version}" in shown.stdout
+        for image in (images.exporter, images.discovery):
+            shown = podman.run(image, "--version")
+            assert shown.returncode == 0, shown.stderr
+            assert shown.stdout.strip() == f"node-ping {app_version}"
 
-    def test_help_lists_the_commands_the_chart_runs(self, image_venv: Path) -> None:
-        shown = node_ping(image_venv, "--help")
+    def test_help_lists_the_commands_the_chart_runs(self, images: Images) -> None:
+        shown = podman.run(images.exporter, "--help")
         assert shown.returncode == 0, shown.stderr
         for command in ("run", "once", "health", "discover"):
             assert re.search(rf"\b{command}\b", shown.stdout), command
 
-    def test_liveness_command_options(self, image_venv: Path) -> None:
-        shown = node_ping(image_venv, "health", "--help")
-        assert shown.returncode == 0, shown.stderr
-        assert "--health-file" in shown.stdout and "--max-age" in shown.stdout
 
-    def test_discover_runs_with_the_installed_dependencies(self, image_venv: Path) -> None:
-        shown = node_ping(image_venv, "discover", "--help")
-        assert shown.returncode == 0, shown.stderr
-        imported = subprocess.run([str(image_venv / "bin" / "python"), "-c", "import kubernetes"],
-                                  capture_output=True, text=True, timeout=120, check=False)
-        assert imported.returncode == 0, imported.stderr
+@pytest.mark.slow
+@pytest.mark.netns
+class TestExporterContainer:
+    """The exporter image run as the chart's DaemonSet runs it, in a test host's network namespace."""
 
-    def test_venv_is_clean(self, image_venv: Path) -> None:
-        """Nothing leaks in from the test runner's environment: the venv sees only its own packages."""
-        cfg = (image_venv / "pyvenv.cfg").read_text()
-        assert "include-system-site-packages = false" in cfg
+    def test_probes_writes_and_stops_on_sigterm(self, images: Images, chart: helm.Chart, tmp_path: Path) -> None:
+        reason = netlab.available()
+        if reason:
+            pytest.skip(reason)
+        count = 5
+        daemonset = render(chart, {"ping": {"count": count, "periodMs": 100}}).daemonset
+        pod = pod_spec(daemonset)
+        config, textfile = tmp_path / "config", tmp_path / "textfile"
+        config.mkdir()
+        textfile.mkdir()
+        with netlab.lab(["a", "b", "c"]) as lab:
+            a, _, c = lab.hosts
+            (config / "nodes.json").write_text(json.dumps(
+                [{"name": name, "ipAddress": host.ipv4} for name, host in zip("abc", lab.hosts, strict=True)]))
+            (config / "external.json").write_text("[]")
+            c.drop_incoming_icmp(100)
+            options = podman.pod_options(pod, {"spec.nodeName": "a"},
+                                         {"config": config, "textfile": textfile})
+            volumes = {volume["name"] for volume in pod["volumes"]}
+            assert volumes == {"config", "textfile", "tmp"}  # each one stood for above
+            args = pod["containers"][0]["args"]
+            with podman.container(images.exporter, [*options, "--network", f"ns:/run/netns/{a.name}"], args) as name:
+                written = textfile / "node-ping_a.prom"
+                deadline = time.monotonic() + 60
+                while not written.exists():
+                    assert podman.state(name)["Running"], podman.logs(name)
+                    assert time.monotonic() < deadline, f"no {written.name} after 60 s:\n{podman.logs(name)}"
+                    time.sleep(0.2)
+                with node_exporter(textfile) as url:
+                    series = families(get(url))
+                assert by_destination(series, contract.NODE.packets_sent.name) == {"b": count, "c": count}
+                assert by_destination(series, contract.NODE.packets_received.name) == {"b": count, "c": 0}
+                grace = pod.get("terminationGracePeriodSeconds", 30)
+                stopped = podman.podman("stop", "--time", str(grace), name, timeout=grace + 30)
+                assert stopped.returncode == 0
+                final_state = podman.state(name)
+                assert final_state["ExitCode"] == 0, podman.logs(name)
+                # Nothing of the container (fping included) is left in the host's namespace.
+                assert netlab.sh("ip", "netns", "pids", a.name).stdout.split() == []
+
+
+@pytest.mark.slow
+class TestDiscoveryContainer:
+    """The discovery image run as the chart's Deployment runs it, against the stand-in API server."""
+
+    def test_writes_nodes_json(self, images: Images, rendered: Rendered, tmp_path: Path) -> None:
+        pod = pod_spec(rendered.discovery)
+        with FakeKubeAPI() as kube:
+            linux = {"kubernetes.io/os": "linux"}  # the chart's default node selector
+            kube.load_nodes([make_node("n1", "10.231.0.1", labels=linux), make_node("n2", "10.231.0.2", labels=linux)])
+            kubeconfig = tmp_path / "kubeconfig"
+            kubeconfig.write_text(yaml.safe_dump({
+                "apiVersion": "v1", "kind": "Config", "current-context": "test",
+                "clusters": [{"name": "test", "cluster": {"server": kube.url}}],
+                "users": [{"name": "test", "user": {"token": "test"}}],
+                "contexts": [{"name": "test", "context": {"cluster": "test", "user": "test"}}]}))
+            kubeconfig.chmod(0o644)
+            options = podman.pod_options(pod, {"metadata.namespace": NAMESPACE}, {})
+            options += ["--network", "host", "--volume", f"{kubeconfig}:/kube/config:ro"]
+            args = [*pod["containers"][0]["args"], "--kubeconfig", "/kube/config"]
+            env = {var["name"]: var.get("value") for var in pod["containers"][0]["env"]}
+            configmap = env["NODE_PING_CONFIGMAP"]
+            with podman.container(images.discovery, options, args) as name:
+                deadline = time.monotonic() + 60
+                while kube.configmap(NAMESPACE, configmap) is None:
+                    assert podman.state(name)["Running"], podman.logs(name)
+                    assert time.monotonic() < deadline, f"no ConfigMap after 60 s:\n{podman.logs(name)}"
+                    time.sleep(0.2)
+                stored = kube.configmap(NAMESPACE, configmap)
+                assert stored is not None
+                parsed = parse_nodes(stored["data"]["nodes.json"])
+                assert parsed.problems == ()
+                assert {(t.name, t.address) for t in parsed.targets} == {("n1", "10.231.0.1"), ("n2", "10.231.0.2")}
+                stopped = podman.podman("stop", "--time", "30", name, timeout=60)
+                assert stopped.returncode == 0
+                assert podman.state(name)["ExitCode"] == 0, podman.logs(name)
