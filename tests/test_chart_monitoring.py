@@ -29,6 +29,7 @@ from tests.support.chart import CHART, NAMESPACE, SCENARIOS, Rendered, render
 from tests.support.promtools import (
     ALERTS_SOURCE,
     DASHBOARD_FILE,
+    GRAFANA_DEFAULTS,
     RULES_FILE,
     assert_silencers_come_first,
     iter_panels,
@@ -36,6 +37,7 @@ from tests.support.promtools import (
     load_rules,
     promql_test,
     run_promtool,
+    substitute,
 )
 
 MONITORING_SCENARIO = SCENARIOS["monitoring-values.yaml"]
@@ -117,7 +119,9 @@ def assert_textfile_age_of(expr: str, matched: str, unmatched: str, tmp_path: Pa
         return 'file="' + path.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
     series = {f"node_textfile_mtime_seconds{{{file_label(name)}}}": "0x10" for name in (matched, unmatched)}
-    case = {"expr": expr, "eval_time": "10m", "exp_samples": [{"labels": f"{{{file_label(matched)}}}", "value": 600}]}
+    # The panel picks the oldest files over the dashboard's range: here the whole 10 minutes.
+    case = {"expr": substitute(expr, {**GRAFANA_DEFAULTS, "__range": "10m"}), "eval_time": "10m",
+            "exp_samples": [{"labels": f"{{{file_label(matched)}}}", "value": 600}]}
     result = promql_test(tmp_path, series, [case])
     assert result.returncode == 0, result.stdout + result.stderr
 

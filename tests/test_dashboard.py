@@ -6,12 +6,18 @@ contract, and the numbers the main panels show for a made-up cluster.
 from __future__ import annotations
 
 import re
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from node_ping.contract import EXTERNAL, NODE, SOURCE, Metric
+from tests.support import promdata
+from tests.support.promdata import Mesh, query_range
 from tests.support.promtools import (
     GRAFANA_DEFAULTS,
     METRIC_CONTRACT,
@@ -23,6 +29,7 @@ from tests.support.promtools import (
     metric_names,
     promql_test,
     substitute,
+    worst,
 )
 
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
@@ -143,16 +150,17 @@ class TestSections:
         assert len(defaults["thresholds"]["steps"]) >= 3
 
     def test_a_row_repeats_per_source_node(self) -> None:
+        """One row per selected source, closed: Grafana queries a closed row's panels only when it is
+        opened, so a thousand sources cost a thousand row headers, not three thousand graphs."""
         top = load_dashboard()["panels"]
         (index,) = [i for i, p in enumerate(top) if p.get("repeat") == "source"]
-        assert top[index]["type"] == "row"
-        following = []
-        for p in top[index + 1:]:
-            if p["type"] == "row":
-                break
-            following.append(p)
-        assert len(following) >= 2
-        for p in following:
+        row = top[index]
+        assert row["type"] == "row"
+        assert row["collapsed"] is True
+        assert index + 1 == len(top) or top[index + 1]["type"] == "row", "panels of the row left outside it"
+        assert len(row["panels"]) >= 2
+        for p in row["panels"]:
+            assert p["targets"]
             assert all('source_node=~"$source"' in t["expr"] for t in p["targets"]), p["title"]
 
     def test_external_targets_section(self) -> None:
@@ -160,6 +168,56 @@ class TestSections:
         assert len(targets) >= 5
         assert all(f'{EXTERNAL.destination}=~"$external"' in t.expr for t in targets)
 
+
+
+def graph_targets() -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """(panel, target) for every query of every graph panel."""
+    return [(p, t) for p in data_panels() if p["type"] == "timeseries" for t in p["targets"]]
+
+
+SELECTOR = re.compile(r"(?<![\w:])([a-zA-Z_:][\w:]*)\{([^{}]*)\}")
+
+
+class TestBoundedGraphs:
+    """However many nodes, no graph draws more than the worst k series its description names: k per
+    selection, and k per source in the per-source rows (each repeat has one source)."""
+
+    def test_every_graph_draws_only_its_worst_k(self) -> None:
+        """`value and on (L) topk(k, rank)` keeps at most one series of `value` per L-labels in the
+        ranking's k. That holds when every aggregation in both parts is `by (L)` and every metric
+        selector is aggregated (so `value` has one series per L-labels), and neither part adds series
+        with `or`, `and` or `unless`."""
+        for p, target in graph_targets():
+            key = f"{p['title']} [{target['refId']}]"
+            parts = worst(target["expr"])
+            assert parts is not None, f"{key} does not draw only its worst series"
+            assert 1 <= parts.k <= 10, key
+            assert re.search(rf"\b{parts.k}\b", p["description"]), f"{key}: the description does not say {parts.k}"
+            for part in (parts.value, parts.rank):
+                assert not re.search(r"\b(?:and|or|unless|without|topk|bottomk)\b", part), key
+                groupings = re.findall(r"\bby \(([^)]*)\)", part)
+                assert {frozenset(g.replace(" ", "").split(",")) for g in groupings} == {parts.on}, key
+                assert len(groupings) == len(SELECTOR.findall(part)), f"{key}: a selector is not aggregated"
+            assert "@ end()" in parts.rank, key
+
+    def test_variables_still_filter_the_graphs(self) -> None:
+        """Both what is drawn and how it is picked follow the source and destination selectors."""
+        for p, target in graph_targets():
+            for name, matchers in SELECTOR.findall(target["expr"]):
+                if name == "node_textfile_mtime_seconds":
+                    continue  # node-exporter's own metric has no node-ping labels
+                assert f'{SOURCE}=~"$source"' in matchers, p["title"]
+                if name.startswith(f"{NODE.prefix}_"):
+                    assert f'{NODE.destination}=~"$destination"' in matchers, p["title"]
+                if name.startswith(f"{EXTERNAL.prefix}_"):
+                    assert f'{EXTERNAL.destination}=~"$external"' in matchers, p["title"]
+
+    def test_one_row_per_source_draws_k_per_source(self) -> None:
+        (row,) = [p for p in panels() if p.get("repeat") == "source"]
+        for p in row["panels"]:
+            for target in p["targets"]:
+                parts = worst(target["expr"])
+                assert parts is not None and SOURCE not in parts.on, p["title"]
 
 class TestQueries:
     """Every query parses, uses the metric contract, and works from counters over Grafana's windows."""
@@ -184,11 +242,15 @@ class TestQueries:
         assert substitute('label_replace(up, "a", "$1", "b", "(.*)")') == 'label_replace(up, "a", "$1", "b", "(.*)")'
 
     def test_windows_follow_the_dashboard(self) -> None:
-        """No hard-coded window: tables cover $__range, graphs use $__rate_interval."""
+        """No hard-coded window: tables cover $__range; graphs draw at $__rate_interval and pick the
+        series they draw over the whole $__range, once, at its end."""
         for target in dashboard_targets():
-            for window in re.findall(r"\[([^\]]*)\]", target.expr):
-                expected = "$__range" if target.instant else "$__rate_interval"
-                assert window == expected, target.key
+            for window, at in re.findall(r"\[([^\]]*)\]( @ end\(\))?", target.expr):
+                if target.instant:
+                    assert (window, at) == ("$__range", ""), target.key
+                else:
+                    assert (window, at) in {("$__rate_interval", ""), ("$__range", " @ end()"),
+                                            ("$__range:$__interval", " @ end()")}, target.key
 
     def test_counters_are_only_read_through_rate_or_increase(self) -> None:
         """Raw counter values jump back on every exporter restart; only their rate means anything."""
@@ -294,3 +356,102 @@ class TestPanelValues:
         self.check(tmp_path, {
             "External targets, worst first [A]": pairs({("a", "dns"): 0.5, ("b", "dns"): 0}, "destination_name"),
         })
+
+
+# A cluster of a few hundred nodes, its last 3 minutes backfilled into a real Prometheus. node-000
+# loses 4%, 8%, ... 60% to node-001 .. node-015; node-001 .. node-015 answer node-000's pings
+# in 2, 3, ... 16 ms; node-001 .. node-015 lose 4% .. 60% to the external target "dns"; node-101
+# .. node-115 fail every cycle for the last 15 .. 225 s. Later nodes cycle later, use more CPU and
+# see fewer node targets (promdata.dashboard_openmetrics).
+SCALE_NODES = [f"node-{i:03}" for i in range(300)]
+LOSSY = range(1, 16)
+SCALE_MESH = Mesh(
+    SCALE_NODES,
+    loss={("node-000", f"node-{j:03}"): 0.04 * j for j in LOSSY},
+    rtt_ms={(f"node-{j:03}", "node-000"): 1.0 + j for j in LOSSY},
+    external=["dns"],
+    external_loss={(f"node-{j:03}", "dns"): 0.04 * j for j in LOSSY},
+    failing={f"node-{100 + j:03}": 15 * j for j in LOSSY},
+)
+SCALE_MINUTES = 3
+STEP_S = 15
+WORST = [f"node-{j:03}" for j in LOSSY][-10:]  # the 10 of node-001 .. node-015 with the most of it
+LAST = SCALE_NODES[-10:]
+
+
+@dataclass(frozen=True)
+class Graphs:
+    """A real Prometheus holding SCALE_MESH's history, and Grafana's variables for the whole of it."""
+
+    url: str
+    end: int
+
+    def query(self, expr: str, **variables: str) -> list[dict[str, Any]]:
+        values = {**GRAFANA_DEFAULTS, "__range": f"{SCALE_MINUTES}m", "__interval": f"{STEP_S}s", **variables}
+        return query_range(self.url, substitute(expr, values), self.end - SCALE_MINUTES * 60, self.end, STEP_S)
+
+    def series(self, expr: str, **variables: str) -> list[dict[str, str]]:
+        """The label sets of the series Grafana would draw."""
+        return [series["metric"] for series in self.query(expr, **variables)]
+
+    def values(self, expr: str, **variables: str) -> list[list[float]]:
+        """Each series' values over the range."""
+        return [[float(value) for _at, value in series["values"]] for series in self.query(expr, **variables)]
+
+
+@pytest.fixture(scope="class")
+def graphs() -> Iterator[Graphs]:
+    reason = promdata.available()
+    if reason:
+        pytest.skip(reason)
+    end = int(time.time())
+    with tempfile.TemporaryDirectory(prefix="node-ping-dashboard-") as root:
+        data = Path(root) / "tsdb"
+        promdata.backfill(promdata.dashboard_openmetrics(SCALE_MESH, end, SCALE_MINUTES, spread_from=["node-000"]),
+                          data)
+        with promdata.running_prometheus(data) as url:
+            yield Graphs(url, end)
+
+
+def row_source(p: dict[str, Any]) -> dict[str, str]:
+    """The variables of the panel's first repeat: the per-source row of node-000."""
+    return {"source": "node-000"} if "$source" in p["title"] else {}
+
+
+@pytest.mark.slow
+class TestGraphsAtScale:
+    """At 300 nodes (89,700 pairs) every graph, as Grafana asks for it over the whole range, draws
+    only its worst k series, and they are the worst ones."""
+
+    def test_each_graph_draws_at_most_k_of_many(self, graphs: Graphs) -> None:
+        for p, target in graph_targets():
+            key = f"{p['title']} [{target['refId']}]"
+            parts = worst(target["expr"])
+            assert parts is not None, key
+            (counted,) = graphs.values(f"count({parts.value})", **row_source(p))
+            assert max(counted) > parts.k, f"{key}: only {max(counted)} series to choose from"
+            drawn = graphs.series(target["expr"], **row_source(p))
+            assert 0 < len(drawn) <= parts.k, f"{key}: {len(drawn)} series"
+
+    @pytest.mark.parametrize(("title", "label", "expected"), [
+        ("Packet loss per pair", "destination_node", WORST),
+        ("Packet loss to each destination", "destination_node", WORST),
+        ("Packet loss from $source", "destination_node", WORST),
+        ("Average RTT per pair", "source_node", WORST),
+        ("Average RTT from each source", "source_node", WORST),
+        ("External packet loss", "source_node", WORST),
+        ("Errors", "source_node", [f"node-{100 + j:03}" for j in LOSSY][-10:]),
+        ("Cycle lateness", "source_node", LAST),
+        ("CPU used", "source_node", LAST),
+        ("Targets", "source_node", LAST),
+    ])
+    def test_the_worst_are_drawn(self, graphs: Graphs, title: str, label: str, expected: list[str]) -> None:
+        p = panel(title)
+        drawn = graphs.series(p["targets"][0]["expr"], **row_source(p))
+        assert sorted(series[label] for series in drawn) == expected
+
+    def test_variables_narrow_the_choice(self, graphs: Graphs) -> None:
+        """Picking nodes picks among them: node-000 to node-001 .. node-005 only, though other pairs lose more."""
+        drawn = graphs.series(panel("Packet loss per pair")["targets"][0]["expr"],
+                              source="node-000", destination="node-00[1-5]")
+        assert sorted(series["destination_node"] for series in drawn) == [f"node-00{j}" for j in range(1, 6)]

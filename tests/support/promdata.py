@@ -8,6 +8,8 @@ and error counters go on) or restart without its pair series some time before th
 `backfill()` turns that into TSDB blocks with `promtool tsdb create-blocks-from openmetrics`;
 `running_prometheus()` starts `prometheus` on a free loopback port over that directory and stops it
 afterwards. The last one takes any config, so end-to-end tests that scrape node-exporter reuse it.
+`dashboard_openmetrics()` adds the gauges and counters only the dashboard's graphs read, and
+`query_range()` asks for a graph's series as Grafana does.
 """
 
 from __future__ import annotations
@@ -18,10 +20,12 @@ import shutil
 import subprocess
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from node_ping import contract
 from node_ping.contract import ERROR_KINDS
@@ -312,3 +316,64 @@ def vector(*samples: tuple[Mapping[str, str], float]) -> bytes:
     """Prometheus's answer to an instant query, as its HTTP API sends it."""
     result = [{"metric": dict(labels), "value": [0, str(value)]} for labels, value in samples]
     return json.dumps({"status": "success", "data": {"resultType": "vector", "result": result}}).encode()
+
+
+TEXTFILE_DIR = "/var/lib/node-exporter/textfile"
+
+
+def dashboard_openmetrics(mesh: Mesh, end: int, minutes: int = 30, spread_from: Sequence[str] = ()) -> str:
+    """`openmetrics(mesh)` and the rest of what the dashboard's graphs read: per-cycle RTT max and
+    mdev from each node in `spread_from` to every peer, and per exporter its cycle lateness, targets
+    by kind, CPU counters and node-exporter's mtime of its textfile (written with each successful
+    cycle). Nodes differ by their place in `mesh.nodes`, so that rankings have one answer: the
+    later a node, the later its cycles, the more CPU it uses and the fewer node targets it sees."""
+    steps = minutes * 60 // STEP_S + 1
+    start = end - (steps - 1) * STEP_S
+    lives = {node: _life(mesh, node, steps) for node in mesh.nodes}
+
+    def per_step(name: str, labels: str, values: Sequence[float]) -> list[str]:
+        return [f"{name}{labels} {value:g} {start + i * STEP_S}" for i, value in enumerate(values)]
+
+    def scrapes(life: _Life) -> range:
+        return range(life.scraped + 1)
+
+    lines: list[str] = []
+    for metric, factor in ((contract.NODE.rtt_max, 2.0), (contract.NODE.rtt_mdev, 0.1)):
+        lines.append(f"# TYPE {metric.base} {metric.kind.value}")
+        for s in spread_from:
+            for d in (peer for peer in mesh.nodes if peer != s):
+                rtt = mesh.rtt_ms.get((s, d), DEFAULT_RTT_MS) * factor
+                pair = _labels(source_node=s, destination_node=d, destination_node_ip_address=node_ip(mesh, d))
+                lines += per_step(metric.name, pair, [rtt for _ in scrapes(lives[s])])
+    own: list[tuple[contract.Metric, dict[str, str], Callable[[int, int, _Life], float]]] = [
+        (contract.CYCLE_LATENESS, {}, lambda index, _i, _life: 0.01 * index),
+        (contract.TARGETS, {"kind": "node"}, lambda index, _i, _life: max(0, len(mesh.nodes) - 1 - index)),
+        (contract.TARGETS, {"kind": "external"}, lambda _index, _i, _life: len(mesh.external)),
+        (contract.OWN_CPU, {}, lambda index, i, life: 0.01 * (index + 1) * life.cycles(i)),
+        (contract.FPING_CPU, {}, lambda index, i, life: 0.02 * (index + 1) * life.cycles(i)),
+    ]
+    for metric in dict.fromkeys(metric for metric, _labels_of, _value in own):
+        lines.append(f"# TYPE {metric.base} {metric.kind.value}")
+        for same, labels, value in own:
+            if same is not metric:
+                continue
+            for index, (node, life) in enumerate(lives.items()):
+                lines += per_step(metric.name, _labels(source_node=node, **labels),
+                                  [value(index, i, life) for i in scrapes(life)])
+    lines.append("# TYPE node_textfile_mtime_seconds gauge")
+    for node, life in lives.items():
+        lines += per_step("node_textfile_mtime_seconds", _labels(file=f"{TEXTFILE_DIR}/node-ping_{node}.prom"),
+                          [start + life.last_success(i) * STEP_S for i in scrapes(life)])
+    text = openmetrics(mesh, end, minutes).removesuffix("# EOF\n")
+    return text + "\n".join([*lines, "# EOF"]) + "\n"
+
+
+def query_range(url: str, expr: str, start: float, end: float, step_s: int) -> list[dict[str, Any]]:
+    """The series ({"metric": labels, "values": [[time, "value"], ...]}) a range query returns, as
+    Grafana's graphs ask for them."""
+    body = urllib.parse.urlencode({"query": expr, "start": start, "end": end, "step": step_s}).encode()
+    with urllib.request.urlopen(f"{url}/api/v1/query_range", data=body, timeout=60) as response:
+        answer = json.load(response)
+    if answer.get("status") != "success" or answer["data"]["resultType"] != "matrix":
+        raise RuntimeError(f"unexpected answer to {expr!r}: {answer}")
+    return list(answer["data"]["result"])

@@ -152,6 +152,32 @@ def dashboard_queries(values: Mapping[str, str] = GRAFANA_DEFAULTS) -> dict[str,
     return {target.key: substitute(target.expr, values) for target in dashboard_targets()}
 
 
+_WORST = re.compile(r"(?P<value>.+)\nand on \((?P<on>[^)]*)\)\n(?P<function>topk|bottomk)\((?P<k>\d+),\n"
+                    r"(?P<rank>.+)\n\)", re.DOTALL)
+
+
+@dataclass(frozen=True)
+class Worst:
+    """A graph query that draws only the worst series over the dashboard's range:
+    `<value>\nand on (<labels>)\ntopk(<k>,\n<rank>\n)` (or bottomk). `rank` is evaluated once, at
+    the end of the range (`@ end()`), so the same k series are drawn at every step."""
+
+    value: str
+    on: frozenset[str]
+    function: str
+    k: int
+    rank: str
+
+
+def worst(expr: str) -> Worst | None:
+    """The parts of a worst-k graph query; None if `expr` does not have that form."""
+    match = _WORST.fullmatch(expr)
+    if match is None:
+        return None
+    labels = frozenset(label.strip() for label in match.group("on").split(","))
+    return Worst(match.group("value"), labels, match.group("function"), int(match.group("k")), match.group("rank"))
+
+
 # ---- PromQL
 
 def check_expressions(exprs: Mapping[str, str], workdir: Path) -> subprocess.CompletedProcess[str]:
