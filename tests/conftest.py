@@ -1,4 +1,5 @@
-"""Shared fixtures: real test hosts (network namespaces), the chart, a bearer token file."""
+"""Shared fixtures: real test hosts (network namespaces), the chart, a bearer token file, the stand-in
+API server and discovery controllers run against it."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import pytest
 from tests.support import netlab
 from tests.support.chart import CHART
 from tests.support.diagnosis import SECRET
+from tests.support.discovery import Controllers, Running
+from tests.support.fake_kube_api import FakeKubeAPI
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -51,3 +54,23 @@ def token_file() -> Iterator[Path]:
         path = Path(directory) / "token"
         path.write_text(f"{SECRET}\n")
         yield path
+
+
+@pytest.fixture
+def kube() -> Iterator[FakeKubeAPI]:
+    """The stand-in for the Kubernetes API server (the real one cannot run here), on 127.0.0.1."""
+    with FakeKubeAPI() as api:
+        yield api
+
+
+@pytest.fixture
+def controllers(kube: FakeKubeAPI) -> Iterator[Controllers]:
+    """Discovery controllers run in threads against `kube`; all stopped and joined at teardown."""
+    with Controllers(kube) as running:
+        yield running
+
+
+@pytest.fixture
+def start(controllers: Controllers) -> Callable[..., Running]:
+    """`start(**settings)` runs a controller in a thread; every one is stopped and joined at teardown."""
+    return controllers.start

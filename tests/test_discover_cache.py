@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import threading
 import tracemalloc
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -31,24 +31,6 @@ from tests.support.discovery import (
     wait_targets,
 )
 from tests.support.fake_kube_api import FakeKubeAPI, make_node
-
-
-@pytest.fixture
-def kube() -> Iterator[FakeKubeAPI]:
-    with FakeKubeAPI() as api:
-        yield api
-
-
-@pytest.fixture
-def controllers(kube: FakeKubeAPI) -> Iterator[Controllers]:
-    with Controllers(kube) as running:
-        yield running
-
-
-@pytest.fixture
-def start(controllers: Controllers) -> Callable[..., Running]:
-    """`start(**settings)` runs a controller in a thread; every one is stopped and joined at teardown."""
-    return controllers.start
 
 
 class TestNodeSelector:

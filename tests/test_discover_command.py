@@ -11,7 +11,6 @@ import os
 import re
 import signal
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,12 +32,6 @@ def no_discover_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """Only what a test sets: the machine's own environment must not choose the namespace."""
     for name in ENV_VARS:
         monkeypatch.delenv(name, raising=False)
-
-
-@pytest.fixture
-def kube() -> Iterator[FakeKubeAPI]:
-    with FakeKubeAPI() as api:
-        yield api
 
 
 def parse(argv: list[str]) -> dict[str, Any]:

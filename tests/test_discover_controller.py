@@ -9,7 +9,7 @@ controller writes is read back with the exporter's own loader, `node_ping.target
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 
@@ -20,7 +20,6 @@ from tests.support.discovery import (
     CM_PATH,
     NODES_PATH,
     NS,
-    Controllers,
     Running,
     stored_targets,
     stored_text,
@@ -30,19 +29,6 @@ from tests.support.discovery import (
     watch_threads,
 )
 from tests.support.fake_kube_api import FakeKubeAPI, make_node
-
-
-@pytest.fixture
-def kube() -> Iterator[FakeKubeAPI]:
-    with FakeKubeAPI() as api:
-        yield api
-
-
-@pytest.fixture
-def start(kube: FakeKubeAPI) -> Iterator[Callable[..., Running]]:
-    """`start(**settings)` runs a controller in a thread; every one is stopped and joined at teardown."""
-    with Controllers(kube) as controllers:
-        yield controllers.start
 
 
 def messages(caplog: pytest.LogCaptureFixture, fragment: str) -> list[str]:
