@@ -22,9 +22,6 @@ INTERRUPTED = 130
 STOP_GRACE_S = 1.5
 """A stop signal ends the prober within 2 s, even when its main thread is stuck (see signals)."""
 
-EXAMPLES = Path(__file__).parents[1] / "examples"
-EXAMPLE_COUNT, EXAMPLE_PERIOD_MS = 5, 200
-"""`once --example` is quick unless --count / --period-ms (or their env vars) say otherwise."""
 
 log = logging.getLogger("node_ping")
 
@@ -39,10 +36,10 @@ def _settings(values: dict[str, Any], *, cycles: int | None, example: bool = Fal
         node_name=values["node_name"] or ("example" if example else ""),
         textfile_dir=values.get("textfile_dir"),
         prefix=values.get("prefix", config.PREFIX.default),
-        config_path=EXAMPLES / "nodes.json" if example else values["config"],
-        external_config_path=EXAMPLES / "external.json" if example else values["external_config"],
-        count=values["count"] if given("count") or not example else EXAMPLE_COUNT,
-        period_ms=values["period_ms"] if given("period_ms") or not example else EXAMPLE_PERIOD_MS,
+        config_path=config.EXAMPLES / "nodes.json" if example else values["config"],
+        external_config_path=config.EXAMPLES / "external.json" if example else values["external_config"],
+        count=values["count"] if given("count") or not example else config.EXAMPLE_COUNT,
+        period_ms=values["period_ms"] if given("period_ms") or not example else config.EXAMPLE_PERIOD_MS,
         cycles=cycles,
         listen=values.get("listen_address"),
         health_file=values.get("health_file"),

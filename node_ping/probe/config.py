@@ -66,6 +66,9 @@ LISTEN_ADDRESS = Setting("--listen-address", env="NODE_PING_LISTEN_ADDRESS",
                               "127.0.0.1:9797 or [::1]:9797.")
 HEALTH_FILE = Setting("--health-file", env="NODE_PING_HEALTH_FILE", type=_PATH,
                       help="Touched after every successful cycle, for `node-ping health`.")
+EXAMPLES = Path(__file__).parents[1] / "examples"
+EXAMPLE_COUNT, EXAMPLE_PERIOD_MS = 5, 200
+"""`once --example` is quick unless --count / --period-ms (or their env vars) say otherwise."""
 EXAMPLE = Setting("--example", is_flag=True,
                   help="Probe the built-in loopback example (127.0.0.1, 127.0.0.2, ::1, localhost).")
 MAX_AGE = Setting("--max-age", required=True, type=PositiveNumber(noun="number of seconds"),
