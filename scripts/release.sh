@@ -56,10 +56,12 @@ run() {
 
 # The image name of a Dockerfile target, as the chart pulls it by default: image.repository for
 # the exporter, image.repository + "-discovery" for discovery.
+# Without --registry the images are local: podman names them localhost/..., and a short name in
+# `containers-storage:` would be read as docker.io/library/... and not be found.
 image_of() {
   local name=node-ping
   [[ $1 == discovery ]] && name=node-ping-discovery
-  printf '%s' "${registry:+$registry/}$name"
+  printf '%s' "${registry:-localhost}/$name"
 }
 
 # Building for another architecture runs its binaries (apt-get, pip) through qemu, which the
@@ -100,8 +102,12 @@ build_images() {
       run podman build --platform "$platform" --target "$target" \
         --tag "$image:$app_version-$arch" --file "$ROOT/Dockerfile" "$ROOT"
     done
-    # One name for both architectures: nodes pull the one that matches them.
-    run podman manifest create --amend "$image:$app_version"
+    # One name for both architectures: nodes pull the one that matches them. A list left by an
+    # earlier run would keep its old entries beside the new ones: start afresh.
+    if ((!dry_run)) && podman manifest exists "$image:$app_version"; then
+      run podman manifest rm "$image:$app_version"
+    fi
+    run podman manifest create "$image:$app_version"
     for platform in "${PLATFORMS[@]}"; do
       run podman manifest add "$image:$app_version" "containers-storage:$image:$app_version-${platform#linux/}"
     done
@@ -130,7 +136,7 @@ if ((!chart_only)); then
   for target in "${TARGETS[@]}"; do
     image=$(image_of "$target")
     destination=$image
-    [[ -n $registry ]] || destination="$push_to/$image"
+    [[ -n $registry ]] || destination="$push_to/${image#localhost/}"
     echo "podman manifest push --all $image:$app_version docker://$destination:$app_version"
   done
 fi

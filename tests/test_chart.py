@@ -28,6 +28,7 @@ import pytest
 import yaml
 from kubernetes_validate import utils as kv_utils
 
+from node_ping import __version__
 from node_ping.discover import config as discover_config
 from node_ping.probe import config as probe_config
 from node_ping.probe.config import Settings, parse_listen_address
@@ -978,8 +979,8 @@ class TestNotes:
 
     def test_a_single_static_node_pings_nothing(self, chart: helm.Chart) -> None:
         notes = render(chart, static(STATIC_NODES["ipv4"])).notes_text
-        assert "So a pings no node itself" in notes
-        assert "pings no node itself" not in render(chart, static(STATIC_NODES["two nodes"])).notes_text
+        assert "So node a pings no other node" in notes
+        assert "pings no other node" not in render(chart, static(STATIC_NODES["two nodes"])).notes_text
 
     def test_zone_mode_does_not_claim_a_full_mesh(self, chart: helm.Chart) -> None:
         nodes = [{"name": f"{zone}{i}", "ipAddress": f"192.0.2.{10 * n + i}", "zone": zone}
@@ -1107,8 +1108,8 @@ class TestImages:
     `discovery` target), named and tagged after the exporter's unless told otherwise."""
 
     def test_defaults(self, defaults: Rendered) -> None:
-        assert defaults.exporter["image"] == "node-ping:0.1.0"
-        assert discovery_container(defaults)["image"] == "node-ping-discovery:0.1.0"
+        assert defaults.exporter["image"] == f"node-ping:{__version__}"  # appVersion: the version built
+        assert discovery_container(defaults)["image"] == f"node-ping-discovery:{__version__}"
         assert discovery_container(defaults)["imagePullPolicy"] == "IfNotPresent"
 
     def test_digest_wins_over_the_tag(self, chart: helm.Chart) -> None:
@@ -1135,7 +1136,7 @@ class TestImages:
         assert rendered.exporter["imagePullPolicy"] == "IfNotPresent"
         tagged = render(chart, {"discovery": {"image": {"tag": "0.1.0-debug"}}})
         assert discovery_container(tagged)["image"] == "node-ping-discovery:0.1.0-debug"
-        assert tagged.exporter["image"] == "node-ping:0.1.0"
+        assert tagged.exporter["image"] == f"node-ping:{__version__}"
 
     def test_one_image_for_both(self, chart: helm.Chart) -> None:
         """An image built before the Dockerfile had targets holds both commands."""

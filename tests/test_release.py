@@ -19,6 +19,8 @@ CHART_YAML = yaml.safe_load((CHART / "Chart.yaml").read_text())
 APP_VERSION = str(CHART_YAML["appVersion"])
 CHART_VERSION = str(CHART_YAML["version"])
 IMAGES = {"exporter": "node-ping", "discovery": "node-ping-discovery"}
+LOCAL = "localhost/"
+"""How podman names a local image: a short name in `containers-storage:` would mean docker.io/library/."""
 PLATFORMS = ("linux/amd64", "linux/arm64")
 
 
@@ -49,7 +51,7 @@ class TestDryRun:
         assert len(builds) == len(seen) == 4
         for target, image in IMAGES.items():
             for platform in PLATFORMS:
-                assert seen[(target, platform)] == f"{image}:{APP_VERSION}-{platform.removeprefix('linux/')}"
+                assert seen[(target, platform)] == f"{LOCAL}{image}:{APP_VERSION}-{platform.removeprefix('linux/')}"
         for build in builds:
             assert option(build, "--file") == str(REPO / "Dockerfile") and build[-1] == str(REPO)
 
@@ -57,9 +59,10 @@ class TestDryRun:
         """Both architectures under the tag the chart pulls by default (appVersion)."""
         printed = commands(dry.stdout)
         for image in IMAGES.values():
-            assert ["podman", "manifest", "create", "--amend", f"{image}:{APP_VERSION}"] in printed
-            added = {c[-1] for c in printed if c[:4] == ["podman", "manifest", "add", f"{image}:{APP_VERSION}"]}
-            assert added == {f"containers-storage:{image}:{APP_VERSION}-{arch}" for arch in ("amd64", "arm64")}
+            local = f"{LOCAL}{image}:{APP_VERSION}"
+            assert ["podman", "manifest", "create", local] in printed  # afresh: no old entries kept
+            added = {c[-1] for c in printed if c[:4] == ["podman", "manifest", "add", local]}
+            assert added == {f"containers-storage:{local}-{arch}" for arch in ("amd64", "arm64")}
 
     def test_packages_the_chart(self, dry: subprocess.CompletedProcess[str]) -> None:
         (package,) = [c for c in commands(dry.stdout) if "package" in " ".join(c)]
@@ -67,8 +70,8 @@ class TestDryRun:
 
     def test_prints_what_to_push(self, dry: subprocess.CompletedProcess[str]) -> None:
         for image in IMAGES.values():
-            assert f"podman manifest push --all {image}:{APP_VERSION} docker://<registry>/{image}:{APP_VERSION}" \
-                in dry.stdout
+            assert (f"podman manifest push --all {LOCAL}{image}:{APP_VERSION} "
+                    f"docker://<registry>/{image}:{APP_VERSION}") in dry.stdout
         assert f"helm push /nonexistent/dist/node-ping-{CHART_VERSION}.tgz oci://<registry>/charts" in dry.stdout
 
     def test_writes_nothing(self, dry: subprocess.CompletedProcess[str]) -> None:
