@@ -3,6 +3,7 @@ API server and discovery controllers run against it."""
 
 from __future__ import annotations
 
+import os
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import helm_python as helm
 import pytest
 
+from node_ping.probe import lock
 from tests.support import netlab
 from tests.support.chart import CHART
 from tests.support.diagnosis import SECRET
@@ -74,3 +76,13 @@ def controllers(kube: FakeKubeAPI) -> Iterator[Controllers]:
 def start(controllers: Controllers) -> Callable[..., Running]:
     """`start(**settings)` runs a controller in a thread; every one is stopped and joined at teardown."""
     return controllers.start
+
+
+@pytest.fixture(autouse=True)
+def private_fping_lock(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Probes run inside the test process take fping lock names of their own, so a node-ping running
+    on this machine's network (a developer's) does not make them wait. The real names are tested end
+    to end, by node-ping processes in network namespaces (test_lock.py, test_netns.py)."""
+    tag = f"test-{os.getpid()}"
+    monkeypatch.setattr(lock, "LOCK_ADDRESS", f"\0node-ping-{tag}/fping")
+    monkeypatch.setattr(lock, "QUEUE_ADDRESS", f"\0node-ping-{tag}/fping-next")
