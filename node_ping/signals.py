@@ -4,7 +4,10 @@ a deadline for it.
 | signal                           | effect                                                          |
 | -------------------------------- | --------------------------------------------------------------- |
 | SIGTERM, SIGINT, SIGHUP, SIGQUIT | logged; stop: the loop ends at its next check and fping is       |
-|                                  | killed. Not ended within the grace: fping killed, exit at once   |
+| and every other signal whose     | killed. Not ended within the grace: fping killed, exit at once   |
+| default ends the process (ALRM,  |                                                                  |
+| VTALRM, PROF, XCPU, PWR, IO,     |                                                                  |
+| STKFLT, the real-time signals)   |                                                                  |
 | the same again while stopping    | logged; fping killed, exit at once                               |
 | SIGUSR1, SIGUSR2                 | logged; nothing else (they ask nothing of node-ping)             |
 
@@ -26,9 +29,23 @@ from types import FrameType
 
 log = logging.getLogger(__name__)
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
+# Every other signal whose default action ends the process is a stop too: it would otherwise kill
+# node-ping with nothing logged and nothing cleaned up.
+_ALSO_STOPPING = ("SIGALRM", "SIGVTALRM", "SIGPROF", "SIGXCPU", "SIGPWR", "SIGIO", "SIGSTKFLT")
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT,
+                *(getattr(signal, name) for name in _ALSO_STOPPING if hasattr(signal, name)),
+                *(number for number in range(signal.SIGRTMIN, signal.SIGRTMAX + 1) if number in signal.valid_signals()))
 NOTED_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2)
 HANDLED = frozenset({*STOP_SIGNALS, *NOTED_SIGNALS})
+
+
+def _name(number: int) -> str:
+    """SIGTERM, or SIGRTMIN+3 for a real-time signal (which has no name of its own)."""
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"SIGRTMIN+{number - signal.SIGRTMIN}"
+
 
 GRACE_S = 10.0
 """How long a stop may take before the process ends regardless (Kubernetes waits 30 s by default)."""
@@ -63,7 +80,7 @@ def stop_on_signals(grace_s: float = GRACE_S, exit_code: int = 0,
 def _watch(stop: threading.Event, watchdog: _Watchdog) -> None:
     while True:
         info = signal.sigwaitinfo(HANDLED)
-        name = signal.Signals(info.si_signo).name
+        name = _name(info.si_signo)
         sender = f" from pid {info.si_pid}" if info.si_pid and info.si_pid != os.getpid() else ""
         if info.si_signo in NOTED_SIGNALS:
             log.info("received %s%s; it asks nothing of node-ping, carrying on", name, sender)

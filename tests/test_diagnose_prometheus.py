@@ -119,6 +119,8 @@ class TestRequests:
         assert (headers["x-scope-orgid"], headers["accept"], headers["user-agent"]) == (
             "tenant-1", "application/json", f"node-ping/{__version__}")
         assert "authorization" not in headers
+        # Uncompressed answers only: a small gzip body can expand past the size cap in one chunk.
+        assert headers["accept-encoding"] == "identity"
 
     def test_basic_auth_header(self, httpserver_ipv4: HTTPServer) -> None:
         url = serve(httpserver_ipv4, lambda _headers: Answer(200, HEALTHY_PAIR))

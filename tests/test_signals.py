@@ -79,7 +79,9 @@ def ended(node_ping: NodePing, seconds: float = 10) -> int:
         raise AssertionError(f"node-ping still runs {seconds:g} s on; it logged:\n{node_ping.stderr}") from None
 
 
-STOPS = [signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT]
+STOPS = [signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT,
+         # Signals whose default would end node-ping without a word: a stop like the others.
+         signal.SIGALRM, signal.SIGXCPU, signal.SIGPWR, signal.SIGRTMIN]
 
 
 class TestWhatEachSignalDoes:
@@ -138,6 +140,23 @@ class TestFpingDiesWithNodePing:
         node_ping.process.wait()
         # Without it, this fping pings on as an orphan for the rest of its 20 s run.
         wait_until(lambda: not runs(fping), 5, f"the orphaned fping {fping} ends")
+
+
+    def test_what_a_wrapper_fping_started_ends_too(self, tmp_path: Path, started: list[NodePing]) -> None:
+        """--fping may be a wrapper script that runs the real fping as its child (no exec): stopping
+        node-ping ends the whole group, not only the wrapper."""
+        wrapper = tmp_path / "fping-wrapper"
+        wrapper.write_text('#!/bin/sh\nfping "$@"\n')
+        wrapper.chmod(0o755)
+        node_ping = NodePing(tmp_path, "run", *LONG_FPING, "--fping", str(wrapper))
+        started.append(node_ping)
+        (shell,) = node_ping.wait_for_fping()
+        wait_until(lambda: child_pids(shell), 30, "the wrapper starts fping")
+        (fping,) = child_pids(shell)
+        node_ping.fping.append(fping)  # killed at teardown if this test fails
+        node_ping.process.send_signal(signal.SIGTERM)
+        assert ended(node_ping) == 0, node_ping.stderr
+        wait_until(lambda: not runs(fping), 5, f"the wrapper's fping {fping} ends")
 
 
 class TestStuckMainThread:

@@ -224,6 +224,23 @@ class TestPlantedLinks:
         Writer(path).write("a 1\n")  # the next cycle writes
         assert path.read_text() == "a 1\n"
 
+    def test_a_lock_of_another_user_does_not_keep_us_out(self, textfile_dir: Path) -> None:
+        """A user who can write to the directory creates the lock first and holds it: node-ping would
+        leave the file to a node-ping that is not there, for as long as that user liked."""
+        path = output_path(textfile_dir, "node-ping_", "n1")
+        lock = textfile_dir / lock_name(path.name)
+        squatter = os.open(lock, os.O_RDONLY | os.O_CREAT, 0o644)
+        try:
+            os.fchown(squatter, 65534, 65534)
+            fcntl.flock(squatter, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            with pytest.raises(OSError, match="belonged to uid 65534"):
+                Writer(path).write("a 1\n")
+            Writer(path).write("a 1\n")  # the next cycle writes
+        finally:
+            os.close(squatter)
+        assert path.read_text() == "a 1\n"
+        assert lock.stat().st_uid == os.geteuid()
+
     def test_reading_and_touching_never_follow_a_link(self, tmp_path: Path, secret: Path) -> None:
         link = tmp_path / "node-ping_n1.prom"
         link.symlink_to(secret)

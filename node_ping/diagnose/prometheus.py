@@ -70,7 +70,10 @@ class Prometheus:
         self._credentials = sorted({*sent, *(["Authorization"] if address.basic_auth else [])})
         self._client = httpx.Client(
             auth=httpx.BasicAuth(*address.basic_auth) if address.basic_auth else None,
-            headers={"Accept": "application/json", "User-Agent": f"node-ping/{__version__}", **sent},
+            # identity: a compressed answer is expanded a chunk at a time, and one small chunk can
+            # expand to hundreds of MB (a gzip bomb) before the size cap sees it.
+            headers={"Accept": "application/json", "Accept-Encoding": "identity",
+                     "User-Agent": f"node-ping/{__version__}", **sent},
             timeout=timeout, follow_redirects=False)
 
     def close(self) -> None:

@@ -154,6 +154,8 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
     process.wait()
+    with contextlib.suppress(OSError):  # what fping (or a wrapper script) started: its group dies with it
+        os.killpg(process.pid, signal.SIGKILL)
     with _running_lock:
         _running.discard(process)
     # communicate() closes the pipes when fping finishes; when it was cut short they would stay
@@ -179,7 +181,7 @@ def kill_running() -> None:
         processes = list(_running)
     for process in processes:
         with contextlib.suppress(OSError):
-            process.kill()
+            os.killpg(process.pid, signal.SIGKILL)
 
 
 def _in_child(parent: int) -> None:
@@ -203,7 +205,7 @@ def _start(argv: list[str]) -> subprocess.Popen[bytes]:
     try:
         # stdout is not read: with -q, fping writes its report to stderr and nothing to stdout.
         process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                   stderr=subprocess.PIPE, env=env,
+                                   stderr=subprocess.PIPE, env=env, process_group=0,
                                    # Safe with threads: _in_child takes no lock and imports nothing.
                                    preexec_fn=lambda: _in_child(parent))  # noqa: PLW1509
     except FileNotFoundError:
@@ -377,6 +379,10 @@ def _collect(runs: list[tuple[subprocess.Popen[bytes], _Stderr]], timeout_s: flo
         for process, output in runs:
             selector.register(cast(IO[bytes], process.stderr).fileno(), selectors.EVENT_READ, output)
         while selector.get_map():
+            for process, _ in runs:  # fping ended: what it left behind must not hold its stderr open
+                if process.poll() is not None:
+                    with contextlib.suppress(OSError):
+                        os.killpg(process.pid, signal.SIGKILL)
             for key, _ in selector.select(poll_s):
                 chunk = os.read(key.fd, 65_536)
                 if chunk:

@@ -295,6 +295,11 @@ class Writer:
             if not stat.S_ISREG(found.st_mode):
                 _unlink(dir_fd, name)
                 raise _tampered(self.path.parent, f"the lock {name} was not a regular file")
+            if found.st_uid != os.geteuid():
+                # Only a node-ping creates it, as itself: another user's lock would keep us from
+                # writing for as long as that user liked.
+                _unlink(dir_fd, name)
+                raise _tampered(self.path.parent, f"the lock {name} belonged to uid {found.st_uid}, not to node-ping")
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
