@@ -9,6 +9,7 @@ the API server itself judges it, on the first list (see `node_ping.discover.comm
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,20 +30,22 @@ MAX_DNS_LABEL = 63
 MAX_DNS_SUBDOMAIN = 253
 
 
-def _namespace(name: str) -> str:
-    if not (len(name) <= MAX_DNS_LABEL and DNS_LABEL.fullmatch(name)):
-        raise ValueError(f"{name!r} is not a valid namespace name: use at most {MAX_DNS_LABEL} characters, lower-case "
-                         "letters, digits and '-', starting and ending with a letter or digit (an RFC 1123 DNS "
-                         "label, e.g. monitoring)")
-    return name
+def _kubernetes_name(kind: str, pattern: re.Pattern[str], limit: int, rule: str) -> Callable[[str], str]:
+    """A check that `name` is one the API server accepts for `kind`; ValueError with the rule if not."""
+    def check(name: str) -> str:
+        if not (len(name) <= limit and pattern.fullmatch(name)):
+            raise ValueError(f"{name!r} is not a valid {kind} name: use at most {limit} characters, {rule}")
+        return name
+
+    return check
 
 
-def _configmap_name(name: str) -> str:
-    if not (len(name) <= MAX_DNS_SUBDOMAIN and DNS_SUBDOMAIN.fullmatch(name)):
-        raise ValueError(f"{name!r} is not a valid ConfigMap name: use at most {MAX_DNS_SUBDOMAIN} characters, "
-                         "lower-case letters, digits, '-' and '.', starting and ending with a letter or digit (an "
-                         "RFC 1123 DNS subdomain, e.g. node-ping-nodes)")
-    return name
+_namespace = _kubernetes_name("namespace", DNS_LABEL, MAX_DNS_LABEL,
+                              "lower-case letters, digits and '-', starting and ending with a letter or digit "
+                              "(an RFC 1123 DNS label, e.g. monitoring)")
+_configmap_name = _kubernetes_name("ConfigMap", DNS_SUBDOMAIN, MAX_DNS_SUBDOMAIN,
+                                   "lower-case letters, digits, '-' and '.', starting and ending with a letter or "
+                                   "digit (an RFC 1123 DNS subdomain, e.g. node-ping-nodes)")
 
 
 def parse_address_types(text: str) -> tuple[str, ...]:
