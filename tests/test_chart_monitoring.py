@@ -208,17 +208,18 @@ class Tuning:
 TUNINGS = [
     Tuning("nodeUnreachable",
            {"threshold": 0.1, "minNodes": 3, "nodeShare": 0.75, "range": "10m", "for": "15m", "severity": "page"},
-           [("[5m]", "[10m]"), (") > 0.05", ") > 0.1"), (">= 2", ">= 3"), ("\n> 0.5\n", "\n> 0.75\n")],
+           [("[2m]", "[10m]"), (") > 0.05", ") > 0.1"), (">= 2", ">= 3"), ("\n> 0.5\n", "\n> 0.75\n")],
            [("more than 5%", "more than 10%")]),
     Tuning("nodeCannotReachPeers",
-           {"threshold": 0.025, "minNodes": 4, "nodeShare": 0.3, "range": "2m", "for": "3m", "severity": "warning"},
-           [("[5m]", "[2m]"), (") > 0.05", ") > 0.025"), (">= 2", ">= 4"), ("\n> 0.5\n", "\n> 0.3\n")],
+           {"threshold": 0.025, "minNodes": 4, "nodeShare": 0.3, "range": "3m", "for": "3m", "severity": "warning"},
+           [("[2m]", "[3m]"), (") > 0.05", ") > 0.025"), (">= 2", ">= 4"), ("\n> 0.5\n", "\n> 0.3\n")],
            [("more than 5%", "more than 2.5%")]),
     # The window also bounds how long after NodePingNodeUnreachable fired the alert stays silent.
     Tuning("nodeIntermittentLoss",
            {"threshold": 0.02, "minNodes": 3, "nodeShare": 0.6, "range": "2h", "for": "30m", "severity": "critical"},
            [("[1h]", "[2h]"), (") > 0.01", ") > 0.02"), (">= 2", ">= 3"), ("\n> 0.5\n", "\n> 0.6\n")],
            [("more than 1%", "more than 2%"), ("over the last 1 hour", "over the last 2 hours")]),
+    # The window also bounds how long after a node alert the pair stays silent.
     Tuning("packetLoss", {"threshold": 0.02, "range": "1h", "for": "15m", "severity": "critical"},
            [("[5m]", "[1h]"), (") > 0.05", ") > 0.02")],
            [("over the last 5 minutes", "over the last 1 hour")]),
@@ -312,12 +313,12 @@ class TestDisabling:
 
     @pytest.mark.parametrize(("key", "silenced", "line"), [
         ("nodeUnreachable", "NodePingPacketLoss",
-         'unless on (destination_node) ALERTS{alertname="NodePingNodeUnreachable"}\n'),
+         'unless on (destination_node) max_over_time(ALERTS{alertname="NodePingNodeUnreachable"}[5m])\n'),
         ("nodeUnreachable", "NodePingNodeIntermittentLoss",
          'unless on (destination_node) max_over_time(ALERTS{alertname="NodePingNodeUnreachable", '
          'alertstate="firing"}[1h])\n'),
         ("nodeCannotReachPeers", "NodePingPacketLoss",
-         'unless on (source_node) ALERTS{alertname="NodePingNodeCannotReachPeers"}\n'),
+         'unless on (source_node) max_over_time(ALERTS{alertname="NodePingNodeCannotReachPeers"}[5m])\n'),
         ("externalTargetDown", "NodePingExternalTargetUnreachable",
          'unless on (destination_name) ALERTS{alertname="NodePingExternalTargetDown"}\n'),
         ("textfileStale", "NodePingNoRecentSuccess",

@@ -8,9 +8,9 @@ nodes drops half the pings between them. The right alerts fire and no others, ev
 and alert expression runs and shows the faults, and `node-ping diagnose` names exactly the two nodes
 and the link.
 
-The rules' windows (5 and 10 minutes, an hour) are shortened to 20 s and each `for:` to a second per
-minute (`for: 5m` to 5 s, `for: 15m` to 15 s) for this test (minicluster.short_rules); every
-threshold is the shipped one.
+The rules' windows (2, 5 and 10 minutes, an hour) are shortened to 20 s and each `for:` to a second
+per minute (`for: 5m` to 5 s, `for: 15m` to 15 s, `for: 30s` to 1 s) for this test
+(minicluster.short_rules); every threshold is the shipped one.
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ what an on-call person needs (severity, summary, description, a runbook that exi
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 from pathlib import Path
@@ -23,10 +24,12 @@ from tests.support.promtools import (
     assert_silencers_come_first,
     load_rules,
     metric_names,
+    promise_tests,
     run_promtool,
 )
 
 SEVERITIES = {"critical", "warning", "info"}
+UPDATE = os.environ.get("NODE_PING_UPDATE_GOLDEN") == "1"  # set to rewrite the "Promise" tests
 
 
 def github_anchor(heading: str) -> str:
@@ -79,6 +82,71 @@ class TestPromtool:
         result = run_promtool("test", "rules", RULES_TEST_FILE.name, cwd=tmp_path)
         assert result.returncode != 0
         assert "alertname: NodePingNodeIntermittentLoss, time: 1h," in result.stdout + result.stderr
+
+
+def edit_alert(text: str, name: str, old: str, new: str) -> str:
+    """The rules file with `old` replaced by `new` in alert `name`'s rule only."""
+    start = text.index(f"- alert: {name}\n")
+    end = text.find("- alert: ", start + 1)
+    end = len(text) if end < 0 else end
+    rule = text[start:end]
+    assert old in rule, f"{old!r} not in {name}"
+    return text[:start] + rule.replace(old, new) + text[end:]
+
+
+def run_unit_tests(workdir: Path, rules: str | None = None, tests: str | None = None) -> str:
+    """Run the unit tests in `workdir` on (edited) copies of the rules and the tests; promtool's output."""
+    (workdir / RULES_FILE.name).write_text(rules or RULES_FILE.read_text(encoding="utf-8"), encoding="utf-8")
+    (workdir / RULES_TEST_FILE.name).write_text(tests or RULES_TEST_FILE.read_text(encoding="utf-8"),
+                                                encoding="utf-8")
+    result = run_promtool("test", "rules", RULES_TEST_FILE.name, cwd=workdir)
+    output = result.stdout + result.stderr
+    assert (result.returncode == 0) == ("SUCCESS" in output), output
+    return output
+
+
+class TestPromises:
+    """The "Promise" unit tests hold the shipped windows and `for` durations to what the alerts
+    promise (a dark node within 2 minutes, 20% loss within 5, nothing from a day of healthy noise),
+    at 15 s and 30 s evaluations; each fails when the rules are slower or more eager than that."""
+
+    def test_file_holds_the_scenarios(self) -> None:
+        """The "Promise" tests are the cluster scenarios of tests/support/promtools.py, counter by
+        counter (NODE_PING_UPDATE_GOLDEN=1 rewrites them)."""
+        text = RULES_TEST_FILE.read_text(encoding="utf-8")
+        start = text.index("  # Promise:")
+        if UPDATE:
+            RULES_TEST_FILE.write_text(text[:start] + promise_tests(), encoding="utf-8")
+            text = RULES_TEST_FILE.read_text(encoding="utf-8")
+        assert text[start:] == promise_tests(), "stale: run with NODE_PING_UPDATE_GOLDEN=1 to rewrite them"
+
+    def test_pass_with_30s_evaluations(self, tmp_path: Path) -> None:
+        text = RULES_TEST_FILE.read_text(encoding="utf-8")
+        slower = text.replace("\nevaluation_interval: 15s\n", "\nevaluation_interval: 30s\n")
+        assert slower != text
+        output = run_unit_tests(tmp_path, tests=slower)
+        assert "SUCCESS" in output, output
+
+    def test_a_dark_node_with_the_old_windows_is_late(self, tmp_path: Path) -> None:
+        """With the 5m window and `for: 5m` a node that went dark at 10m has not fired at 12m."""
+        rules = RULES_FILE.read_text(encoding="utf-8")
+        for name in ("NodePingNodeUnreachable", "NodePingNodeCannotReachPeers"):
+            rules = edit_alert(rules, name, "[2m]", "[5m]")
+            rules = edit_alert(rules, name, "for: 30s", "for: 5m")
+        output = run_unit_tests(tmp_path, rules=rules)
+        assert output.count("alertname: NodePingNodeUnreachable, time: 12m,") >= 2, output  # 30 s and 15 s
+
+    def test_a_lossy_link_with_a_longer_for_is_late(self, tmp_path: Path) -> None:
+        """With `for: 5m` a link losing 20% from 10m on has not fired at 15m."""
+        rules = edit_alert(RULES_FILE.read_text(encoding="utf-8"), "NodePingPacketLoss", "for: 2m", "for: 5m")
+        output = run_unit_tests(tmp_path, rules=rules)
+        assert output.count("alertname: NodePingPacketLoss, time: 15m,") >= 2, output
+
+    def test_a_more_eager_node_alert_fires_on_noise(self, tmp_path: Path) -> None:
+        """At a 3% threshold, two sources losing 4 pings to one node in the same cycle page."""
+        rules = edit_alert(RULES_FILE.read_text(encoding="utf-8"), "NodePingNodeUnreachable", ") > 0.05", ") > 0.03")
+        output = run_unit_tests(tmp_path, rules=rules)
+        assert 'expr: "max_over_time(ALERTS{alertstate=\\"firing\\"}[24h])"' in output, output
 
 
 class TestAlertConventions:

@@ -53,8 +53,9 @@ WINDOW = "20s"
 tell 30 % loss from the 5 % threshold beyond doubt."""
 
 FOR_S = 5
-"""Replaces the rules' `for: 5m` (five rule evaluations); longer ones keep their ratio to it, so
-an alert that waits longer than another still does: `for: 15m` becomes 15 s."""
+"""Replaces the rules' `for: 5m` (five rule evaluations); the others keep their ratio to it, so
+an alert that waits longer than another still does: `for: 15m` becomes 15 s, `for: 2m` 2 s, and
+`for: 30s` the shortest wait there is here, one second."""
 
 SCRAPE_INTERVAL = "1s"
 
@@ -79,9 +80,10 @@ def short_rules(text: str) -> str:
     shortened, windows = re.subn(r"\[\d+[mh]\]", f"[{WINDOW}]", text)
 
     def scaled(match: re.Match[str]) -> str:
-        return f"{match.group(1)}{FOR_S * int(match.group(2)) // 5}s"
+        seconds = int(match.group(2)) * (60 if match.group(3) == "m" else 1)
+        return f"{match.group(1)}{max(1, FOR_S * seconds // 300)}s"
 
-    shortened, fors = re.subn(r"(?m)^([ \t]*for:[ \t]*)(\d+)m[ \t]*$", scaled, shortened)
+    shortened, fors = re.subn(r"(?m)^([ \t]*for:[ \t]*)(\d+)([ms])[ \t]*$", scaled, shortened)
     if not windows or not fors or re.search(r"\[\d+[mh]\]|for:\s*\d+[mh]", shortened):
         raise ValueError(f"the rules changed shape: {windows} windows and {fors} `for:` shortened, "
                          "or a duration in minutes or hours is left; update short_rules()")

@@ -1,7 +1,9 @@
 """The monitoring files as tests see them: load them, substitute Grafana variables, run promtool.
 
 `alert_expressions()` and `dashboard_queries()` are also meant for end-to-end tests that evaluate
-every alert expression and dashboard query against a live Prometheus.
+every alert expression and dashboard query against a live Prometheus. `promise_tests()` writes the
+"Promise" unit tests of the rules test file: cluster scenarios (a dark node, 20% loss, blackouts, a
+day of healthy noise) as the counters node-ping writes, cycle by cycle.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import json
 import re
 import shutil
 import subprocess
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -243,3 +245,353 @@ def assert_silencers_come_first(groups: list[dict[str, Any]]) -> int:
                 checked += 1
             seen.append(rule["alert"])
     return checked
+
+
+# ---- the "Promise" tests of RULES_TEST_FILE: a cluster's counters, cycle by cycle
+
+CYCLE_S, PINGS = 30, 30
+"""node-ping's default cycle: 30 pings a second apart, the counters written at its end."""
+FAULT_S = 600
+"""When a fault starts in a promise test: 10m, a cycle boundary."""
+NODES = ("a", "b", "c", "d")
+
+Value = float | str | None
+"""A sample for promtool: a number, "stale", or None for a missed scrape."""
+Fault = tuple[float, float]
+"""Seconds [start, end) in which every ping is lost."""
+
+
+def _number(value: float) -> str:
+    value = round(value, 4)
+    return str(int(value)) if value.is_integer() else repr(value)
+
+
+def expanding(values: list[Value]) -> str:
+    """Samples in promtool's expanding notation: runs of equal steps as `a+bxn`, misses as `_xn`."""
+    out, i = [], 0
+    while i < len(values):
+        value = values[i]
+        if not isinstance(value, float):
+            j = i
+            while j + 1 < len(values) and values[j + 1] == value:
+                j += 1
+            out.append(("_" if j == i else f"_x{j - i + 1}") if value is None else " ".join(["stale"] * (j - i + 1)))
+            i = j + 1
+            continue
+        j = i
+        step = 0.0
+        if i + 1 < len(values) and isinstance(values[i + 1], float):
+            step = round(cast(float, values[i + 1]) - value, 4)
+            j = i + 1
+            while j + 1 < len(values) and isinstance(values[j + 1], float) \
+                    and round(cast(float, values[j + 1]) - cast(float, values[j]), 4) == step:
+                j += 1
+        if j == i:
+            out.append(_number(value))
+        else:
+            out.append(f"{_number(value)}{'+' if step >= 0 else '-'}{_number(abs(step))}x{j - i}" if step
+                       else f"{_number(value)}x{j - i}")
+        i = j + 1
+    return " ".join(out)
+
+
+def counter(n: int, delta: Callable[[int], float], *, start: int = 0, stale: int | None = None,
+            resets: frozenset[int] = frozenset(), missing: frozenset[int] = frozenset()) -> list[Value]:
+    """A counter's n samples: sample i adds delta(i); it appears at `start`, goes stale at `stale`,
+    restarts from 0 at each of `resets`, and is not scraped at `missing`."""
+    values: list[Value] = []
+    total = 0.0
+    for i in range(n):
+        if i < start or (stale is not None and i > stale):
+            values.append(None)
+        elif i == stale:
+            values.append("stale")
+        else:
+            total = (0.0 if i in resets else total) + delta(i)
+            values.append(None if i in missing else total)
+    return values
+
+
+def series_yaml(name: str, labels: Mapping[str, str], values: list[Value]) -> str:
+    selector = ", ".join(f'{key}="{value}"' for key, value in labels.items())
+    return f"      - series: {name}{{{selector}}}\n        values: {expanding(values)}\n"
+
+
+def pair_yaml(source: str, destination: str, n: int, sent: Callable[[int], float],
+              received: Callable[[int], float], **kwargs: Any) -> str:
+    labels = {contract.SOURCE: source, contract.NODE.destination: destination}
+    return (series_yaml(contract.NODE.packets_sent.name, labels, counter(n, sent, **kwargs))
+            + series_yaml(contract.NODE.packets_received.name, labels, counter(n, received, **kwargs)))
+
+
+def lost(cycle_start: float, faults: list[Fault]) -> int:
+    """Pings of the cycle starting at `cycle_start` (one a second, mid-second) lost to any fault."""
+    return sum(1 for k in range(PINGS) if any(a <= cycle_start + k + 0.5 < b for a, b in faults))
+
+
+def cycles(step: int, faults: list[Fault]) -> tuple[Callable[[int], float], Callable[[int], float]]:
+    """(sent, received) per sample at `step`-second scrapes. Sample i at t = i*step carries the cycle
+    whose pings ran in [t - 30 - 2*step, t - 2*step]: written at its end, scraped up to one scrape
+    later, seen by an evaluation up to one evaluation after that. At 15 s every other sample adds
+    nothing."""
+    def sent(i: int) -> float:
+        return float(PINGS) if (i * step) % CYCLE_S == 0 else 0.0
+
+    def received(i: int) -> float:
+        return sent(i) - lost(i * step - CYCLE_S - 2 * step, faults) if sent(i) else 0.0
+
+    return sent, received
+
+
+def duration(seconds: float) -> str:
+    """600 -> "10m", 690 -> "11m30s", 86400 -> "24h"."""
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return "".join(f"{n}{unit}" for n, unit in ((hours, "h"), (minutes, "m"), (secs, "s")) if n) or "0s"
+
+
+def _unreachable(node: str) -> str:
+    return (f"          - exp_labels: {{severity: critical, destination_node: {node}}}\n"
+            "            exp_annotations:\n"
+            f"              summary: Most nodes cannot reach node {node}.\n"
+            "              description: >-\n"
+            f"                100% of the nodes that ping {node} lose more than 5% of their packets to it. The\n"
+            "                problem is on that node (network interface, firewall, CNI, overload), not on one\n"
+            "                link.\n"
+            "              runbook_url: monitoring/README.md#nodepingnodeunreachable\n")
+
+
+def _packet_loss(source: str, destination: str, share: str) -> str:
+    return (f"          - exp_labels: {{severity: warning, source_node: {source}, destination_node: {destination}}}\n"
+            "            exp_annotations:\n"
+            f"              summary: Packet loss from {source} to {destination}.\n"
+            f"              description: {source} lost {share} of its pings to {destination} over the last 5 minutes.\n"
+            "              runbook_url: monitoring/README.md#nodepingpacketloss\n")
+
+
+def _expect(seconds: float, alert: str, alerts: str = "") -> str:
+    if not alerts:
+        return f"      - {{eval_time: {duration(seconds)}, alertname: {alert}, exp_alerts: []}}\n"
+    return f"      - eval_time: {duration(seconds)}\n        alertname: {alert}\n        exp_alerts:\n{alerts}"
+
+
+def _cluster(n: int, step: int, to: Mapping[str, list[Fault]] | None = None,
+             pairs: Mapping[tuple[str, str], list[Fault]] | None = None, dark_from: Mapping[str, float] | None = None
+             ) -> str:
+    """NODES pinging each other; `to` loses pings to a node from every source, `pairs` on one link;
+    an exporter in `dark_from` can no longer be scraped from then on."""
+    text = ""
+    for source in NODES:
+        dark = (dark_from or {}).get(source)
+        missing = frozenset(i for i in range(n) if dark is not None and i * step >= dark)
+        for destination in NODES:
+            if source != destination:
+                faults = [*(to or {}).get(destination, []), *(pairs or {}).get((source, destination), [])]
+                text += pair_yaml(source, destination, n, *cycles(step, faults), missing=missing)
+    return text
+
+
+def _block(step: int, minutes: int, title: str, series: Callable[[int], str], tests: str) -> str:
+    n = minutes * 60 // step + 1
+    return f"  # {title}\n  - interval: {step}s\n    input_series:\n{series(n)}    alert_rule_test:\n{tests}"
+
+
+def _dark(step: int) -> str:
+    seen = FAULT_S + CYCLE_S + 2 * step  # the first lost cycle reaches an evaluation
+    tests = (_expect(FAULT_S, "NodePingNodeUnreachable") + _expect(seen, "NodePingNodeUnreachable")
+             + _expect(seen + 30, "NodePingNodeUnreachable", _unreachable("d"))
+             + _expect(FAULT_S + 120, "NodePingNodeUnreachable", _unreachable("d"))
+             + _expect(FAULT_S + 600, "NodePingNodeUnreachable", _unreachable("d"))
+             + _expect(FAULT_S + 600, "NodePingPacketLoss") + _expect(FAULT_S + 600, "NodePingNodeIntermittentLoss"))
+    title = (f"Promise: a node that goes dark for everyone fires within 2 minutes ({step} s scrapes and "
+             "evaluations).\n"
+             "  # Node d goes dark at 10m, just as a cycle ends (that cycle lost nothing); its own exporter can no\n"
+             f"  # longer be scraped. Each sample carries the cycle that ended {2 * step} s earlier (one scrape and "
+             "one\n"
+             f"  # evaluation late), so the first lost cycle reaches an evaluation at {duration(seen)}: pending "
+             "there,\n"
+             f"  # firing one evaluation later, {seen + 30 - FAULT_S} s after the fault.")
+    return _block(step, 20, title, lambda n: _cluster(n, step, to={"d": [(FAULT_S, 1e9)]},
+                                                      dark_from={"d": FAULT_S + step}), tests)
+
+
+EVERY_FIFTH: list[Fault] = [(FAULT_S + k, FAULT_S + k + 1) for k in range(0, 100_000, 5)]
+"""From the fault on, every fifth ping lost: 20%."""
+
+
+def _node_loss(step: int) -> str:
+    tests = (_expect(FAULT_S, "NodePingNodeUnreachable")
+             + _expect(FAULT_S + 300, "NodePingNodeUnreachable", _unreachable("d"))
+             + _expect(FAULT_S + 300, "NodePingPacketLoss") + _expect(FAULT_S + 900, "NodePingPacketLoss"))
+    title = (f"Promise: a node losing 20% fires within 5 minutes ({step} s scrapes and evaluations).\n"
+             "  # From 10m every fifth ping to d is lost, from every source; its pairs stay silenced.")
+    return _block(step, 25, title, lambda n: _cluster(n, step, to={"d": EVERY_FIFTH}), tests)
+
+
+def _link_loss(step: int) -> str:
+    share = {30: "16%", 15: "18%"}[step]  # the window still holds cycles from before the fault
+    tests = (_expect(FAULT_S, "NodePingPacketLoss")
+             + _expect(FAULT_S + 300, "NodePingPacketLoss", _packet_loss("a", "b", share))
+             + _expect(FAULT_S + 300, "NodePingNodeUnreachable")
+             + _expect(FAULT_S + 300, "NodePingNodeCannotReachPeers")
+             + _expect(FAULT_S + 900, "NodePingNodeIntermittentLoss"))
+    title = (f"Promise: a link losing 20% fires within 5 minutes ({step} s scrapes and evaluations).\n"
+             "  # From 10m every fifth ping from a to b is lost; one witness, so no node alert.")
+    return _block(step, 25, title, lambda n: _cluster(n, step, pairs={("a", "b"): EVERY_FIFTH}), tests)
+
+
+def _blackouts(step: int) -> str:
+    first, second = FAULT_S + 15, FAULT_S + 14 * 60 + 15  # 30 s each, each split over two cycles
+    tests = (_expect(first - 15, "NodePingNodeUnreachable")
+             + _expect(first + 105, "NodePingNodeUnreachable", _unreachable("d"))
+             + _expect(first + 600, "NodePingNodeUnreachable")
+             + _expect(second + 105, "NodePingNodeUnreachable", _unreachable("d"))
+             + _expect(first + 15 * 60, "NodePingPacketLoss")
+             + _expect(first + 40 * 60, "NodePingNodeIntermittentLoss"))
+    title = (f"Promise: a node dark for 30 s twice within 15 minutes fires within 15 minutes ({step} s).\n"
+             "  # d drops everything at 10m15s-10m45s and at 24m15s-24m45s, each across two cycles (15 pings\n"
+             "  # lost in each): every blackout of 30 s fires within 2 minutes of its start, and resolves; the\n"
+             "  # hour-long flicker alert stays silenced, the pairs too.")
+    faults: list[Fault] = [(first, first + 30.0), (second, second + 30.0)]
+    return _block(step, 60, title, lambda n: _cluster(n, step, to={"d": faults}), tests)
+
+
+ALERT_NAMES = ("NodePingNodeUnreachable", "NodePingNodeCannotReachPeers", "NodePingNodeIntermittentLoss",
+               "NodePingPacketLoss", "NodePingHighLatency", "NodePingExternalTargetDown",
+               "NodePingExternalTargetUnreachable", "NodePingTextfileStale", "NodePingNoRecentSuccess",
+               "NodePingErrors", "NodePingExporterMissing")
+
+
+@dataclass(frozen=True)
+class Noise:
+    """When, in seconds, each thing that happens to a healthy cluster happens."""
+
+    burst: int  # a->c and b->c lose 4 more pings in the same cycle
+    burst2: int  # a->b loses 5 more in each of two cycles
+    restart: int  # the exporter on b restarts
+    missed: int  # one scrape of c fails
+    rolling: int  # the exporters of a, b, c and d restart, two minutes apart
+    join: int  # node e joins; its exporter starts two minutes later
+    leave: int  # node d leaves: probed no more within 90 s, shut down after 3 minutes
+
+
+STOPS_PROBING_D = {"a": 0, "b": 30, "e": 60, "c": 90}
+"""When each node stops probing d after it left (its copy of nodes.json changes), in seconds."""
+
+
+def _noise_series(step: int, n: int, at: Noise) -> str:
+    def index(seconds: float) -> int:
+        return int(seconds // step)
+
+    def restarted(node: str) -> list[int]:
+        times = [at.restart] if node == "b" else []
+        times += [at.rolling + 120 * k for k, x in enumerate("abcd") if x == node]
+        return [index(t) for t in times]
+
+    text = ""
+    for source in (*NODES, "e"):
+        first = index(at.join + 120) if source == "e" else 0
+        stale = index(at.leave + 180) if source == "d" else None
+        missing = frozenset({index(at.missed)}) if source == "c" else frozenset()
+        down = restarted(source)
+
+        def ran(i: int, down: list[int] = down) -> bool:
+            """A cycle ended for this sample, and the exporter was not restarting (old file served)."""
+            return (i * step) % CYCLE_S == 0 and not any(r <= i < r + CYCLE_S // step for r in down)
+
+        resets = frozenset(r + CYCLE_S // step for r in down)
+        for destination in (*NODES, "e"):
+            if source == destination:
+                continue
+            start, end = first, stale
+            if destination == "e":
+                start = max(start, index(at.join))
+            if destination == "d" and source != "d":
+                end = index(at.leave + STOPS_PROBING_D[source])
+            background = 0.005 if source in "ad" or destination == "c" else 0.0
+
+            def sent(i: int, ran: Callable[[int], bool] = ran) -> float:
+                return float(PINGS) if ran(i) else 0.0
+
+            def received(i: int, ran: Callable[[int], bool] = ran, pair: tuple[str, str] = (source, destination),
+                         background: float = background, start: int = start) -> float:
+                if not ran(i):
+                    return 0.0
+                t, lost_now = i * step, PINGS * background
+                if pair[1] == "c" and pair[0] in "ab" and at.burst <= t < at.burst + 30:
+                    lost_now += 4
+                if pair == ("a", "b") and at.burst2 <= t < at.burst2 + 60:
+                    lost_now += 5
+                if pair[1] == "e" and i == start:
+                    lost_now += 1  # the first ping to a new node waits for its address to resolve
+                return PINGS - lost_now
+
+            text += pair_yaml(source, destination, n, sent, received, start=start, stale=end, resets=resets,
+                              missing=missing)
+        instance = {"instance": f"{source}:9100"}
+        def wrote(i: int, ran: Callable[[int], bool] = ran) -> float:
+            return float(CYCLE_S) if ran(i) else 0.0
+
+        written = counter(n, wrote, start=first, stale=stale, missing=missing)
+        mtime: list[Value] = [v - 60 + first * step if isinstance(v, float) else v for v in written]
+        text += series_yaml("node_textfile_mtime_seconds",
+                            {**instance, "file": f"/var/lib/prometheus/node-exporter/node-ping_{source}.prom"}, mtime)
+        text += series_yaml(contract.LAST_SUCCESS.name, {**instance, contract.SOURCE: source}, mtime)
+
+        def constant(value: float, first: int = first, stale: int | None = stale,
+                     missing: frozenset[int] = missing) -> list[Value]:
+            return counter(n, lambda i: value if i == first else 0.0, start=first, stale=stale, missing=missing)
+
+        text += series_yaml(contract.ERRORS.name, {**instance, contract.SOURCE: source, "kind": "fping"}, constant(0))
+        text += series_yaml(contract.BUILD_INFO.name, {**instance, contract.SOURCE: source, "version": "0.1.0"},
+                            constant(1))
+    return text
+
+
+def _noise(step: int, hours: int, at: Noise, title: str, pending: list[tuple[str, str]]) -> str:
+    n = hours * 3600 // step + 1
+    window = f"{hours}h"
+    expected = "".join(f"          - labels: '{{alertname=\"{alert}\", alertstate=\"pending\", "
+                       f"destination_node=\"{node}\", severity=\"warning\"}}'\n            value: 1\n"
+                       for alert, node in pending)
+    return (f"  # {title}\n  - interval: {step}s\n    input_series:\n{_noise_series(step, n, at)}"
+            "    alert_rule_test:\n"
+            + "".join(f"      - {{eval_time: {window}, alertname: {alert}, exp_alerts: []}}\n" for alert in ALERT_NAMES)
+            + "    promql_expr_test:\n"
+            f"      # Not one alert fired at any evaluation of the {window}.\n"
+            f"      - expr: max_over_time(ALERTS{{alertstate=\"firing\"}}[{window}])\n"
+            f"        eval_time: {window}\n        exp_samples: []\n"
+            "      # Pending at some evaluation: only what `for` exists to wait out.\n"
+            f"      - expr: max_over_time(ALERTS[{window}])\n        eval_time: {window}\n"
+            f"        exp_samples:\n{expected}")
+
+
+_DAY = """Promise: a healthy cluster raises nothing over 24 hours (30 s scrapes).
+  # Nodes a-d, 30-ping cycles, one sample a cycle, 0.5% random loss on the pairs from a and d and to c.
+  # 2h: a->c and b->c lose 4 more pings in the same cycle; 2h30m: a->b loses 5 more in each of two
+  # cycles. 3h: the exporter on b restarts (a cycle missed, counters reset). 5h: one scrape of c
+  # fails. 8h: a rolling update restarts the exporters of a, b, c and d, two minutes apart. 10h:
+  # node e joins: the others ping it at once (their first ping to it is lost), its own exporter
+  # starts two minutes later. 14h: node d leaves: the others stop probing it over 90 s as their
+  # copies of nodes.json change, and it shuts down three minutes after.
+  # Nothing fires; only NodePingExporterMissing (a node pinged before or after its exporter runs)
+  # and NodePingNodeIntermittentLoss (one lost ping among the first to a new node) are pending for a
+  # while, which their `for` waits out."""
+
+_SHORT = """Promise: the same at 15 s scrapes: the counters move at every other scrape (30 s cycles), and
+  # the same events within 2 hours (bursts at 10m and 15m, b restarts at 20m, a missed scrape at 30m,
+  # the rolling update from 40m, e joins at 1h, d leaves at 1h20m). The hour-long alert is pending
+  # for c early on, while its window holds little else than the 0.5% loss and the burst."""
+
+
+def promise_tests() -> str:
+    """The "Promise" tests at the end of RULES_TEST_FILE, as they are written there."""
+    hour, minute = 3600, 60
+    day = Noise(2 * hour, 5 * hour // 2, 3 * hour, 5 * hour, 8 * hour, 10 * hour, 14 * hour)
+    short = Noise(10 * minute, 15 * minute, 20 * minute, 30 * minute, 40 * minute, 60 * minute, 80 * minute)
+    blocks = [scenario(step) for scenario in (_dark, _node_loss, _link_loss, _blackouts) for step in (30, 15)]
+    blocks.append(_noise(30, 24, day, _DAY, [("NodePingExporterMissing", "d"), ("NodePingExporterMissing", "e"),
+                                             ("NodePingNodeIntermittentLoss", "e")]))
+    blocks.append(_noise(15, 2, short, _SHORT, [("NodePingExporterMissing", "d"), ("NodePingExporterMissing", "e"),
+                                                ("NodePingNodeIntermittentLoss", "c")]))
+    return "\n".join(blocks)
