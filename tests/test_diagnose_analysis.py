@@ -10,8 +10,10 @@ import types
 
 import pytest
 
-from node_ping.diagnose import address, analysis, render
+from node_ping.diagnose import address, render
+from node_ping.diagnose import judge as judge_module
 from node_ping.diagnose import matrix as matrix_module
+from node_ping.diagnose import verdicts as verdicts_module
 from node_ping.diagnose.analysis import (
     CLUSTER,
     EXTERNAL_CLUSTER,
@@ -34,7 +36,7 @@ from node_ping.diagnose.analysis import (
 from node_ping.diagnose.matrix import PROBER_FAILING, PROBER_RUNNING, PROBER_STOPPED, Counts, Matrix, Prober
 from node_ping.diagnose.render import render_json, render_text
 from tests.support import promdata
-from tests.support.diagnosis import report_of
+from tests.support.diagnosis import LOSS_TITLE, report_of
 from tests.support.promdata import Mesh, everywhere, isolated, matrix_of, receive_loss, send_loss
 
 NODES = ["n1", "n2", "n3", "n4", "n5"]
@@ -309,7 +311,7 @@ class TestStaleVerdicts:
         assert all(source != "n2" for source, _ in matrix.measured_nodes())
         lines = render_text(report_of(matrix)).splitlines()
         assert lines[0].startswith("node-ping diagnose: 5 nodes,")
-        start = lines.index("Packet loss % (rows: from, columns: to; ! = 5% or more, - = no data)")
+        start = lines.index(LOSS_TITLE)
         assert lines[start + 1].split() == NODES
         assert [line.split()[0] for line in lines[start + 2:start + 6]] == ["n1", "n3", "n4", "n5"]
         assert "50.0" not in "\n".join(lines)
@@ -327,7 +329,7 @@ class TestOrderAndHealthyLine:
         matrix = matrix_of(Mesh(sorted(nodes), loss=receive_loss(nodes, "node-10", 0.3)))
         assert matrix.node_names() == nodes
         lines = render_text(report_of(matrix)).splitlines()
-        start = lines.index("Packet loss % (rows: from, columns: to; ! = 5% or more, - = no data)")
+        start = lines.index(LOSS_TITLE)
         assert lines[start + 1].split() == nodes
         assert [line.split()[0] for line in lines[start + 2:start + 14]] == nodes
         document = json.loads(render_json(report_of(matrix)))
@@ -389,7 +391,8 @@ class TestPublicTypes:
     """Every public dataclass says what it holds: a dataclass without a docstring shows only its
     generated signature in help()."""
 
-    @pytest.mark.parametrize("module", [analysis, matrix_module, render, address, promdata], ids=lambda m: m.__name__)
+    @pytest.mark.parametrize("module", [judge_module, verdicts_module, matrix_module, render, address, promdata],
+                             ids=lambda m: m.__name__)
     def test_dataclasses_have_docstrings(self, module: types.ModuleType) -> None:
         public = [value for name, value in vars(module).items()
                   if not name.startswith("_") and inspect.isclass(value) and dataclasses.is_dataclass(value)

@@ -22,7 +22,7 @@ from node_ping import contract
 from node_ping.diagnose import queries
 from node_ping.diagnose.wording import iso
 from tests.support import promdata
-from tests.support.diagnosis import diagnose_cmd
+from tests.support.diagnosis import LOSS_TITLE, diagnose_cmd
 from tests.support.promdata import Mesh, isolated, receive_loss, send_loss
 
 
@@ -89,7 +89,7 @@ class TestAgainstPrometheus:
                             "pings to it are lost from 4 of 4 peers (30.0%)")
         assert len([line for line in lines if line.startswith("* ")]) == 1
         # The evidence: worker-3's column is marked in every row but its own.
-        header = lines.index("Packet loss % (rows: from, columns: to; ! = 5% or more, - = no data)")
+        header = lines.index(LOSS_TITLE)
         columns = lines[header + 1].split()
         assert columns == NAMES
         for row in lines[header + 2:header + 7]:
@@ -189,7 +189,7 @@ class TestAgainstPrometheus:
         assert [line.split("]")[0] for line in out.splitlines() if line.startswith("* [")] == ["* [node-stale"]
         assert "* [node-stale] node worker-2 stopped reporting 10m before the end of the range" in out
         lines = out.splitlines()
-        header = lines.index("Packet loss % (rows: from, columns: to; ! = 5% or more, - = no data)")
+        header = lines.index(LOSS_TITLE)
         assert lines[header + 1].split() == NAMES
         assert [line.split()[0] for line in lines[header + 2:header + 6]] == ["worker-1", "worker-3", "worker-4",
                                                                              "worker-5"]

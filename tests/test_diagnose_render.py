@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from node_ping.diagnose.analysis import LINK, Thresholds
 from node_ping.diagnose.render import abbreviate, render_json, render_text
-from tests.support.diagnosis import report_of
+from tests.support.diagnosis import LOSS_TITLE, report_of
 from tests.support.promdata import Mesh, matrix_of, receive_loss
 
 NODES = ["n1", "n2", "n3", "n4", "n5"]
@@ -72,7 +72,7 @@ class TestTextOutput:
         assert lines[0] == ("node-ping diagnose: 3 nodes, 0 external targets, 15m up to 2023-11-14 22:13:20 UTC, "
                             "from http://prometheus:9090")
         assert lines[2].startswith(f"* [node-cannot-receive] node {nodes[1]} cannot receive")
-        start = lines.index("Packet loss % (rows: from, columns: to; ! = 5% or more, - = no data)")
+        start = lines.index(LOSS_TITLE)
         assert lines[start + 1:start + 5] == [
             "      1-21   2-22  3-23",
             "1-21    .   30.0!  0.0",
@@ -85,7 +85,7 @@ class TestTextOutput:
         nodes = ["a-1", "b-2", "n1", "x-very-long-name-here"]
         text = render_text(report_of(matrix_of(Mesh(nodes, loss=receive_loss(nodes, "n1", 0.3)))))
         lines = text.splitlines()
-        start = lines.index("Packet loss % (rows: from, columns: to; ! = 5% or more, - = no data)")
+        start = lines.index(LOSS_TITLE)
         assert lines[start + 1].split() == ["a-1", "b-2", "n1", "n2"]
         assert [line.split()[0] for line in lines[start + 2:start + 6]] == ["a-1", "b-2", "n1", "n2"]
         assert [line.split()[3] for line in lines[start + 2:start + 6]] == ["30.0!", "30.0!", ".", "30.0!"]

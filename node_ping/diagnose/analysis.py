@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 
 from node_ping import contract
 from node_ping.diagnose.explain import MIN_CELLS_FOR_NODE, Explanation, explain
+from node_ping.diagnose.judge import Thresholds, judge
 from node_ping.diagnose.matrix import (
     PROBER_FAILING,
     PROBER_RUNNING,
@@ -26,74 +26,31 @@ from node_ping.diagnose.matrix import (
     natural_key,
     natural_pair_key,
 )
+from node_ping.diagnose.verdicts import (
+    CLUSTER,
+    EXTERNAL_CLUSTER,
+    EXTERNAL_NODE,
+    EXTERNAL_TARGET,
+    HEALTHY,
+    KINDS,
+    LATENCY_CLUSTER,
+    LATENCY_LINK,
+    LATENCY_NODE,
+    LINK,
+    NODE_ISOLATED,
+    NODE_RECEIVE,
+    NODE_SEND,
+    NODE_SILENT,
+    NODE_STALE,
+    Evidence,
+    Verdict,
+)
 from node_ping.diagnose.wording import ago, loss_span, ms_span, pct
 
-HEALTHY = "healthy"
-NODE_ISOLATED = "node-isolated"
-NODE_RECEIVE = "node-cannot-receive"
-NODE_SEND = "node-cannot-send"
-LINK = "link"
-CLUSTER = "cluster-wide"
-LATENCY_NODE = "latency-node"
-LATENCY_LINK = "latency-link"
-LATENCY_CLUSTER = "latency-cluster-wide"
-EXTERNAL_NODE = "external-node"
-EXTERNAL_TARGET = "external-target"
-EXTERNAL_CLUSTER = "external-cluster-wide"
-NODE_SILENT = "node-silent"
-NODE_STALE = "node-stale"
-
-KINDS = (HEALTHY, NODE_ISOLATED, NODE_RECEIVE, NODE_SEND, LINK, CLUSTER, LATENCY_NODE, LATENCY_LINK,
-         LATENCY_CLUSTER, EXTERNAL_NODE, EXTERNAL_TARGET, EXTERNAL_CLUSTER, NODE_SILENT, NODE_STALE)
-
-
-@dataclass(frozen=True)
-class Thresholds:
-    """A cell is bad at or above these: loss as a ratio (0.05 = 5 %), average RTT in ms."""
-
-    loss_ratio: float = 0.05
-    latency_ms: float = 50.0
-
-    def bad_loss(self, counts: Counts) -> bool:
-        """The pair loses too much: a loss fault, and a marked cell in a loss matrix."""
-        return counts.measured and counts.loss_ratio >= self.loss_ratio
-
-    def slow(self, counts: Counts) -> bool:
-        """The pair's replies are too slow on average; a pair with no replies is never slow (it is lost)."""
-        avg = counts.rtt_avg_ms
-        return avg is not None and avg >= self.latency_ms
-
-
-@dataclass(frozen=True)
-class Evidence:
-    """One measured cell behind a verdict."""
-
-    source: str
-    destination: str
-    loss_percent: float
-    rtt_avg_ms: float | None
-
-
-@dataclass(frozen=True)
-class Verdict:
-    """One fault (or the single `healthy` verdict) as a person reads it and a script checks it.
-
-    `kind` is one of KINDS; `nodes` are the nodes it blames (every node for the cluster-wide kinds
-    and for healthy); `targets` the external targets, for the external kinds; `message` is the
-    sentence to read; `evidence` the measured cells behind it; `summary` the numbers in the message
-    under stable keys (which keys depends on the kind).
-    """
-
-    kind: str
-    nodes: tuple[str, ...]
-    message: str
-    evidence: tuple[Evidence, ...] = ()
-    targets: tuple[str, ...] = ()  # external targets, for the external kinds
-    summary: Mapping[str, float] = field(default_factory=dict)
-
-    @property
-    def is_fault(self) -> bool:
-        return self.kind != HEALTHY
+__all__ = [  # the verdict types and kinds are read from here too
+    "CLUSTER", "EXTERNAL_CLUSTER", "EXTERNAL_NODE", "EXTERNAL_TARGET", "HEALTHY", "KINDS", "LATENCY_CLUSTER",
+    "LATENCY_LINK", "LATENCY_NODE", "LINK", "NODE_ISOLATED", "NODE_RECEIVE", "NODE_SEND", "NODE_SILENT",
+    "NODE_STALE", "Evidence", "Thresholds", "Verdict", "diagnose"]
 
 
 def _errors_hint(node: str, prober: Prober) -> str:
@@ -131,11 +88,14 @@ class _Analysis:
         self.nodes = matrix.node_names()
         self.external = matrix.measured_external()
         self.targets = matrix.external_names()
-        self.bad_loss = {pair for pair, counts in self.cells.items() if thresholds.bad_loss(counts)}
-        self.slow = {pair for pair, counts in self.cells.items() if thresholds.slow(counts)}
+        judged = judge(matrix, thresholds)
+        self.background = judged.background
+        self.bad_loss, self.lossy, self.slow = set(judged.bad_loss), set(judged.lossy), set(judged.slow)
+        self.pooled = dict(judged.pooled)
+        self.external_lossy = set(judged.external_lossy)
 
     def loss(self) -> list[Verdict]:
-        found = explain(self.nodes, self.cells, self.bad_loss)
+        found = explain(self.nodes, self.cells, self.lossy)
         if found.cluster_wide:
             ratios = [self.cells[p].loss_ratio for p in self.bad_loss]
             return [Verdict(
@@ -154,11 +114,45 @@ class _Analysis:
             verdicts.append(self._link_loss(a, b))
         return verdicts
 
+    def _own(self, node: str, found: Explanation, bad: list[Pair]) -> list[Pair]:
+        """The cells of `node`'s verdict that no other flagged node explains (a peer that cannot send
+        or receive at all would otherwise stretch its loss range to 100 %)."""
+        own = [p for p in bad if not (p[0] != node and p[0] in found.send)
+               and not (p[1] != node and p[1] in found.receive)]
+        return own or bad
+
+    def _pooled_loss(self, node: str, found: Explanation) -> Verdict | None:
+        """A node flagged by its pooled row or column, not by a majority of bad cells: its pooled loss
+        and the evidence (peers, pings), without the cells other verdicts explain."""
+        direction = "receive" if node in found.receive else "send"
+        line = self.pooled.get((direction, node))
+        members, cell_bad = found.line(node, direction, self.bad_loss)
+        if line is None or len(cell_bad) * 2 > len(members) or (node in found.send and node in found.receive):
+            return None
+        own = self._own(node, found, list(line.cells))
+        sent = sum(self.cells[p].sent for p in own)
+        lost = sum(self.cells[p].sent - self.cells[p].received for p in own)
+        ratio = lost / sent if sent > 0 else 0.0
+        evidence = (f"{len(own)} of {len(members)} peers agree, {round(lost):,} of {round(sent):,} pings lost, "
+                    f"against a background of {pct(self.background)}")
+        if direction == "receive":
+            kind, message = NODE_RECEIVE, f"node {node} loses {pct(ratio)} of the pings sent to it ({evidence})"
+        else:
+            kind, message = NODE_SEND, f"node {node} loses {pct(ratio)} of the pings it sends ({evidence})"
+        summary = {f"{direction}_bad_peers": len(own), f"{direction}_peers": len(members),
+                   "pooled_loss_percent": round(ratio * 100, 3), "pooled_sent": round(sent),
+                   "pooled_lost": round(lost), "background_loss_percent": round(self.background * 100, 3),
+                   "worst_loss_percent": round(max(self.cells[p].loss_ratio for p in own) * 100, 3)}
+        return Verdict(kind, (node,), message, _evidence(self.cells, own), summary=summary)
+
     def _node_loss(self, node: str, found: Explanation) -> Verdict:
-        row, row_bad = found.line(node, "send", self.bad_loss)
-        column, column_bad = found.line(node, "receive", self.bad_loss)
+        pooled = self._pooled_loss(node, found)
+        if pooled is not None:
+            return pooled
+        row, row_bad = found.line(node, "send", self.lossy)
+        column, column_bad = found.line(node, "receive", self.lossy)
         sends, receives = node in found.send, node in found.receive
-        bad = (row_bad if sends else []) + (column_bad if receives else [])
+        bad = self._own(node, found, (row_bad if sends else []) + (column_bad if receives else []))
         span = loss_span([self.cells[p].loss_ratio for p in bad])
         if sends and receives:
             kind = NODE_ISOLATED
@@ -251,7 +245,7 @@ class _Analysis:
         return verdicts
 
     def external_loss(self) -> list[Verdict]:
-        bad = {p for p, c in self.external.items() if self.thresholds.bad_loss(c)}
+        bad = self.external_lossy
         by_target: dict[str, list[Pair]] = {}
         for pair in self.external:
             by_target.setdefault(pair[1], []).append(pair)

@@ -46,7 +46,8 @@ def diagnose(**values: Any) -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)
     headers = config.request_headers(values["header"], env(config.HEADERS_ENV, "") or "", values["bearer_token_file"],
                                      basic_auth=address.basic_auth is not None)
-    thresholds = Thresholds(loss_ratio=values["loss_threshold"] / 100, latency_ms=values["latency_threshold"])
+    thresholds = Thresholds(loss_ratio=values["loss_threshold"] / 100, latency_ms=values["latency_threshold"],
+                            node_loss_ratio=values["node_loss_threshold"] / 100)
     with Prometheus(address, values["timeout"], headers) as prometheus:
         try:
             matrix = fetch_matrix(prometheus, window, at)

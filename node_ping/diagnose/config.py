@@ -106,6 +106,10 @@ OUTPUT = Setting("--output", default="text", type=click.Choice(("text", "json"))
                  help="text for people, json for scripts.")
 LOSS_THRESHOLD = Setting("--loss-threshold", default=5.0, type=PositiveNumber(100.0), metavar="PERCENT",
                          help="A pair losing this share of pings or more is bad: above 0, at most 100.")
+NODE_LOSS_THRESHOLD = Setting("--node-loss-threshold", default=1.0, type=PositiveNumber(100.0), metavar="PERCENT",
+                              help="A node whose pings to or from every peer, pooled, lose this share or more, "
+                                   "significantly above the cluster's background, is bad even when each pair is "
+                                   "below --loss-threshold: above 0, at most 100.")
 LATENCY_THRESHOLD = Setting("--latency-threshold", default=50.0, type=PositiveNumber(), metavar="MS",
                             help="A pair whose average RTT is this or more is slow.")
 HEADER = Setting("--header", multiple=True, metavar="'NAME: VALUE'",
@@ -116,7 +120,8 @@ BEARER_TOKEN_FILE = Setting("--bearer-token-file", type=click.Path(path_type=Pat
 TIMEOUT = Setting("--timeout", default=10.0, type=PositiveNumber(MAX_TIMEOUT_S), metavar="SECONDS",
                   help=f"For each HTTP request to Prometheus, at most {MAX_TIMEOUT_S:g}.")
 
-SETTINGS = (PROMETHEUS, RANGE, TIME, OUTPUT, LOSS_THRESHOLD, LATENCY_THRESHOLD, HEADER, BEARER_TOKEN_FILE, TIMEOUT)
+SETTINGS = (PROMETHEUS, RANGE, TIME, OUTPUT, LOSS_THRESHOLD, NODE_LOSS_THRESHOLD, LATENCY_THRESHOLD,
+            HEADER, BEARER_TOKEN_FILE, TIMEOUT)
 
 
 def _header(text: str, where: str) -> tuple[str, str]:

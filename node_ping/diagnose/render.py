@@ -2,7 +2,7 @@
 legend of shortened names) or JSON for scripts (every verdict with its numbers, and every cell).
 
 Pure: a Report in, a string out. Which cells are marked bad is the analysis's decision
-(`Thresholds.bad_loss`, `Thresholds.slow`); this module only shows it.
+(`judge.judge`); this module only shows it.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from node_ping.diagnose.analysis import NODE_SILENT, NODE_STALE, Thresholds, Verdict
+from node_ping.diagnose.judge import judge
 from node_ping.diagnose.matrix import Counts, Matrix, Pair, natural_key, natural_pair_key
 from node_ping.diagnose.wording import iso
 
@@ -113,10 +114,10 @@ def _pick(names: Sequence[str], marked: Sequence[str], limit: int) -> list[str]:
 
 def _matrix_section(title: str, cells: Mapping[Pair, Counts], *, rows: Mapping[str, str],
                     columns: Mapping[str, str], show: Callable[[Counts], float | None],
-                    bad: Callable[[Counts], bool]) -> tuple[list[str], list[str], list[str]]:
-    """One matrix (rows and columns as {name: label}), and the names of the rows and the columns it
-    shows: on a large cluster only those with marked cells."""
-    marked = [pair for pair, counts in cells.items() if show(counts) is not None and bad(counts)]
+                    bad: Collection[Pair]) -> tuple[list[str], list[str], list[str]]:
+    """One matrix (rows and columns as {name: label}) with the `bad` cells marked, and the names of the
+    rows and the columns it shows: on a large cluster only those with marked cells."""
+    marked = [pair for pair, counts in cells.items() if show(counts) is not None and pair in bad]
     row_names = _pick(list(rows), [s for s, _ in marked], _FULL_MATRIX_NODES)
     column_names = _pick(list(columns), [d for _, d in marked], _FULL_MATRIX_NODES)
     if not row_names or not column_names:
@@ -132,7 +133,7 @@ def _matrix_section(title: str, cells: Mapping[Pair, Counts], *, rows: Mapping[s
         number = None if counts is None else show(counts)
         if counts is None or number is None:
             return "- "
-        return f"{number:.1f}" + ("!" if bad(counts) else " ")
+        return f"{number:.1f}" + ("!" if (source, destination) in bad else " ")
 
     table = _table(title, {r: rows[r] for r in row_names}, {c: columns[c] for c in column_names}, cell)
     return ["", *table], row_names, column_names
@@ -160,20 +161,22 @@ def render_text(report: Report) -> str:
     def loss(counts: Counts) -> float:
         return counts.loss_ratio * 100
 
+    judged = judge(matrix, thresholds)  # the analysis's own decision: the marks are the verdicts' cells
     sections: list[tuple[str, Mapping[Pair, Counts], Mapping[str, str], Mapping[str, str],
-                         Callable[[Counts], float | None], Callable[[Counts], bool]]] = []
+                         Callable[[Counts], float | None], Collection[Pair]]] = []
     if row_labels:
         cells = matrix.measured_nodes()
         sections += [
-            (f"Packet loss % (rows: from, columns: to; ! = {loss_pct:g}% or more, - = no data)",
-             cells, row_labels, node_labels, loss, thresholds.bad_loss),
+            (f"Packet loss % (rows: from, columns: to; ! = a bad pair: {loss_pct:g}% or more and above the "
+              "background, or in a lossy row or column; - = no data)",
+             cells, row_labels, node_labels, loss, judged.lossy),
             (f"Average RTT ms (! = {thresholds.latency_ms:g} ms or more, - = no reply or no data)",
-             cells, row_labels, node_labels, lambda counts: counts.rtt_avg_ms, thresholds.slow),
+             cells, row_labels, node_labels, lambda counts: counts.rtt_avg_ms, judged.slow),
         ]
     if targets:
         sources = {source: labels[source] for source in sorted({s for s, _ in external}, key=natural_key)}
         sections.append((f"External packet loss % (rows: node, columns: external target; ! = {loss_pct:g}% or more)",
-                         external, sources, target_labels, loss, thresholds.bad_loss))
+                         external, sources, target_labels, loss, judged.external_lossy))
     for title, section_cells, rows, columns, show, bad in sections:
         section, row_names, column_names = _matrix_section(title, section_cells, rows=rows, columns=columns,
                                                            show=show, bad=bad)

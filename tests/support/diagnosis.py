@@ -70,3 +70,8 @@ def requests_to(server: HTTPServer) -> list[dict[str, str]]:
 def report_of(matrix: Matrix) -> Report:
     """The report of `matrix` as diagnose makes it, at a fixed time and address."""
     return Report(matrix, diagnose(matrix), Thresholds(), "15m", 1_700_000_000.0, "http://prometheus:9090")
+
+
+LOSS_TITLE = ("Packet loss % (rows: from, columns: to; ! = a bad pair: 5% or more and above the background, "
+              "or in a lossy row or column; - = no data)")
+"""The loss matrix's heading at the default --loss-threshold."""
