@@ -3,8 +3,8 @@
 A bad column means a node that cannot receive, a bad row one that cannot send, both an isolated
 node; bad cells no node explains are links; too many faults at once are cluster-wide (`explain`).
 Latency gets the same treatment, external targets a simpler one; stale and silent nodes are named
-with what their own metrics say about their prober. Which cells are bad is decided here, once
-(`Thresholds.bad_loss`, `Thresholds.slow`), for the verdicts and the rendered matrices alike.
+with what their own metrics say about their prober. Which cells are bad is decided once, in
+`judge`, for the verdicts and the rendered matrices alike.
 """
 
 from __future__ import annotations
@@ -89,10 +89,9 @@ class _Analysis:
         self.external = matrix.measured_external()
         self.targets = matrix.external_names()
         judged = judge(matrix, thresholds)
-        self.background = judged.background
-        self.bad_loss, self.lossy, self.slow = set(judged.bad_loss), set(judged.lossy), set(judged.slow)
-        self.pooled = dict(judged.pooled)
-        self.external_lossy = set(judged.external_lossy)
+        self.background, self.pooled = judged.background, judged.pooled
+        self.bad_loss, self.lossy, self.slow = judged.bad_loss, judged.lossy, judged.slow
+        self.external_lossy = judged.external_lossy
 
     def loss(self) -> list[Verdict]:
         found = explain(self.nodes, self.cells, self.lossy)

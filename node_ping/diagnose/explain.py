@@ -8,6 +8,7 @@ the fault is cluster-wide. Loss and latency verdicts are both read from it.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 
 from node_ping.diagnose.matrix import Pair, natural_key, natural_pair_key
@@ -30,13 +31,13 @@ class Explanation:
     # that describing a flagged node costs its own row and column, not a scan of the matrix.
     lines: Mapping[tuple[str, str], Sequence[Pair]] = field(default_factory=dict)
 
-    def line(self, node: str, direction: str, bad: set[Pair]) -> tuple[Sequence[Pair], list[Pair]]:
+    def line(self, node: str, direction: str, bad: AbstractSet[Pair]) -> tuple[Sequence[Pair], list[Pair]]:
         """The node's row ("send") or column ("receive"), and the bad cells in it."""
         mine = self.lines.get((direction, node), ())
         return mine, [p for p in mine if p in bad]
 
 
-def explain(nodes: Sequence[str], measured: Iterable[Pair], bad: set[Pair]) -> Explanation:
+def explain(nodes: Sequence[str], measured: Iterable[Pair], bad: AbstractSet[Pair]) -> Explanation:
     """Greedy: flag the node direction (row or column) with the largest share of bad cells among the
     cells not yet explained, until none is mostly bad; leftovers are links.
 
