@@ -100,10 +100,38 @@ class PingFamily:
         """All six, in exposition order."""
         return self.packets_sent, self.packets_received, self.rtt_sum, self.rtt_min, self.rtt_max, self.rtt_mdev
 
+    @property
+    def mtu_packets_sent(self) -> Metric:
+        return Metric(f"{self.prefix}_mtu_packets_sent", Kind.COUNTER,
+                      f"Don't-fragment ICMP echo requests of exactly `{MTU}` bytes (IP packet) sent to {self.what}.",
+                      (*self.labels, MTU))
+
+    @property
+    def mtu_packets_received(self) -> Metric:
+        return Metric(f"{self.prefix}_mtu_packets_received", Kind.COUNTER,
+                      f"Replies to the `{MTU}`-byte don't-fragment echo requests received from {self.what}.",
+                      (*self.labels, MTU))
+
+    @property
+    def mtu_metrics(self) -> tuple[Metric, Metric]:
+        """The MTU probe's pair, in exposition order."""
+        return self.mtu_packets_sent, self.mtu_packets_received
+
+
+MTU = "mtu"
+"""The label of the MTU probe's counters: the IP packet size proven, e.g. "1500"."""
 
 NODE = PingFamily("kube_node_ping", "destination_node", "destination_node_ip_address", "another node")
+POD = PingFamily("kube_pod_ping", "destination_node", "destination_pod_ip_address",
+                 "another node's pod-network prober")
 EXTERNAL = PingFamily("external_ping", "destination_name", "destination_host", "an external host")
-FAMILIES = (NODE, EXTERNAL)
+FAMILIES = (NODE, POD, EXTERNAL)
+
+PATH = "path"
+"""The label that tells a node's two probers apart on their own metrics: absent on the host-network
+prober's (so its series stay as they always were), "pod" on the pod-network prober's."""
+PATHS = ("node", "pod")
+POD_PATH = "pod"
 
 
 def _own(base: str, kind: Kind, help_text: str, label: str | None = None) -> Metric:
@@ -124,6 +152,10 @@ LAST_SUCCESS = _own("node_ping_last_success_timestamp_seconds", Kind.GAUGE,
 FPING_CPU = _own("node_ping_fping_cpu_seconds", Kind.COUNTER, "CPU time (user+system) used by fping.")
 OWN_CPU = _own("node_ping_cpu_seconds", Kind.COUNTER, "CPU time (user+system) used by node-ping itself.")
 BUILD_INFO = _own("node_ping_build_info", Kind.GAUGE, "Version of node-ping; always 1.", "version")
+ZONE, RACK = "zone", "rack"
+NODE_INFO = Metric("node_ping_node_info", Kind.GAUGE,
+                   "Where the measuring node sits, from its own entry in nodes.json: its zone and rack (empty "
+                   "when unknown); always 1.", (SOURCE, ZONE, RACK))
 
 SELF_METRICS = (EXCEPTIONS, ERRORS, CYCLES, TARGETS, CYCLE_DURATION, CYCLE_NOMINAL, CYCLE_LATENESS, LAST_SUCCESS,
                 FPING_CPU, OWN_CPU, BUILD_INFO)
