@@ -13,7 +13,9 @@ import statistics
 from collections.abc import Iterable, Mapping
 
 from node_ping import contract
+from node_ping.diagnose import grouped
 from node_ping.diagnose.explain import MIN_CELLS_FOR_NODE, Explanation, explain
+from node_ping.diagnose.groups import CUT_LOSS, group_faults
 from node_ping.diagnose.judge import Thresholds, judge
 from node_ping.diagnose.matrix import (
     PROBER_FAILING,
@@ -26,6 +28,7 @@ from node_ping.diagnose.matrix import (
     natural_key,
     natural_pair_key,
 )
+from node_ping.diagnose.stats import pooled_lines
 from node_ping.diagnose.verdicts import (
     CLUSTER,
     EXTERNAL_CLUSTER,
@@ -38,6 +41,7 @@ from node_ping.diagnose.verdicts import (
     LATENCY_NODE,
     LINK,
     NODE_ISOLATED,
+    NODE_LOSSY,
     NODE_RECEIVE,
     NODE_SEND,
     NODE_SILENT,
@@ -49,8 +53,8 @@ from node_ping.diagnose.wording import ago, loss_span, ms_span, pct
 
 __all__ = [  # the verdict types and kinds are read from here too
     "CLUSTER", "EXTERNAL_CLUSTER", "EXTERNAL_NODE", "EXTERNAL_TARGET", "HEALTHY", "KINDS", "LATENCY_CLUSTER",
-    "LATENCY_LINK", "LATENCY_NODE", "LINK", "NODE_ISOLATED", "NODE_RECEIVE", "NODE_SEND", "NODE_SILENT",
-    "NODE_STALE", "Evidence", "Thresholds", "Verdict", "diagnose"]
+    "LATENCY_LINK", "LATENCY_NODE", "LINK", "NODE_ISOLATED", "NODE_LOSSY", "NODE_RECEIVE", "NODE_SEND",
+    "NODE_SILENT", "NODE_STALE", "Evidence", "Thresholds", "Verdict", "diagnose"]
 
 
 def _errors_hint(node: str, prober: Prober) -> str:
@@ -92,12 +96,33 @@ class _Analysis:
         self.background, self.pooled = judged.background, judged.pooled
         self.bad_loss, self.lossy, self.slow = judged.bad_loss, judged.lossy, judged.slow
         self.external_lossy = judged.external_lossy
+        self.places = matrix.places
+
+    def groups(self) -> list[Verdict]:
+        """Faults of whole zones, racks or sides; their cells are left to no other loss verdict."""
+        faults = group_faults(self.nodes, self.places, self.cells, self.lossy, complete=True)
+        explained = frozenset(cell for fault in faults for cell in fault.cells)
+        if explained and self.pooled:
+            # Rows and columns pooled again without the group's cells: a node is not lossy for the
+            # share of its peers that sit behind a cut.
+            rest = {pair: counts for pair, counts in self.cells.items() if pair not in explained}
+            median = statistics.median(c.loss_ratio for c in rest.values()) if rest else 0.0
+            size = self.thresholds.node_loss_ratio or 1.0
+            lines = pooled_lines(rest, self.background, median, size, MIN_CELLS_FOR_NODE)
+            self.pooled = {(line.direction, line.node): line for line in lines}
+        self.bad_loss = self.bad_loss - explained
+        self.lossy = self.bad_loss | {pair for line in self.pooled.values() for pair in line.cells} - explained
+        return [Verdict(grouped.kind_of(fault), fault.blamed_nodes, grouped.message(fault),
+                        grouped.evidence(fault, self.cells), summary=grouped.summary(fault), groups=fault.groups)
+                for fault in faults]
 
     def loss(self) -> list[Verdict]:
+        """Group faults first, then nodes and links (or cluster-wide) for the bad cells they leave."""
+        verdicts = self.groups()
         found = explain(self.nodes, self.cells, self.lossy)
         if found.cluster_wide:
-            ratios = [self.cells[p].loss_ratio for p in self.bad_loss]
-            return [Verdict(
+            ratios = [self.cells[p].loss_ratio for p in self.bad_loss] or [1.0]
+            return [*verdicts, Verdict(
                 CLUSTER, tuple(self.nodes),
                 f"cluster-wide: {len(self.bad_loss)} of {len(self.cells)} pairs lose packets "
                 f"(median {pct(statistics.median(ratios))}, worst {pct(max(ratios))}): "
@@ -106,7 +131,6 @@ class _Analysis:
                 summary={"bad_pairs": len(self.bad_loss), "pairs": len(self.cells),
                          "median_loss_percent": round(statistics.median(ratios) * 100, 3)},
             )]
-        verdicts: list[Verdict] = []
         for node in sorted(found.send | found.receive, key=natural_key):
             verdicts.append(self._node_loss(node, found))
         for a, b in found.links:
@@ -153,11 +177,16 @@ class _Analysis:
         sends, receives = node in found.send, node in found.receive
         bad = self._own(node, found, (row_bad if sends else []) + (column_bad if receives else []))
         span = loss_span([self.cells[p].loss_ratio for p in bad])
-        if sends and receives:
+        if sends and receives and statistics.median(self.cells[p].loss_ratio for p in bad) >= CUT_LOSS:
             kind = NODE_ISOLATED
             message = (f"node {node} is isolated: it cannot send to or receive from most peers "
                        f"({len(row_bad)} of {len(row)} outgoing and {len(column_bad)} of {len(column)} "
                        f"incoming pairs lose {span})")
+        elif sends and receives:
+            kind = NODE_LOSSY
+            message = (f"node {node} loses {span} of its pings to and from most peers ({len(row_bad)} of "
+                       f"{len(row)} outgoing and {len(column_bad)} of {len(column)} incoming pairs): "
+                       "look at its network interface, cable or switch port")
         elif receives:
             kind = NODE_RECEIVE
             message = (f"node {node} cannot receive from most peers: pings to it are lost from "

@@ -74,6 +74,33 @@ class Counts:
 
 
 @dataclass(frozen=True)
+class Place:
+    """Where a node sits, as its own info metric (contract.NODE_INFO) says: zone and rack, empty when unknown."""
+
+    zone: str = ""
+    rack: str = ""
+
+
+@dataclass(frozen=True)
+class Block:
+    """All measured pairs from one group of nodes to another (or inside one), summed; `bad` is how
+    many of them the analysis found bad (0 until it has looked)."""
+
+    measured: int = 0
+    bad: int = 0
+    sent: float = 0.0
+    lost: float = 0.0
+
+    @property
+    def loss_ratio(self) -> float:
+        return min(1.0, max(0.0, self.lost / self.sent)) if self.sent > 0 else 0.0
+
+    def add(self, counts: Counts, bad: bool) -> Block:
+        return Block(self.measured + 1, self.bad + bad, self.sent + counts.sent,
+                     self.lost + counts.sent - counts.received)
+
+
+@dataclass(frozen=True)
 class Matrix:
     """What Prometheus knows about the range: node pairs and (node, external target) pairs, the
     source nodes whose data stopped before its end (`stale`: node -> how many seconds before the end
@@ -84,6 +111,7 @@ class Matrix:
     external: Mapping[Pair, Counts] = field(default_factory=dict)
     stale: Mapping[str, float | None] = field(default_factory=dict)
     probers: Mapping[str, Prober] = field(default_factory=dict)
+    places: Mapping[str, Place] = field(default_factory=dict)
 
     def prober(self, node: str) -> Prober:
         """What `node`'s own metrics say about its prober; gone when Prometheus has none."""

@@ -22,6 +22,9 @@ BACKGROUND_FLOOR = 0.01
 ping a finding."""
 
 
+_NEGLIGIBLE_LOG = -700.0  # exp() of it is about 1e-304: nothing compared with any test level
+
+
 def background(cells: Sequence[Counts], loss_ratio: float) -> float:
     """What a pair is taken to lose by chance: the median loss of all cells, at least
     BACKGROUND_FLOOR, at most half of `loss_ratio` (so that loss everywhere does not hide itself)."""
@@ -40,10 +43,18 @@ def upper_tail(lost: int, sent: int, p: float) -> float:
     if p <= 0.0:
         return 0.0
     log_p, log_q = math.log(p), math.log1p(-p)
+
+    def log_term(k: int) -> float:
+        return math.lgamma(sent + 1) - math.lgamma(k + 1) - math.lgamma(sent - k + 1) + k * log_p + (sent - k) * log_q
+
+    first = log_term(lost)
+    if first < _NEGLIGIBLE_LOG:
+        # Above the mean the terms shrink by a factor of (n-k)p/((k+1)q) < 1 each: with the first this
+        # small the sum is too, and summing hundreds of terms that underflow to 0 would only cost time.
+        return math.exp(first)
     total = 0.0
     for k in range(lost, sent + 1):
-        term = math.exp(math.lgamma(sent + 1) - math.lgamma(k + 1) - math.lgamma(sent - k + 1)
-                        + k * log_p + (sent - k) * log_q)
+        term = math.exp(log_term(k))
         total += term
         if term < total * 1e-12:
             break

@@ -20,9 +20,14 @@ EXTERNAL_TARGET = "external-target"
 EXTERNAL_CLUSTER = "external-cluster-wide"
 NODE_SILENT = "node-silent"
 NODE_STALE = "node-stale"
+NODE_LOSSY = "node-lossy"  # loses part of its pings both ways: not cut off (that is node-isolated)
+PARTITION = "partition"
+GROUP_KINDS = {  # (by, what) -> kind; `by` is how the groups are known: zone, rack, or the loss's own sides
+    (by, what): f"{by}-{what}" for by in ("zone", "rack") for what in ("cut-off", "lossy", "pair-lossy")}
 
-KINDS = (HEALTHY, NODE_ISOLATED, NODE_RECEIVE, NODE_SEND, LINK, CLUSTER, LATENCY_NODE, LATENCY_LINK,
-         LATENCY_CLUSTER, EXTERNAL_NODE, EXTERNAL_TARGET, EXTERNAL_CLUSTER, NODE_SILENT, NODE_STALE)
+KINDS = (HEALTHY, PARTITION, *GROUP_KINDS.values(), NODE_ISOLATED, NODE_LOSSY, NODE_RECEIVE, NODE_SEND, LINK, CLUSTER,
+         LATENCY_NODE, LATENCY_LINK, LATENCY_CLUSTER, EXTERNAL_NODE, EXTERNAL_TARGET, EXTERNAL_CLUSTER, NODE_SILENT,
+         NODE_STALE)
 
 
 @dataclass(frozen=True)
@@ -40,9 +45,10 @@ class Verdict:
     """One fault (or the single `healthy` verdict) as a person reads it and a script checks it.
 
     `kind` is one of KINDS; `nodes` are the nodes it blames (every node for the cluster-wide kinds
-    and for healthy); `targets` the external targets, for the external kinds; `message` is the
-    sentence to read; `evidence` the measured cells behind it; `summary` the numbers in the message
-    under stable keys (which keys depends on the kind).
+    and for healthy; none for a partition, where neither side is to blame); `groups` the zones, racks
+    or sides a group verdict is about, with their members; `targets` the external targets, for the
+    external kinds; `message` is the sentence to read; `evidence` the measured cells behind it;
+    `summary` the numbers in the message under stable keys (which keys depends on the kind).
     """
 
     kind: str
@@ -50,6 +56,7 @@ class Verdict:
     message: str
     evidence: tuple[Evidence, ...] = ()
     targets: tuple[str, ...] = ()  # external targets, for the external kinds
+    groups: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # the group kinds: group -> members
     summary: Mapping[str, float] = field(default_factory=dict)
 
     @property
