@@ -3,6 +3,7 @@ API server and discovery controllers run against it."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from collections.abc import Callable, Iterator
@@ -12,7 +13,7 @@ import helm_python as helm
 import pytest
 
 from node_ping.probe import lock
-from tests.support import netlab
+from tests.support import netlab, promdata
 from tests.support.chart import CHART
 from tests.support.diagnosis import SECRET
 from tests.support.discovery import Controllers, Running
@@ -86,3 +87,21 @@ def private_fping_lock(monkeypatch: pytest.MonkeyPatch) -> None:
     tag = f"test-{os.getpid()}"
     monkeypatch.setattr(lock, "LOCK_ADDRESS", f"\0node-ping-{tag}/fping")
     monkeypatch.setattr(lock, "QUEUE_ADDRESS", f"\0node-ping-{tag}/fping-next")
+
+
+@pytest.fixture
+def prometheus_with() -> Iterator[Callable[[str], str]]:
+    """`prometheus_with(openmetrics_text)` backfills the text into a fresh TSDB, starts a real
+    Prometheus on it and returns its URL. Processes and directories go at teardown."""
+    reason = promdata.available()
+    if reason:
+        pytest.skip(reason)
+    with contextlib.ExitStack() as stack:
+        root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="node-ping-diagnose-")))
+
+        def start(text: str) -> str:
+            data = root / f"tsdb{len(list(root.iterdir()))}"
+            promdata.backfill(text, data)
+            return stack.enter_context(promdata.running_prometheus(data))
+
+        yield start

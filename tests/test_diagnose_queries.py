@@ -4,17 +4,14 @@ and the exit code; and --range agreeing with Prometheus on what a duration is.""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import random
 import re
-import tempfile
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterator, Mapping
-from pathlib import Path
+from collections.abc import Callable, Mapping
 
 import pytest
 
@@ -40,24 +37,6 @@ class TestQueries:
                          contract.EXTERNAL.packets_received.name, contract.EXTERNAL.rtt_sum.name,
                          contract.LAST_SUCCESS.name, contract.CYCLE_NOMINAL.name, contract.CYCLES.name,
                          contract.ERRORS.name}
-
-
-@pytest.fixture
-def prometheus_with() -> Iterator[Callable[[str], str]]:
-    """`prometheus_with(openmetrics_text)` backfills the text into a fresh TSDB, starts a real
-    Prometheus on it and returns its URL. Processes and directories go at teardown."""
-    reason = promdata.available()
-    if reason:
-        pytest.skip(reason)
-    with contextlib.ExitStack() as stack:
-        root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="node-ping-diagnose-")))
-
-        def start(text: str) -> str:
-            data = root / f"tsdb{len(list(root.iterdir()))}"
-            promdata.backfill(text, data)
-            return stack.enter_context(promdata.running_prometheus(data))
-
-        yield start
 
 
 NAMES = [f"worker-{i}" for i in range(1, 6)]

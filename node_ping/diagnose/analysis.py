@@ -12,19 +12,14 @@ from __future__ import annotations
 import statistics
 from collections.abc import Iterable, Mapping
 
-from node_ping import contract
-from node_ping.diagnose import grouped
+from node_ping.diagnose import absent, grouped
 from node_ping.diagnose.explain import MIN_CELLS_FOR_NODE, Explanation, explain
 from node_ping.diagnose.groups import CUT_LOSS, group_faults
 from node_ping.diagnose.judge import Thresholds, judge
 from node_ping.diagnose.matrix import (
-    PROBER_FAILING,
-    PROBER_RUNNING,
-    PROBER_STOPPED,
     Counts,
     Matrix,
     Pair,
-    Prober,
     natural_key,
     natural_pair_key,
 )
@@ -49,26 +44,12 @@ from node_ping.diagnose.verdicts import (
     Evidence,
     Verdict,
 )
-from node_ping.diagnose.wording import ago, loss_span, ms_span, pct
+from node_ping.diagnose.wording import loss_span, ms_span, pct
 
 __all__ = [  # the verdict types and kinds are read from here too
     "CLUSTER", "EXTERNAL_CLUSTER", "EXTERNAL_NODE", "EXTERNAL_TARGET", "HEALTHY", "KINDS", "LATENCY_CLUSTER",
     "LATENCY_LINK", "LATENCY_NODE", "LINK", "NODE_ISOLATED", "NODE_LOSSY", "NODE_RECEIVE", "NODE_SEND",
     "NODE_SILENT", "NODE_STALE", "Evidence", "Thresholds", "Verdict", "diagnose"]
-
-
-def _errors_hint(node: str, prober: Prober) -> str:
-    """Where to look for why a prober fails: its error counters, with the kinds that rose, and its log."""
-    rose = ", ".join(f"{kind} +{round(count)}" for kind, count in sorted(prober.errors.items()) if round(count) > 0)
-    counters = f'{contract.ERRORS.name}{{{contract.SOURCE}="{node}"}}'
-    return f"{counters} ({rose} in the range) and its log" if rose else f"{counters} and its log"
-
-
-def _since_summary(prober: Prober) -> dict[str, float]:
-    """stopped_seconds_before_end for a prober whose last success is too old, as for stale nodes."""
-    if prober.state in (PROBER_STOPPED, PROBER_FAILING) and prober.since_success_s is not None:
-        return {"stopped_seconds_before_end": round(prober.since_success_s, 3)}
-    return {}
 
 
 def _evidence(cells: Mapping[Pair, Counts], pairs: Iterable[Pair]) -> tuple[Evidence, ...]:
@@ -97,10 +78,17 @@ class _Analysis:
         self.bad_loss, self.lossy, self.slow = judged.bad_loss, judged.lossy, judged.slow
         self.external_lossy = judged.external_lossy
         self.places = matrix.places
+        self.summary = matrix.summary
+        # Pairs per line: counted from the cells, or summed in Prometheus for a large cluster.
+        self.sizes = {} if self.summary is None else {
+            key: line.pairs for key, line in self.summary.lines.items() if key[1] not in self.stale}
+        self.pairs = len(self.cells) if self.summary is None else max(
+            len(self.cells), sum(size for (direction, _), size in self.sizes.items() if direction == "send"))
 
     def groups(self) -> list[Verdict]:
         """Faults of whole zones, racks or sides; their cells are left to no other loss verdict."""
-        faults = group_faults(self.nodes, self.places, self.cells, self.lossy, complete=True)
+        faults = group_faults(self.nodes, self.places, self.cells, self.lossy, complete=self.summary is None,
+                              blocks=None if self.summary is None else self.summary.blocks)
         explained = frozenset(cell for fault in faults for cell in fault.cells)
         if explained and self.pooled:
             # Rows and columns pooled again without the group's cells: a node is not lossy for the
@@ -119,16 +107,16 @@ class _Analysis:
     def loss(self) -> list[Verdict]:
         """Group faults first, then nodes and links (or cluster-wide) for the bad cells they leave."""
         verdicts = self.groups()
-        found = explain(self.nodes, self.cells, self.lossy)
+        found = explain(self.nodes, self.cells, self.lossy, self.sizes)
         if found.cluster_wide:
             ratios = [self.cells[p].loss_ratio for p in self.bad_loss] or [1.0]
             return [*verdicts, Verdict(
                 CLUSTER, tuple(self.nodes),
-                f"cluster-wide: {len(self.bad_loss)} of {len(self.cells)} pairs lose packets "
+                f"cluster-wide: {len(self.bad_loss)} of {self.pairs} pairs lose packets "
                 f"(median {pct(statistics.median(ratios))}, worst {pct(max(ratios))}): "
                 "look at the network as a whole, not at single nodes",
                 _evidence(self.cells, self.bad_loss),
-                summary={"bad_pairs": len(self.bad_loss), "pairs": len(self.cells),
+                summary={"bad_pairs": len(self.bad_loss), "pairs": self.pairs,
                          "median_loss_percent": round(statistics.median(ratios) * 100, 3)},
             )]
         for node in sorted(found.send | found.receive, key=natural_key):
@@ -149,20 +137,21 @@ class _Analysis:
         and the evidence (peers, pings), without the cells other verdicts explain."""
         direction = "receive" if node in found.receive else "send"
         line = self.pooled.get((direction, node))
-        members, cell_bad = found.line(node, direction, self.bad_loss)
-        if line is None or len(cell_bad) * 2 > len(members) or (node in found.send and node in found.receive):
+        _, cell_bad = found.line(node, direction, self.bad_loss)
+        peers = found.size(node, direction)
+        if line is None or len(cell_bad) * 2 > peers or (node in found.send and node in found.receive):
             return None
         own = self._own(node, found, list(line.cells))
         sent = sum(self.cells[p].sent for p in own)
         lost = sum(self.cells[p].sent - self.cells[p].received for p in own)
         ratio = lost / sent if sent > 0 else 0.0
-        evidence = (f"{len(own)} of {len(members)} peers agree, {round(lost):,} of {round(sent):,} pings lost, "
+        evidence = (f"{len(own)} of {peers} peers agree, {round(lost):,} of {round(sent):,} pings lost, "
                     f"against a background of {pct(self.background)}")
         if direction == "receive":
             kind, message = NODE_RECEIVE, f"node {node} loses {pct(ratio)} of the pings sent to it ({evidence})"
         else:
             kind, message = NODE_SEND, f"node {node} loses {pct(ratio)} of the pings it sends ({evidence})"
-        summary = {f"{direction}_bad_peers": len(own), f"{direction}_peers": len(members),
+        summary = {f"{direction}_bad_peers": len(own), f"{direction}_peers": peers,
                    "pooled_loss_percent": round(ratio * 100, 3), "pooled_sent": round(sent),
                    "pooled_lost": round(lost), "background_loss_percent": round(self.background * 100, 3),
                    "worst_loss_percent": round(max(self.cells[p].loss_ratio for p in own) * 100, 3)}
@@ -172,33 +161,34 @@ class _Analysis:
         pooled = self._pooled_loss(node, found)
         if pooled is not None:
             return pooled
-        row, row_bad = found.line(node, "send", self.lossy)
-        column, column_bad = found.line(node, "receive", self.lossy)
+        _, row_bad = found.line(node, "send", self.lossy)
+        _, column_bad = found.line(node, "receive", self.lossy)
+        row, column = found.size(node, "send"), found.size(node, "receive")
         sends, receives = node in found.send, node in found.receive
         bad = self._own(node, found, (row_bad if sends else []) + (column_bad if receives else []))
         span = loss_span([self.cells[p].loss_ratio for p in bad])
         if sends and receives and statistics.median(self.cells[p].loss_ratio for p in bad) >= CUT_LOSS:
             kind = NODE_ISOLATED
             message = (f"node {node} is isolated: it cannot send to or receive from most peers "
-                       f"({len(row_bad)} of {len(row)} outgoing and {len(column_bad)} of {len(column)} "
+                       f"({len(row_bad)} of {row} outgoing and {len(column_bad)} of {column} "
                        f"incoming pairs lose {span})")
         elif sends and receives:
             kind = NODE_LOSSY
             message = (f"node {node} loses {span} of its pings to and from most peers ({len(row_bad)} of "
-                       f"{len(row)} outgoing and {len(column_bad)} of {len(column)} incoming pairs): "
+                       f"{row} outgoing and {len(column_bad)} of {column} incoming pairs): "
                        "look at its network interface, cable or switch port")
         elif receives:
             kind = NODE_RECEIVE
             message = (f"node {node} cannot receive from most peers: pings to it are lost from "
-                       f"{len(column_bad)} of {len(column)} peers ({span})")
+                       f"{len(column_bad)} of {column} peers ({span})")
         else:
             kind = NODE_SEND
-            message = f"node {node} cannot send: its pings to {len(row_bad)} of {len(row)} peers are lost ({span})"
+            message = f"node {node} cannot send: its pings to {len(row_bad)} of {row} peers are lost ({span})"
         summary: dict[str, float] = {}
         if sends:
-            summary |= {"send_bad_peers": len(row_bad), "send_peers": len(row)}
+            summary |= {"send_bad_peers": len(row_bad), "send_peers": row}
         if receives:
-            summary |= {"receive_bad_peers": len(column_bad), "receive_peers": len(column)}
+            summary |= {"receive_bad_peers": len(column_bad), "receive_peers": column}
         summary["worst_loss_percent"] = round(max(self.cells[p].loss_ratio for p in bad) * 100, 3)
         return Verdict(kind, (node,), message, _evidence(self.cells, bad), summary=summary)
 
@@ -237,7 +227,7 @@ class _Analysis:
     def latency(self) -> list[Verdict]:
         # A lost pair has no RTT and is already a loss verdict; latency looks at what came back.
         timed = [p for p, c in self.cells.items() if c.rtt_avg_ms is not None]
-        found = explain(self.nodes, timed, self.slow)
+        found = explain(self.nodes, timed, self.slow, self.sizes)
         averages = {p: self.cells[p].rtt_avg_ms or 0.0 for p in self.slow}
         if found.cluster_wide:
             return [Verdict(
@@ -251,10 +241,11 @@ class _Analysis:
         verdicts = []
         for node in sorted(found.send | found.receive, key=natural_key):
             # RTT is a round trip, so a slow row and a slow column mean the same: a slow node.
-            row, row_slow = found.line(node, "send", self.slow)
-            column, column_slow = found.line(node, "receive", self.slow)
+            _, row_slow = found.line(node, "send", self.slow)
+            _, column_slow = found.line(node, "receive", self.slow)
             slow = (row_slow if node in found.send else []) + (column_slow if node in found.receive else [])
-            considered = (len(row) if node in found.send else 0) + (len(column) if node in found.receive else 0)
+            considered = ((found.size(node, "send") if node in found.send else 0)
+                          + (found.size(node, "receive") if node in found.receive else 0))
             verdicts.append(Verdict(
                 LATENCY_NODE, (node,),
                 f"high latency at node {node}: {len(slow)} of {considered} pairs with its peers average "
@@ -323,66 +314,32 @@ class _Analysis:
         return verdicts
 
     def silent(self) -> list[Verdict]:
-        """Nodes others ping that report no ping data themselves; what their own metrics say decides
-        whether their exporter is not there at all, or there but not producing data."""
         sources = {s for s, _ in self.cells} | {s for s, _ in self.external}
-        destinations = {d for _, d in self.cells}
-        verdicts = []
-        for node in sorted(destinations - sources - set(self.stale), key=natural_key):
-            prober = self.prober(node)
-            runs = f"node {node}'s prober runs and is scraped but has produced no ping data (other nodes ping it)"
-            if prober.state == PROBER_FAILING:
-                message = (f"{runs}: none of its cycles succeeded in the {ago(prober.since_success_s or 0.0)} "
-                           f"before the end of the range; see {_errors_hint(node, prober)}")
-            elif prober.state == PROBER_RUNNING:
-                message = f"{runs}: it is starting, or has nothing to probe; see {_errors_hint(node, prober)}"
-            elif prober.state == PROBER_STOPPED:
-                message = (f"node {node} reports no ping data of its own (other nodes ping it), and its node-ping "
-                           f"metrics stopped changing {ago(prober.since_success_s or 0.0)} before the end of "
-                           "the range (its last successful cycle or its start-up): check its node-ping pod and "
-                           "its logs")
-            else:
-                message = (f"node {node} reports no node-ping data at all (other nodes ping it): check that its "
-                           "node-ping pod runs and that Prometheus scrapes its node-exporter")
-            verdicts.append(Verdict(NODE_SILENT, (node,), message, summary=_since_summary(prober)))
-        return verdicts
+        if self.summary is not None:  # the cells at hand are only some: every row summed counts
+            sources |= {node for (direction, node), line in self.summary.lines.items()
+                        if direction == "send" and line.sent > 0}
+        return absent.silent(sources, {d for _, d in self.cells}, self.stale, self.prober)
 
     def stale_nodes(self) -> list[Verdict]:
-        """Nodes whose own data stopped before the end of the range; their rows were left out."""
-        verdicts = []
-        for node in sorted(self.stale, key=natural_key):
-            since, prober = self.stale[node], self.prober(node)
-            if since is None:
-                message = (f"node {node} stopped reporting before the end of the range: its node-ping series end "
-                           "early (the node, its node-ping pod or its node-exporter is down, or no longer "
-                           "scraped); its row is left out")
-            elif prober.state == PROBER_FAILING:
-                message = (f"node {node}'s prober runs and is scraped, but none of its cycles succeeded in the "
-                           f"{ago(since)} before the end of the range: see {_errors_hint(node, prober)}; its row "
-                           "is left out")
-            else:
-                message = (f"node {node} stopped reporting {ago(since)} before the end of the range (its last "
-                           "successful node-ping cycle), while its old numbers are still scraped: check its "
-                           "node-ping pod and its logs; its row is left out")
-            summary = {} if since is None else {"stopped_seconds_before_end": round(since, 3)}
-            verdicts.append(Verdict(NODE_STALE, (node,), message, summary=summary))
-        return verdicts
+        return absent.stale(self.stale, self.prober)
 
     def healthy(self) -> Verdict:
-        worst = max(self.cells.items(), key=lambda item: item[1].loss_ratio, default=None)
+        worst = max(((p, c.loss_ratio) for p, c in self.cells.items()), key=lambda item: item[1], default=None)
         slowest = max(((p, c.rtt_avg_ms) for p, c in self.cells.items() if c.rtt_avg_ms is not None),
                       key=lambda item: item[1], default=None)
-        parts = [f"healthy: {len(self.nodes)} nodes ({len(self.cells)} pairs)"]
+        if self.summary is not None:  # the cells at hand are only the bad ones; Prometheus found these
+            worst, slowest = self.summary.worst_loss or worst, self.summary.slowest or slowest
+        parts = [f"healthy: {len(self.nodes)} nodes ({self.pairs} pairs)"]
         if self.targets:
             parts.append(f" and {len(self.targets)} external target" + ("s" if len(self.targets) > 1 else ""))
         parts.append(f" below {pct(self.thresholds.loss_ratio)} loss and "
                      f"{self.thresholds.latency_ms:g} ms average RTT")
-        summary: dict[str, float] = {"pairs": len(self.cells)}
+        summary: dict[str, float] = {"pairs": self.pairs}
         if worst is not None:
             # With nothing lost anywhere, naming one pair as the worst would point at a random pair.
-            where = f" ({worst[0][0]}->{worst[0][1]})" if worst[1].loss_ratio > 0 else ""
-            parts.append(f"; worst loss {pct(worst[1].loss_ratio)}{where}")
-            summary["worst_loss_percent"] = round(worst[1].loss_ratio * 100, 3)
+            where = f" ({worst[0][0]}->{worst[0][1]})" if worst[1] > 0 else ""
+            parts.append(f"; worst loss {pct(worst[1])}{where}")
+            summary["worst_loss_percent"] = round(worst[1] * 100, 3)
         if slowest is not None:
             parts.append(f", highest average RTT {slowest[1]:.1f} ms ({slowest[0][0]}->{slowest[0][1]})")
             summary["worst_rtt_ms"] = round(slowest[1], 3)

@@ -30,20 +30,28 @@ class Explanation:
     # Every line's cells, ("send", node) a row and ("receive", node) a column: built once here so
     # that describing a flagged node costs its own row and column, not a scan of the matrix.
     lines: Mapping[tuple[str, str], Sequence[Pair]] = field(default_factory=dict)
+    # Pairs per line when `lines` holds only some of them (a large cluster summed in Prometheus).
+    sizes: Mapping[tuple[str, str], int] = field(default_factory=dict)
 
     def line(self, node: str, direction: str, bad: AbstractSet[Pair]) -> tuple[Sequence[Pair], list[Pair]]:
         """The node's row ("send") or column ("receive"), and the bad cells in it."""
         mine = self.lines.get((direction, node), ())
         return mine, [p for p in mine if p in bad]
 
+    def size(self, node: str, direction: str) -> int:
+        """How many measured pairs the node's row ("send") or column ("receive") has."""
+        return self.sizes.get((direction, node), len(self.lines.get((direction, node), ())))
 
-def explain(nodes: Sequence[str], measured: Iterable[Pair], bad: AbstractSet[Pair]) -> Explanation:
+
+def explain(nodes: Sequence[str], measured: Iterable[Pair], bad: AbstractSet[Pair],
+            sizes: Mapping[tuple[str, str], int] | None = None) -> Explanation:
     """Greedy: flag the node direction (row or column) with the largest share of bad cells among the
     cells not yet explained, until none is mostly bad; leftovers are links.
 
     Taking the worst first and then leaving its cells out is what keeps one bad node from making its
     peers look bad too (each peer has one bad cell towards it), and keeps a bad pair elsewhere from
-    being blamed on the node.
+    being blamed on the node. `sizes` gives the pairs per line when `measured` holds only some of
+    them: the cells not at hand are good ones, and count only as such.
     """
     cells = set(measured)
     bad = bad & cells
@@ -54,7 +62,8 @@ def explain(nodes: Sequence[str], measured: Iterable[Pair], bad: AbstractSet[Pai
     for cell in cells:
         members.setdefault(("send", cell[0]), []).append(cell)
         members.setdefault(("receive", cell[1]), []).append(cell)
-    open_cells = {line: len(line_cells) for line, line_cells in members.items()}
+    sizes = sizes or {}
+    open_cells = {line: max(sizes.get(line, 0), len(line_cells)) for line, line_cells in members.items()}
     open_bad = {line: sum(cell in bad for cell in line_cells) for line, line_cells in members.items()}
     flagged: set[tuple[str, str]] = set()
 
@@ -89,5 +98,6 @@ def explain(nodes: Sequence[str], measured: Iterable[Pair], bad: AbstractSet[Pai
     # bad, and naming the two nodes is the better answer. Cluster-wide is for when the per-node and
     # per-link story would name more faults than half the nodes (with most pairs bad), or more
     # faults than there are nodes (whatever the share): no list that long helps anyone.
-    cluster_wide = (len(bad) * 2 > len(cells) and faults * 2 > len(nodes)) or faults > len(nodes)
-    return Explanation(frozenset(receive), frozenset(send), links, cluster_wide, members)
+    pairs = max(len(cells), sum(size for (direction, _), size in sizes.items() if direction == "send"))
+    cluster_wide = (len(bad) * 2 > pairs and faults * 2 > len(nodes)) or faults > len(nodes)
+    return Explanation(frozenset(receive), frozenset(send), links, cluster_wide, members, dict(sizes))

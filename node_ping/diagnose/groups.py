@@ -223,15 +223,12 @@ def group_faults(nodes: Sequence[str], places: Mapping[str, Place], cells: Mappi
                  bad: AbstractSet[Pair], *, complete: bool,
                  blocks: Mapping[str, Mapping[tuple[str, str], Block]] | None = None) -> list[GroupFault]:
     """The group faults the bad cells show, by zone, else by rack, else (with every cell at hand) by
-    the sides of the loss itself. `blocks` gives a grouping's blocks summed elsewhere (in PromQL) when
-    `cells` holds only the bad ones; the bad counts are then taken from `bad`."""
+    the sides of the loss itself. `blocks` gives a grouping's blocks summed elsewhere (in PromQL), bad
+    pairs counted, when `cells` holds only the bad ones."""
     for by, of in groupings(nodes, places):
         summed = (blocks or {}).get(by)
-        if summed is not None:
-            counted = blocks_of(of, {p: cells[p] for p in bad if p in cells}, bad)
-            merged = {k: Block(v.measured, counted.get(k, Block()).bad, v.sent, v.lost) for k, v in summed.items()}
-        else:
-            merged = blocks_of(of, cells, bad)
+        # Summed in Prometheus, the blocks come with their bad pairs counted there (by the threshold).
+        merged = dict(summed) if summed is not None else blocks_of(of, cells, bad)
         found = find(by, of, merged, bad)
         if found:
             return found

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from node_ping.diagnose.explain import MIN_CELLS_FOR_NODE
 from node_ping.diagnose.matrix import Counts, Matrix, Pair
-from node_ping.diagnose.stats import Pooled, above, background, pooled_lines
+from node_ping.diagnose.stats import Pooled, above, clamp_background, pooled_lines
 
 
 @dataclass(frozen=True)
@@ -49,13 +49,22 @@ class Judgement:
 def judge(matrix: Matrix, thresholds: Thresholds) -> Judgement:
     """Decide, once, which cells are bad."""
     cells = matrix.measured_nodes()
-    base = background(list(cells.values()), thresholds.loss_ratio)
+    summed = matrix.summary
+    if summed is None:
+        median = statistics.median(c.loss_ratio for c in cells.values()) if cells else 0.0
+    else:
+        median = summed.background  # Prometheus's median over every pair, not just the cells at hand
+    base = clamp_background(median, thresholds.loss_ratio)
     bad_loss = frozenset(pair for pair, counts in cells.items()
                          if thresholds.bad_loss(counts) and above(counts, base))
     pooled: dict[tuple[str, str], Pooled] = {}
     if thresholds.node_loss_ratio is not None:
-        median = statistics.median(c.loss_ratio for c in cells.values()) if cells else 0.0
-        lines = pooled_lines(cells, base, median, thresholds.node_loss_ratio, MIN_CELLS_FOR_NODE)
+        # Summed in Prometheus, only the lines fetched whole can be pooled, but the test's level is
+        # shared by every line there is.
+        whole = None if summed is None else set(summed.whole_lines)
+        tests = None if summed is None else len(summed.lines)
+        lines = pooled_lines(cells, base, median, thresholds.node_loss_ratio, MIN_CELLS_FOR_NODE,
+                             only=whole, tests=tests)
         pooled = {(line.direction, line.node): line for line in lines}
     # A pooled line's cells are bad as a whole: `explain` then names its node, not its cells.
     lossy = bad_loss | {pair for line in pooled.values() for pair in line.cells}

@@ -101,6 +101,36 @@ class Block:
 
 
 @dataclass(frozen=True)
+class Line:
+    """A node's whole row ("send") or column ("receive"): how many pairs it has, pings sent and lost."""
+
+    pairs: int = 0
+    sent: float = 0.0
+    lost: float = 0.0
+
+    @property
+    def loss_ratio(self) -> float:
+        return min(1.0, max(0.0, self.lost / self.sent)) if self.sent > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class Summary:
+    """What Prometheus summed for a large cluster, whose matrix holds only the cells that matter
+    (`pushdown`): every line, the median pair loss, the blocks by zone and rack (by "zone"/"rack", then
+    (from group, to group)), the worst and the slowest pair (when no cell is bad), how many cells
+    could be bad and how many of those were left out, and which lines were fetched whole."""
+
+    lines: Mapping[tuple[str, str], Line]
+    background: float = 0.0
+    candidates: int = 0
+    left_out: int = 0
+    whole_lines: tuple[tuple[str, str], ...] = ()
+    blocks: Mapping[str, Mapping[tuple[str, str], Block]] = field(default_factory=dict)
+    worst_loss: tuple[Pair, float] | None = None
+    slowest: tuple[Pair, float] | None = None
+
+
+@dataclass(frozen=True)
 class Matrix:
     """What Prometheus knows about the range: node pairs and (node, external target) pairs, the
     source nodes whose data stopped before its end (`stale`: node -> how many seconds before the end
@@ -112,6 +142,9 @@ class Matrix:
     stale: Mapping[str, float | None] = field(default_factory=dict)
     probers: Mapping[str, Prober] = field(default_factory=dict)
     places: Mapping[str, Place] = field(default_factory=dict)
+    # Set for a large cluster: `nodes` then holds only the cells that could be bad (and the lines
+    # fetched whole), and the summary the sums behind the rest.
+    summary: Summary | None = None
 
     def prober(self, node: str) -> Prober:
         """What `node`'s own metrics say about its prober; gone when Prometheus has none."""
@@ -121,7 +154,10 @@ class Matrix:
         """Nodes in a pair that sent pings in the range, stale sources included (verdicts name them).
         A pair that sent nothing in the range (an exporter that stopped cycling before it, a node
         gone) says nothing about the nodes, so it neither counts nor dilutes."""
-        return sorted({name for pair in _sent(self.nodes) if pair[0] != pair[1] for name in pair}, key=natural_key)
+        names = {name for pair in _sent(self.nodes) if pair[0] != pair[1] for name in pair}
+        if self.summary is not None:
+            names |= {node for (_, node), line in self.summary.lines.items() if line.sent > 0}
+        return sorted(names, key=natural_key)
 
     def external_names(self) -> list[str]:
         """External targets some node measures now (see measured_external)."""
@@ -130,7 +166,11 @@ class Matrix:
     def sources(self) -> list[str]:
         """Nodes that sent pings in the range, to peers or to external targets, stale or not."""
         pairs = [pair for pair in _sent(self.nodes) if pair[0] != pair[1]] + list(_sent(self.external))
-        return sorted({source for source, _ in pairs}, key=natural_key)
+        sources = {source for source, _ in pairs}
+        if self.summary is not None:
+            sources |= {node for (direction, node), line in self.summary.lines.items()
+                        if direction == "send" and line.sent > 0}
+        return sorted(sources, key=natural_key)
 
     def measured_nodes(self) -> dict[Pair, Counts]:
         """Node pairs with current numbers: pings sent in the range, by a source that is not stale."""

@@ -11,8 +11,10 @@ from __future__ import annotations
 import math
 
 from node_ping import contract
+from node_ping.diagnose.judge import Thresholds
 from node_ping.diagnose.matrix import Counts, Freshness, Matrix, Pair, grace_s, probers, stale_sources
 from node_ping.diagnose.prometheus import Prometheus, PrometheusError
+from node_ping.diagnose.pushdown import FULL_FETCH_PAIRS, fetch_summed, pair_count, places_of
 from node_ping.diagnose.wording import iso
 
 _SOURCE = contract.SOURCE
@@ -98,13 +100,21 @@ def _freshness(prometheus: Prometheus, window: str, at: float) -> dict[str, Fres
             for node in nodes}
 
 
-def fetch_matrix(prometheus: Prometheus, window: str, at: float) -> Matrix:
-    """The matrix over the window up to `at`, with the sources whose data stopped before `at` and
-    what each node's own metrics say about its prober."""
-    matrix = Matrix(_family(prometheus, contract.NODE, window, at), _family(prometheus, contract.EXTERNAL, window, at))
+def fetch_matrix(prometheus: Prometheus, window: str, at: float, thresholds: Thresholds | None = None,
+                 full_fetch_pairs: int = FULL_FETCH_PAIRS) -> Matrix:
+    """The matrix over the window up to `at`, with the sources whose data stopped before `at`, what
+    each node's own metrics say about its prober, and where each node sits. Above `full_fetch_pairs`
+    node pairs, only the cells that matter and Prometheus's sums of the rest (`pushdown`)."""
+    external = _family(prometheus, contract.EXTERNAL, window, at)
+    summary = None
+    if pair_count(prometheus, at) > full_fetch_pairs:
+        nodes, summary, places = fetch_summed(prometheus, window, at, thresholds or Thresholds())
+    else:
+        nodes, places = _family(prometheus, contract.NODE, window, at), places_of(prometheus, at)
+    matrix = Matrix(nodes, external, summary=summary)
     freshness = _freshness(prometheus, window, at)
     return Matrix(matrix.nodes, matrix.external, stale_sources(matrix.sources(), freshness, at),
-                  probers(freshness, at))
+                  probers(freshness, at), places, summary)
 
 
 def check_data(matrix: Matrix, prometheus: Prometheus, window: str, at: float) -> None:

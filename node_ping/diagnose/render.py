@@ -114,7 +114,7 @@ def _pick(names: Sequence[str], marked: Sequence[str], limit: int) -> list[str]:
 
 def _matrix_section(title: str, cells: Mapping[Pair, Counts], *, rows: Mapping[str, str],
                     columns: Mapping[str, str], show: Callable[[Counts], float | None],
-                    bad: Collection[Pair]) -> tuple[list[str], list[str], list[str]]:
+                    bad: Collection[Pair], complete: bool = True) -> tuple[list[str], list[str], list[str]]:
     """One matrix (rows and columns as {name: label}) with the `bad` cells marked, and the names of the
     rows and the columns it shows: on a large cluster only those with marked cells."""
     marked = [pair for pair, counts in cells.items() if show(counts) is not None and pair in bad]
@@ -131,6 +131,8 @@ def _matrix_section(title: str, cells: Mapping[Pair, Counts], *, rows: Mapping[s
             return ". "
         counts = cells.get((source, destination))
         number = None if counts is None else show(counts)
+        if counts is None and not complete:
+            return "~ "
         if counts is None or number is None:
             return "- "
         return f"{number:.1f}" + ("!" if (source, destination) in bad else " ")
@@ -145,7 +147,13 @@ def render_text(report: Report) -> str:
     nodes, targets = matrix.node_names(), matrix.external_names()
     lines = [f"node-ping diagnose: {_plural(len(nodes), 'node')}, {_plural(len(targets), 'external target')}, "
              f"{report.window} up to {iso(report.at)}, from {report.url}", ""]
-    lines += [f"* [{verdict.kind}] {verdict.message}" for verdict in report.verdicts]
+    lines += verdict_lines(report.verdicts)
+    summary = matrix.summary
+    if summary is not None:
+        pairs = sum(line.pairs for (direction, _), line in summary.lines.items() if direction == "send")
+        lines += ["", f"Summed in Prometheus: {pairs:,} pairs; the matrices show the {len(matrix.nodes):,} cells that "
+                      "could be bad and the rows and columns fetched whole; ~ = below the thresholds, not fetched"
+                      + (f"; {summary.left_out:,} more bad cells left out" if summary.left_out else "")]
     loss_pct = thresholds.loss_ratio * 100
     external = matrix.measured_external()
     # One set of labels for every node that heads a row, of the node matrices or the external one.
@@ -178,8 +186,9 @@ def render_text(report: Report) -> str:
         sections.append((f"External packet loss % (rows: node, columns: external target; ! = {loss_pct:g}% or more)",
                          external, sources, target_labels, loss, judged.external_lossy))
     for title, section_cells, rows, columns, show, bad in sections:
-        section, row_names, column_names = _matrix_section(title, section_cells, rows=rows, columns=columns,
-                                                           show=show, bad=bad)
+        section, row_names, column_names = _matrix_section(
+            title, section_cells, rows=rows, columns=columns, show=show, bad=bad,
+            complete=summary is None or section_cells is external)
         lines += section
         shown_nodes.update(row_names)
         (shown_targets if columns is target_labels else shown_nodes).update(column_names)
@@ -188,6 +197,23 @@ def render_text(report: Report) -> str:
     if legend:
         lines += ["", "Names:", *legend]
     return "".join(f"{line.rstrip()}\n" for line in lines)
+
+
+VERDICTS_PER_KIND = 10
+"""The text shows at most this many verdicts of one kind, then how many more (--output json has all)."""
+
+
+def verdict_lines(verdicts: Sequence[Verdict]) -> list[str]:
+    """One line per verdict; past VERDICTS_PER_KIND of a kind, one line saying how many more."""
+    lines, shown = [], Counter[str]()
+    for verdict in verdicts:
+        shown[verdict.kind] += 1
+        if shown[verdict.kind] <= VERDICTS_PER_KIND:
+            lines.append(f"* [{verdict.kind}] {verdict.message}")
+    for kind, count in shown.items():
+        if count > VERDICTS_PER_KIND:
+            lines.append(f"* [{kind}] ... and {count - VERDICTS_PER_KIND} more {kind} verdicts (--output json has all)")
+    return lines
 
 
 def _cell_json(source: str, destination: str, counts: Counts, key: str) -> dict[str, Any]:
@@ -214,6 +240,26 @@ def _probers_json(report: Report) -> dict[str, dict[str, Any]]:
     return document
 
 
+def _completeness(matrix: Matrix) -> dict[str, Any]:
+    """Whether "matrix" holds every pair, and if not, what was left out and the sums behind it."""
+    summary = matrix.summary
+    if summary is None:
+        return {"matrix_complete": True, "pairs": len(matrix.measured_nodes()), "left_out": None}
+    pairs = sum(line.pairs for (direction, _), line in summary.lines.items() if direction == "send")
+    left_out = (f"{pairs - len(matrix.nodes):,} pairs below the thresholds (their sums are in \"lines\")"
+                + (f", and {summary.left_out:,} bad cells over the limit of what is fetched"
+                   if summary.left_out else ""))
+    return {
+        "matrix_complete": False, "pairs": pairs, "left_out": left_out,
+        "bad_cells_left_out": summary.left_out,
+        "background_loss_percent": round(summary.background * 100, 3),
+        "lines": [{"node": node, "direction": direction, "pairs": line.pairs, "sent": round(line.sent, 3),
+                   "loss_percent": round(line.loss_ratio * 100, 3)}
+                  for (direction, node), line in sorted(summary.lines.items(),
+                                                        key=lambda item: (natural_key(item[0][1]), item[0][0]))],
+    }
+
+
 def render_json(report: Report) -> str:
     """The verdicts with their evidence numbers, and the whole matrix, for scripts."""
     matrix, thresholds = report.matrix, report.thresholds
@@ -236,6 +282,9 @@ def render_json(report: Report) -> str:
         "stale_nodes": {node: None if ago is None else round(ago, 3)
                         for node, ago in sorted(matrix.stale.items(), key=lambda item: natural_key(item[0]))},
         "probers": _probers_json(report),
+        "places": {node: {"zone": place.zone, "rack": place.rack}
+                   for node, place in sorted(matrix.places.items(), key=lambda item: natural_key(item[0]))},
+        **_completeness(matrix),
         "matrix": [_cell_json(s, d, c, "destination") for (s, d), c in _naturally(matrix.measured_nodes())],
         "external": [_cell_json(s, t, c, "target") for (s, t), c in _naturally(matrix.measured_external())],
         "warnings": list(report.warnings),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 
 from node_ping.diagnose.matrix import Counts, Pair
@@ -28,7 +29,11 @@ _NEGLIGIBLE_LOG = -700.0  # exp() of it is about 1e-304: nothing compared with a
 def background(cells: Sequence[Counts], loss_ratio: float) -> float:
     """What a pair is taken to lose by chance: the median loss of all cells, at least
     BACKGROUND_FLOOR, at most half of `loss_ratio` (so that loss everywhere does not hide itself)."""
-    median = statistics.median([c.loss_ratio for c in cells]) if cells else 0.0
+    return clamp_background(statistics.median([c.loss_ratio for c in cells]) if cells else 0.0, loss_ratio)
+
+
+def clamp_background(median: float, loss_ratio: float) -> float:
+    """The median pair loss made a background: see `background`."""
     return min(max(median, BACKGROUND_FLOOR), loss_ratio / 2)
 
 
@@ -83,20 +88,25 @@ class Pooled:
 
 
 def pooled_lines(cells: Mapping[Pair, Counts], base: float, median: float, size: float,
-                 min_cells: int) -> list[Pooled]:
+                 min_cells: int, *, only: AbstractSet[tuple[str, str]] | None = None,
+                 tests: int | None = None) -> list[Pooled]:
     """Rows and columns whose pooled loss is at least `size` and significantly above `base`, with every
     peer agreeing (each cell loses more than the `median` cell) and at least `min_cells` peers.
 
     The test is run once per line, so its level is divided by their number (Bonferroni): on a
-    healthy cluster of 100 nodes, 200 lines must not make one of them a finding by chance.
+    healthy cluster of 100 nodes, 200 lines must not make one of them a finding by chance. `only`
+    limits the lines to those whose every cell is at hand, `tests` gives the number of lines there are
+    when the cells are not all at hand.
     """
     lines: dict[tuple[str, str], list[Pair]] = {}
     for pair in cells:
         lines.setdefault(("send", pair[0]), []).append(pair)
         lines.setdefault(("receive", pair[1]), []).append(pair)
-    alpha = ALPHA / max(1, len(lines))
+    alpha = ALPHA / max(1, tests or len(lines))
     found = []
     for (direction, node), members in lines.items():
+        if only is not None and (direction, node) not in only:
+            continue
         if len(members) < min_cells or not all(cells[p].loss_ratio > median for p in members):
             continue
         sent = sum(cells[p].sent for p in members)

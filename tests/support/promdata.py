@@ -78,6 +78,8 @@ class Mesh:
     # own metrics start over (cycles and errors from 0, last success the restart time until a cycle
     # succeeds), as in HTTP mode until a first successful cycle, or when it has nothing to probe.
     restarted: Mapping[str, int] = field(default_factory=dict)
+    # node -> (zone, rack), exported as each node's contract.NODE_INFO; none when empty.
+    places: Mapping[str, tuple[str, str]] = field(default_factory=dict)
 
     def node_pairs(self) -> list[Pair]:
         return [(s, d) for s in self.nodes for d in self.nodes if s != d]
@@ -213,6 +215,13 @@ def _own_gauges(mesh: Mesh, steps: int, end: int) -> list[str]:
           for kind in ERROR_KINDS]),
     ]
     lines = []
+    if mesh.places:
+        info = contract.NODE_INFO
+        lines.append(f"# TYPE {info.base} {info.kind.value}")
+        for node, life in lives.items():
+            zone, rack = mesh.places.get(node, ("", ""))
+            lines += [f"{info.name}{_labels(source_node=node, zone=zone, rack=rack)} 1 {start + i * STEP_S}"
+                      for i in range(life.scraped + 1)]
     for metric, series in families:
         lines.append(f"# TYPE {metric.base} {metric.kind.value}")
         sample = metric.name
@@ -321,12 +330,46 @@ def vector(*samples: tuple[Mapping[str, str], float]) -> bytes:
 TEXTFILE_DIR = "/var/lib/node-exporter/textfile"
 
 
-def dashboard_openmetrics(mesh: Mesh, end: int, minutes: int = 30, spread_from: Sequence[str] = ()) -> str:
+MTU_BYTES = "1500"
+"""The `mtu` label of the MTU probes' counters in `paths_openmetrics`."""
+
+
+def paths_openmetrics(mesh: Mesh, end: int, minutes: int, pod_loss: Mapping[Pair, float],
+                      mtu_loss: Mapping[Pair, float], sources: Sequence[str] | None = None) -> list[str]:
+    """The pod-network probers' counters (`pod_loss` per pair, as `Mesh.loss`; the pod MTU probe
+    loses the same) and the host MTU probe's (`mtu_loss` per pair), for the node pairs of the mesh
+    from `sources` (None: all), as OpenMetrics lines without the closing `# EOF`. The MTU probes send as many pings as the small
+    ones here (node-ping sends a few), so that their losses rank as finely."""
+    steps = minutes * 60 // STEP_S + 1
+    pairs = [(s, d) for s, d in mesh.node_pairs() if sources is None or s in sources]
+    lives = [_life(mesh, s, steps) for s, _ in pairs]
+    pod_sets = [(_labels(source_node=s, destination_node=d, destination_pod_ip_address=f"10.244.{i}.2"),
+                 pod_loss.get((s, d), 0.0), DEFAULT_RTT_MS)
+                for s, d in pairs for i in [mesh.nodes.index(d)]]
+    lines = _family(contract.POD, pod_sets, steps, end, mesh.pings_per_step, lives=lives)
+    mtu = mesh.pings_per_step
+    for family, losses in ((contract.NODE, mtu_loss), (contract.POD, pod_loss)):
+        for metric in family.mtu_metrics:
+            lines.append(f"# TYPE {metric.base} {metric.kind.value}")
+            for index, (s, d) in enumerate(pairs):
+                address = node_ip(mesh, d) if family is contract.NODE else f"10.244.{mesh.nodes.index(d)}.2"
+                labels = _labels(**{contract.SOURCE: s, family.destination: d, family.address: address,
+                                    contract.MTU: MTU_BYTES})
+                per_step = mtu if metric is family.mtu_packets_sent else mtu - round(mtu * losses.get((s, d), 0.0))
+                lines += _series(metric.name, labels, per_step, steps, end, life=lives[index])
+    return lines
+
+
+def dashboard_openmetrics(mesh: Mesh, end: int, minutes: int = 30, spread_from: Sequence[str] = (),
+                          pod_loss: Mapping[Pair, float] | None = None,
+                          mtu_loss: Mapping[Pair, float] | None = None, paths_from: Sequence[str] | None = None) -> str:
     """`openmetrics(mesh)` and the rest of what the dashboard's graphs read: per-cycle RTT max and
     mdev from each node in `spread_from` to every peer, and per exporter its cycle lateness, targets
     by kind, CPU counters and node-exporter's mtime of its textfile (written with each successful
     cycle). Nodes differ by their place in `mesh.nodes`, so that rankings have one answer: the
-    later a node, the later its cycles, the more CPU it uses and the fewer node targets it sees."""
+    later a node, the later its cycles, the more CPU it uses and the fewer node targets it sees.
+    With `pod_loss` or `mtu_loss` (even empty), the pod path and the MTU probes as well, from the
+    nodes in `paths_from` (None: every node; see `paths_openmetrics`)."""
     steps = minutes * 60 // STEP_S + 1
     start = end - (steps - 1) * STEP_S
     lives = {node: _life(mesh, node, steps) for node in mesh.nodes}
@@ -364,6 +407,8 @@ def dashboard_openmetrics(mesh: Mesh, end: int, minutes: int = 30, spread_from: 
     for node, life in lives.items():
         lines += per_step("node_textfile_mtime_seconds", _labels(file=f"{TEXTFILE_DIR}/node-ping_{node}.prom"),
                           [start + life.last_success(i) * STEP_S for i in scrapes(life)])
+    if pod_loss is not None or mtu_loss is not None:
+        lines += paths_openmetrics(mesh, end, minutes, pod_loss or {}, mtu_loss or {}, paths_from)
     text = openmetrics(mesh, end, minutes).removesuffix("# EOF\n")
     return text + "\n".join([*lines, "# EOF"]) + "\n"
 

@@ -1,0 +1,88 @@
+"""Large clusters summed in Prometheus (`pushdown`): against a real, backfilled Prometheus, the summed
+path names the same culprits as the whole matrix, fetches only the cells that matter, and says what
+it left out."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+
+import pytest
+
+from node_ping.diagnose.address import parse_address
+from node_ping.diagnose.analysis import Thresholds, diagnose
+from node_ping.diagnose.prometheus import Prometheus
+from node_ping.diagnose.queries import fetch_matrix
+from node_ping.diagnose.render import Report, render_json, render_text
+from tests.support import promdata
+from tests.support.promdata import Mesh, isolated, receive_loss
+
+NODES = [f"node-{i}" for i in range(1, 25)]
+ZONE_OF = {node: f"zone-{i % 3 + 1}" for i, node in enumerate(NODES)}
+RACK_OF = {node: f"rack-{i % 6 + 1}" for i, node in enumerate(NODES)}
+PLACES = {node: (ZONE_OF[node], RACK_OF[node]) for node in NODES}
+THRESHOLDS = Thresholds(node_loss_ratio=0.01)
+
+
+def _between(a: set[str], b: set[str], loss: float) -> dict[tuple[str, str], float]:
+    return {(s, d): loss for s in NODES for d in NODES if s != d and ((s in a and d in b) or (s in b and d in a))}
+
+
+def zone(name: str) -> set[str]:
+    return {node for node, z in ZONE_OF.items() if z == name}
+
+
+def rack(name: str) -> set[str]:
+    return {node for node, r in RACK_OF.items() if r == name}
+
+
+EVERYONE = set(NODES)
+CASES: dict[str, tuple[dict[tuple[str, str], float], list[tuple[str, tuple[str, ...]]]]] = {
+    "healthy": ({}, [("healthy", tuple(NODES))]),
+    "node cut off": (isolated(NODES, "node-5"), [("node-isolated", ("node-5",))]),
+    "node losing 20 % of what it receives": (receive_loss(NODES, "node-9", 0.2),
+                                             [("node-cannot-receive", ("node-9",))]),
+    "zone cut off": (_between(zone("zone-2"), EVERYONE - zone("zone-2"), 1.0),
+                     [("zone-cut-off", tuple(sorted(zone("zone-2"), key=lambda n: int(n.split("-")[1]))))]),
+    "lossy zone pair": (_between(zone("zone-1"), zone("zone-3"), 0.2), [("zone-pair-lossy", ())]),
+    "rack cut off": (_between(rack("rack-4"), EVERYONE - rack("rack-4"), 1.0),
+                     [("rack-cut-off", tuple(sorted(rack("rack-4"), key=lambda n: int(n.split("-")[1]))))]),
+    "one link": ({("node-2", "node-7"): 0.3, ("node-7", "node-2"): 0.3}, [("link", ("node-2", "node-7"))]),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_summed_path_names_what_the_whole_matrix_names(case: str, prometheus_with: Callable[[str], str]) -> None:
+    loss, expected = CASES[case]
+    end = int(time.time())
+    url = prometheus_with(promdata.openmetrics(Mesh(NODES, loss=loss, places=PLACES), end))
+    with Prometheus(parse_address(url), 30.0, {}) as prometheus:
+        whole = fetch_matrix(prometheus, "15m", end, THRESHOLDS)
+        summed = fetch_matrix(prometheus, "15m", end, THRESHOLDS, full_fetch_pairs=0)
+    assert whole.summary is None and summed.summary is not None
+    for matrix in (whole, summed):
+        assert sorted((v.kind, v.nodes) for v in diagnose(matrix, THRESHOLDS)) == sorted(expected)
+    # Only the cells that could be bad were fetched (and none on a healthy cluster).
+    pairs = len(NODES) * (len(NODES) - 1)
+    assert len(summed.nodes) == len([p for p, ratio in loss.items() if ratio >= THRESHOLDS.loss_ratio])
+    assert len(summed.nodes) < pairs
+    assert summed.summary.lines[("send", "node-1")].pairs == len(NODES) - 1
+
+
+def test_json_says_what_it_left_out_and_text_stays_short(prometheus_with: Callable[[str], str]) -> None:
+    end = int(time.time())
+    url = prometheus_with(promdata.openmetrics(Mesh(NODES, loss=isolated(NODES, "node-5"), places=PLACES), end))
+    with Prometheus(parse_address(url), 30.0, {}) as prometheus:
+        matrix = fetch_matrix(prometheus, "15m", end, THRESHOLDS, full_fetch_pairs=0)
+    report = Report(matrix, diagnose(matrix, THRESHOLDS), THRESHOLDS, "15m", end, url)
+    document = json.loads(render_json(report))
+    assert document["matrix_complete"] is False
+    assert document["pairs"] == len(NODES) * (len(NODES) - 1)
+    assert len(document["matrix"]) == 2 * (len(NODES) - 1)
+    assert "below the thresholds" in document["left_out"]
+    assert document["places"]["node-5"] == {"zone": ZONE_OF["node-5"], "rack": RACK_OF["node-5"]}
+    text = render_text(report)
+    assert [line for line in text.splitlines() if line.startswith("* ")] == [
+        f"* [node-isolated] {diagnose(matrix, THRESHOLDS)[0].message}"]
+    assert "not fetched" in text
