@@ -7,25 +7,21 @@ Run through the whole controller against the stand-in API server, tests/support/
 from __future__ import annotations
 
 import json
-import threading
 import tracemalloc
 from collections.abc import Callable
-from dataclasses import replace
 from typing import Any
 
 import pytest
 from kubernetes import client
 
-from node_ping.discover.cache import SelectorRefused
-from node_ping.discover.controller import Discovery
 from node_ping.targets import parse_nodes
 from tests.support.discovery import (
     CM,
-    FAST,
     NODES_PATH,
     NS,
     Controllers,
     Running,
+    refusal,
     target,
     wait_for,
     wait_targets,
@@ -65,31 +61,6 @@ class TestNodeSelector:
         assert not [r for r in kube.requests if "labelSelector" in r.query]
 
 
-def refusal(controllers: Controllers, selector: str) -> SelectorRefused:
-    """Run a controller with `selector` until it gives up; what it gave up with."""
-    stop = threading.Event()
-    discovery = Discovery(controllers.api(), replace(FAST, node_selector=selector), stop)
-    refused: list[SelectorRefused] = []
-
-    def run() -> None:
-        try:
-            discovery.run()
-        except SelectorRefused as err:
-            refused.append(err)
-
-    thread = threading.Thread(target=run, name="discovery-under-test")
-    thread.start()
-    thread.join(timeout=15)
-    try:
-        assert not thread.is_alive(), "the controller kept retrying a selector the API server refuses"
-    finally:
-        stop.set()
-        thread.join(timeout=10)
-    assert stop.is_set()
-    assert len(refused) == 1, refused
-    return refused[0]
-
-
 class TestRefusedSelector:
     """The API server judges the selector: refused before any list worked, the controller stops with
     the server's own reason instead of retrying what would be refused for ever."""
@@ -97,7 +68,7 @@ class TestRefusedSelector:
     def test_unparsable_selector_ends_the_controller_after_one_list(
             self, kube: FakeKubeAPI, controllers: Controllers) -> None:
         kube.put_node(make_node("a", "10.0.0.1", labels={"kubernetes.io/os": "linux"}))
-        err = refusal(controllers, "os=linux os=windows")
+        err = refusal(controllers, node_selector="os=linux os=windows")
         assert err.selector == "os=linux os=windows"
         assert err.reason.startswith("HTTP 400 Bad Request: unable to parse requirement: 'os=linux os=windows'")
         assert "'os=linux os=windows'" in str(err) and err.reason in str(err)
@@ -108,7 +79,7 @@ class TestRefusedSelector:
     def test_unprocessable_selector_ends_the_controller(self, kube: FakeKubeAPI, controllers: Controllers) -> None:
         invalid = 'unable to parse requirement: values[0][kubernetes.io/os]: Invalid value: "Linux!"'
         kube.fail_next("GET", NODES_PATH, 422, message=invalid)
-        err = refusal(controllers, "kubernetes.io/os=linux")
+        err = refusal(controllers, node_selector="kubernetes.io/os=linux")
         assert err.reason.startswith("HTTP 422 ") and err.reason.endswith(f": {invalid}")
         assert kube.count("GET", NODES_PATH, watch=False) == 1
 

@@ -19,12 +19,25 @@ import pytest
 from node_ping.cli import main
 from node_ping.discover.command import discover, settings_from
 from node_ping.settings import SettingsError
-from tests.support.discovery import CM, NODES_PATH, NS, target, wait_for, wait_targets, write_kubeconfig
-from tests.support.fake_kube_api import FakeKubeAPI, make_node
+from tests.support.discovery import (
+    CM,
+    NODES_PATH,
+    NS,
+    POD_SELECTOR,
+    PODS_PATH,
+    PROBER_LABELS,
+    target,
+    wait_for,
+    wait_pods,
+    wait_targets,
+    write_kubeconfig,
+)
+from tests.support.fake_kube_api import FakeKubeAPI, make_node, make_pod
 from tests.support.processes import NODE_PING
 
 REPO = Path(__file__).resolve().parents[1]
-ENV_VARS = ("POD_NAMESPACE", "NODE_PING_CONFIGMAP", "NODE_PING_ADDRESS_TYPES", "NODE_PING_NODE_SELECTOR")
+ENV_VARS = ("POD_NAMESPACE", "NODE_PING_CONFIGMAP", "NODE_PING_ADDRESS_TYPES", "NODE_PING_NODE_SELECTOR",
+            "NODE_PING_RACK_LABEL", "NODE_PING_POD_SELECTOR")
 
 
 @pytest.fixture(autouse=True)
@@ -158,6 +171,23 @@ class TestBadSettingsExit2:
             "'--namespace' (env var: 'POD_NAMESPACE')"
         assert flag in stderr, stderr
 
+    @pytest.mark.parametrize("argv", [["--rack-label", "rack label"], ["--rack-label", "Example.com/rack"]])
+    def test_bad_rack_label_exits_2(self, argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+        code, stderr = exit_code_and_stderr(["--namespace", NS, "--configmap", CM, *argv], capsys)
+        assert code == 2
+        assert "'--rack-label' (env var: 'NODE_PING_RACK_LABEL')" in stderr and "is not a label key" in stderr, stderr
+
+    def test_rack_label_and_pod_selector_from_env(self, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+        monkeypatch.setenv("NODE_PING_RACK_LABEL", "example.com/rack")
+        monkeypatch.setenv("NODE_PING_POD_SELECTOR", POD_SELECTOR)
+        settings = settings_from(parse(["--namespace", NS, "--configmap", CM]), tmp_path)
+        assert (settings.rack_label, settings.pod_selector) == ("example.com/rack", POD_SELECTOR)
+        for blank in ("", " "):  # as the chart renders an unset value: off
+            monkeypatch.setenv("NODE_PING_RACK_LABEL", blank)
+            monkeypatch.setenv("NODE_PING_POD_SELECTOR", blank)
+            settings = settings_from(parse(["--namespace", NS, "--configmap", CM]), tmp_path)
+            assert (settings.rack_label, settings.pod_selector) == (None, None)
+
     def test_run_exits_2_with_the_reason(self, capsys: pytest.CaptureFixture[str]) -> None:
         code, stderr = exit_code_and_stderr(["--namespace", "ns"], capsys)
         assert code == 2
@@ -189,6 +219,17 @@ class TestRefusedSelector:
         assert "HTTP 400 Bad Request: unable to parse requirement: 'os=linux os=windows'" in stderr  # the server's
         assert kube.count("GET", NODES_PATH, watch=False) == 1
         assert kube.configmap(NS, CM) is None
+
+
+    def test_bad_pod_selector_exits_2_with_the_servers_reason(self, kube: FakeKubeAPI, tmp_path: Path) -> None:
+        kube.put_node(make_node("a", "10.0.0.1"))
+        process = discover_process(kube, tmp_path, "--pod-selector", "app=a app=b")
+        stderr = finish(process)
+        assert process.returncode == 2, stderr
+        assert "Invalid value for '--pod-selector' (env var: 'NODE_PING_POD_SELECTOR')" in stderr, stderr
+        assert "HTTP 400 Bad Request: unable to parse requirement: 'app=a app=b'" in stderr
+        assert "kubectl get pods -l" in stderr
+        assert kube.count("GET", PODS_PATH, watch=False) == 1
 
 
 class TestCommand:
@@ -225,3 +266,24 @@ class TestLiveness:
             stderr = finish(process, timeout=10)
         assert process.returncode == 0, stderr
         assert checked.returncode == 0, checked.stderr
+
+    def test_healthy_with_the_pod_watch_on(self, kube: FakeKubeAPI, tmp_path: Path) -> None:
+        """With --pod-selector a fourth loop runs; the health file is touched while all four run."""
+        kube.put_node(make_node("a", "10.0.0.1"))
+        kube.put_pod(make_pod("p-a", "a", "10.244.0.5", namespace=NS, labels=PROBER_LABELS))
+        health = tmp_path / "discover.health"
+        process = discover_process(kube, tmp_path, "--health-file", str(health), "--pod-selector", POD_SELECTOR)
+        try:
+            wait_pods(kube, target("a", "10.244.0.5"), timeout=30)
+            wait_for(health.exists, "the health file", timeout=30)
+            kube.drop_watches()  # a cut watch is retried, not a reason to restart
+            touched = health.stat().st_mtime
+            wait_for(lambda: health.stat().st_mtime > touched, "the health file to be touched again", timeout=30)
+            checked = subprocess.run([*NODE_PING, "health", "--health-file", str(health), "--max-age", "60"],
+                                     capture_output=True, text=True, timeout=30, check=False)
+            process.send_signal(signal.SIGTERM)
+        finally:
+            stderr = finish(process, timeout=10)
+        assert process.returncode == 0, stderr
+        assert checked.returncode == 0, checked.stderr
+        assert "listed 1 Pods with labels" in stderr

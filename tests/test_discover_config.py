@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from node_ping.discover.config import ADDRESS_TYPES, DiscoverSettings, parse_address_types
+from node_ping.discover.config import ADDRESS_TYPES, RACK_LABEL, DiscoverSettings, label_key, parse_address_types
 from node_ping.settings import SettingsError
 
 NS, CM = "monitoring", "node-ping-nodes"
@@ -55,3 +55,32 @@ class TestNames:
         assert len(configmap) == 253
         settings = DiscoverSettings(namespace=namespace, configmap=configmap)
         assert (settings.namespace, settings.configmap) == (namespace, configmap)
+
+
+class TestRackLabel:
+    """--rack-label: a label key the API server could hold; anything else would silently give no racks."""
+
+    @pytest.mark.parametrize("key", ["rack", "example.com/rack", "topology.example.com/rack-id", "a" * 63,
+                                     "a" * 253 + "/" + "b" * 63, "Rack_1.x"])
+    def test_label_keys(self, key: str) -> None:
+        assert label_key(key) == key
+        assert DiscoverSettings(namespace=NS, configmap=CM, rack_label=key).rack_label == key
+
+    def test_blank_means_no_rack(self) -> None:
+        assert label_key("  ") == ""
+
+    @pytest.mark.parametrize(("key", "reason"), [
+        ("rack label", "its name 'rack label' is not"),
+        ("Example.com/rack", "its prefix 'Example.com' is not a DNS subdomain"),
+        ("/rack", "its prefix '' is not"),
+        ("example.com/", "its name '' is not"),
+        ("a" * 64, "is not 1-63 letters"),
+        ("-rack", "its name '-rack' is not"),
+    ])
+    def test_a_refusal_names_the_flag_and_the_env_var(self, key: str, reason: str) -> None:
+        with pytest.raises(SettingsError) as info:
+            RACK_LABEL.check(key)
+        assert "'--rack-label' (env var: 'NODE_PING_RACK_LABEL')" in str(info.value)
+        assert reason in str(info.value)
+        with pytest.raises(SettingsError, match="--rack-label"):
+            DiscoverSettings(namespace=NS, configmap=CM, rack_label=key)

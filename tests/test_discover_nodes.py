@@ -54,6 +54,19 @@ class TestNodeTarget:
         node = make_node("n1", addresses=[("InternalIP", "10.0.0.1"), ("InternalIP", "fd00::1")])
         assert node_target(node, ("InternalIP",)) == target("n1", "10.0.0.1")
 
+    def test_rack_from_the_configured_label(self) -> None:
+        node = make_node("n1", "10.0.0.1", zone="z1", labels={"example.com/rack": "r7", "other/rack": "x"})
+        assert node_target(node, ("InternalIP",), "example.com/rack") == target("n1", "10.0.0.1", "z1", "r7")
+        assert node_target(node, ("InternalIP",)) == target("n1", "10.0.0.1", "z1")  # no rack label: no rack
+        unlabelled = make_node("n2", "10.0.0.2", labels={"example.com/rack": ""})
+        assert node_target(unlabelled, ("InternalIP",), "example.com/rack") == target("n2", "10.0.0.2")
+
+    def test_rack_is_written_and_read_back(self) -> None:
+        text = render_nodes_json([target("n1", "10.0.0.1", "z1", "r7"), target("n2", "10.0.0.2", rack="r8")])
+        assert text == ('[\n{"ipAddress":"10.0.0.1","name":"n1","rack":"r7","zone":"z1"},\n'
+                        '{"ipAddress":"10.0.0.2","name":"n2","rack":"r8"}\n]\n')
+        assert parse_nodes(text).targets == (target("n1", "10.0.0.1", "z1", "r7"), target("n2", "10.0.0.2", rack="r8"))
+
     def test_malformed_address_falls_through_to_the_next_usable_one(self) -> None:
         node = make_node("n1", addresses=[("InternalIP", "not-an-ip"), ("InternalIP", "fd00:0::0:1")])
         assert node_target(node, ("InternalIP",)) == target("n1", "fd00::1")  # normalised as fping prints it

@@ -120,8 +120,40 @@ BEARER_TOKEN_FILE = Setting("--bearer-token-file", type=click.Path(path_type=Pat
 TIMEOUT = Setting("--timeout", default=10.0, type=PositiveNumber(MAX_TIMEOUT_S), metavar="SECONDS",
                   help=f"For each HTTP request to Prometheus, at most {MAX_TIMEOUT_S:g}.")
 
+class _Seconds(click.ParamType[int]):
+    """Whole seconds from `low` to `high`."""
+
+    name = "seconds"
+
+    def __init__(self, low: int, high: int) -> None:
+        self.low, self.high = low, high
+
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        text = str(value).strip()
+        if not text.isdigit() or not self.low <= int(text) <= self.high:
+            self.fail(f"{text!r} is not a whole number of seconds from {self.low} to {self.high}, e.g. 60", param, ctx)
+        return int(text)
+
+
+# --publish-events: diagnose in a loop and publish each fault as an Event on the Nodes it blames.
+PUBLISH_EVENTS = Setting("--publish-events", env="NODE_PING_PUBLISH_EVENTS", is_flag=True,
+                         help="Run until stopped: diagnose every --interval and publish each fault as a Warning "
+                              "Event on the Nodes it blames, for kubectl describe node (needs the kubernetes "
+                              "package, as in the discovery image).")
+INTERVAL = Setting("--interval", env="NODE_PING_DIAGNOSE_INTERVAL", default=60, type=_Seconds(1, 3600),
+                   metavar="SECONDS", help="With --publish-events: diagnose this often, 1 to 3600.")
+EVENTS_NAMESPACE = Setting("--events-namespace", env="POD_NAMESPACE", metavar="NAMESPACE",
+                           help="With --publish-events: the namespace to write the Events in; the API server takes "
+                                "Events about Nodes only in default (required).")
+KUBECONFIG = Setting("--kubeconfig", type=click.Path(exists=True, dir_okay=False, path_type=Path), metavar="PATH",
+                     help="With --publish-events: kubeconfig file, for running it outside a pod (default: the "
+                          "pod's service account).")
+HEALTH_FILE = Setting("--health-file", env="NODE_PING_HEALTH_FILE", type=click.Path(path_type=Path),
+                      help="With --publish-events: touched after every loop, for `node-ping health`.")
+EVENT_SETTINGS = (PUBLISH_EVENTS, INTERVAL, EVENTS_NAMESPACE, KUBECONFIG, HEALTH_FILE)
+
 SETTINGS = (PROMETHEUS, RANGE, TIME, OUTPUT, LOSS_THRESHOLD, NODE_LOSS_THRESHOLD, LATENCY_THRESHOLD,
-            HEADER, BEARER_TOKEN_FILE, TIMEOUT)
+            HEADER, BEARER_TOKEN_FILE, TIMEOUT, *EVENT_SETTINGS)
 
 
 def _header(text: str, where: str) -> tuple[str, str]:

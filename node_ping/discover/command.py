@@ -1,8 +1,9 @@
 """`node-ping discover`: the command line and start-up of the node-discovery controller.
 
 One replica for the whole cluster watches the Node objects and keeps the `nodes.json` key of one
-ConfigMap equal to the exporter's target list (see `node_ping.discover.controller` for how, and
-`node_ping.discover.nodes` for what it writes). The `kubernetes` package is imported only when the
+ConfigMap equal to the exporter's target list, and with --pod-selector its `pods.json` key equal to
+the pod-network prober's (see `node_ping.discover.controller` for how, `node_ping.discover.nodes`
+and `node_ping.discover.pods` for what it writes). The `kubernetes` package is imported only when the
 command runs, so `node-ping --help` stays fast and the exporter image does not need it.
 """
 
@@ -42,10 +43,13 @@ def settings_from(values: Mapping[str, Any], namespace_file: Path = NAMESPACE_FI
             raise SettingsError(f"set the namespace: {config.NAMESPACE.flag}, {config.NAMESPACE.env} or a namespace in "
                                 f"the kubeconfig's current context (outside a pod, {namespace_file} does not exist to "
                                 "fall back on)") from None
-    # Blank means every Node; anything else goes to the API server as written, which judges it.
+    # Blank means every Node (no pod list, no rack); anything else goes to the API server as written,
+    # which judges it.
     selector = (values["node_selector"] or "").strip() or None
+    pod_selector = (values.get("pod_selector") or "").strip() or None
     return DiscoverSettings(namespace=namespace, configmap=values["configmap"],
                             address_types=values["address_types"], node_selector=selector,
+                            rack_label=values.get("rack_label") or None, pod_selector=pod_selector,
                             health_file=values.get("health_file"))
 
 
@@ -104,7 +108,8 @@ def discover(**values: Any) -> int:
     try:
         Discovery(api, settings, stop).run()
     except SelectorRefused as err:
-        raise SettingsError(f"Invalid value for {config.NODE_SELECTOR.hint}: {err}; write it as kubectl get nodes -l "
-                            "takes it, e.g. kubernetes.io/os=linux") from None
+        example = ("pods -l takes it, e.g. app.kubernetes.io/component=pod-prober" if err.setting is config.POD_SELECTOR
+                   else "nodes -l takes it, e.g. kubernetes.io/os=linux")
+        raise SettingsError(f"Invalid value for {err.setting.hint}: {err}; write it as kubectl get {example}") from None
     log.info("node-ping discover stopped")
     return 0

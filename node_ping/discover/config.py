@@ -2,8 +2,9 @@
 the frozen dataclass of one controller's values, validated once at start-up.
 
 What the API server would answer with 422 Invalid on every write is refused here instead (exit 2):
-a controller that is refused on every write retries forever. The label selector is the exception:
-the API server itself judges it, on the first list (see `node_ping.discover.command`).
+a controller that is refused on every write retries forever; so is a rack label key no node can carry
+(it would silently give no racks). The label selectors are the exception: the API server itself
+judges them, on the first list (see `node_ping.discover.command`).
 """
 
 from __future__ import annotations
@@ -48,6 +49,28 @@ _configmap_name = _kubernetes_name("ConfigMap", DNS_SUBDOMAIN, MAX_DNS_SUBDOMAIN
                                    "digit (an RFC 1123 DNS subdomain, e.g. node-ping-nodes)")
 
 
+# A label key, as apimachinery's IsQualifiedName checks it: an optional DNS-subdomain prefix and '/',
+# then a name of at most 63 characters, alphanumeric at both ends, with '-', '_' and '.' inside.
+LABEL_NAME = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?")
+
+
+def label_key(key: str) -> str:
+    """`key` if the API server takes it as a label key, "" (no key) for a blank one; ValueError with the rule if not."""
+    key = key.strip()
+    if not key:
+        return ""
+    prefix, slash, name = key.rpartition("/")
+    problems = []
+    if slash and not (prefix and len(prefix) <= MAX_DNS_SUBDOMAIN and DNS_SUBDOMAIN.fullmatch(prefix)):
+        problems.append(f"its prefix {prefix!r} is not a DNS subdomain (lower-case, e.g. example.com)")
+    if not (len(name) <= MAX_DNS_LABEL and LABEL_NAME.fullmatch(name)):
+        problems.append(f"its name {name!r} is not 1-63 letters, digits, '-', '_' or '.', starting and ending "
+                        "with a letter or digit")
+    if problems:
+        raise ValueError(f"{key!r} is not a label key: {'; '.join(problems)} (e.g. topology.kubernetes.io/rack)")
+    return key
+
+
 def parse_address_types(text: str) -> tuple[str, ...]:
     """`"InternalIP,ExternalIP"` -> ("InternalIP", "ExternalIP"); ValueError with the fix if unusable."""
     canonical = {name.lower(): name for name in IP_ADDRESS_TYPES}
@@ -88,13 +111,20 @@ ADDRESS_TYPES = Setting("--address-types", env="NODE_PING_ADDRESS_TYPES", defaul
 NODE_SELECTOR = Setting("--node-selector", env="NODE_PING_NODE_SELECTOR", metavar="SELECTOR",
                         help="Label selector of the Nodes to ping, as kubectl -l takes it, e.g. "
                              "kubernetes.io/os=linux: the nodes the exporter runs on (default: every Node).")
+RACK_LABEL = Setting("--rack-label", env="NODE_PING_RACK_LABEL", metavar="KEY", type=Parsed("key", label_key),
+                     help="Node label whose value is the node's rack, written as \"rack\" into nodes.json and "
+                          "pods.json (default: none, no racks).")
+POD_SELECTOR = Setting("--pod-selector", env="NODE_PING_POD_SELECTOR", metavar="SELECTOR",
+                       help="Label selector of the pod-network prober's pods in --namespace: their IPs are written "
+                            "as the pods.json key of the same ConfigMap (default: none, no pods.json).")
 KUBECONFIG = Setting("--kubeconfig", type=click.Path(exists=True, dir_okay=False, path_type=Path),
                      help="Kubeconfig file, for running it by hand (default: the pod's service account).")
 HEALTH_FILE = Setting("--health-file", env="NODE_PING_HEALTH_FILE", type=click.Path(path_type=Path),
                       help="Touched every few seconds while every loop of the controller runs, for `node-ping health`.")
 VERBOSE = Setting("--verbose", short="-v", is_flag=True, help="Log every retry and every ConfigMap event.")
 
-DISCOVER_SETTINGS = (NAMESPACE, CONFIGMAP, ADDRESS_TYPES, NODE_SELECTOR, KUBECONFIG, HEALTH_FILE, VERBOSE)
+DISCOVER_SETTINGS = (NAMESPACE, CONFIGMAP, ADDRESS_TYPES, NODE_SELECTOR, RACK_LABEL, POD_SELECTOR, KUBECONFIG,
+                     HEALTH_FILE, VERBOSE)
 
 
 @dataclass(frozen=True)
@@ -106,6 +136,10 @@ class DiscoverSettings:
     address_types: tuple[str, ...] = DEFAULT_ADDRESS_TYPES
     # Label selector of the Nodes to list (the nodes the exporter DaemonSet runs on); None: all of them.
     node_selector: str | None = None
+    # Node label holding the node's rack; None: no rack in the entries.
+    rack_label: str | None = None
+    # Label selector of the pod-network prober's pods in `namespace`; None: no pod list (pods.json).
+    pod_selector: str | None = None
     # Touched while the controller's loops run (see liveness.py); None: no liveness file.
     health_file: Path | None = None
     # The API server ends each watch after this long; the controller resumes from the last
@@ -127,3 +161,5 @@ class DiscoverSettings:
         for setting, value in ((NAMESPACE, self.namespace), (CONFIGMAP, self.configmap),
                                (ADDRESS_TYPES, self.address_types)):
             setting.check(value)
+        if self.rack_label is not None:
+            RACK_LABEL.check(self.rack_label)

@@ -1,11 +1,13 @@
-"""The discovery controller: Nodes in the API server -> the nodes.json key of one ConfigMap.
+"""The discovery controller: Nodes (and the pod-network prober's Pods) in the API server -> the
+nodes.json (and pods.json) key of one ConfigMap.
 
-Three threads of control, one job each:
+Three threads of control, one job each, and a fourth with --pod-selector:
   - nodes: one list + watch of the Nodes, kept in a cache of targets (`node_ping.discover.cache`).
+  - pods: one list + watch of the prober pods in discover's own namespace, the same way.
   - configmap: a watch of the ConfigMap itself (field selector metadata.name=<name>), so an edit or
     deletion by someone else is noticed at once and put right.
-  - reconcile (the caller's thread): whenever the cache or the ConfigMap may have moved, it renders
-    the desired text, reads the ConfigMap and writes it only if the bytes differ; every write makes
+  - reconcile (the caller's thread): whenever a cache or the ConfigMap may have moved, it renders
+    the desired texts, reads the ConfigMap and writes it only if the bytes differ; every write makes
     the kubelet update the volume in every exporter pod, so no write without a change.
 Every API failure is retried with exponential backoff up to a cap, logged once when a loop starts
 failing and once when it works again. Stopping closes the open watch connections, so the process
@@ -26,15 +28,17 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from node_ping.discover.cache import NodeCache
+from node_ping.discover.cache import NodeCache, PodCache
 from node_ping.discover.config import DiscoverSettings
 from node_ping.discover.liveness import Heartbeat
 from node_ping.discover.nodes import needs_write, oversize, render_nodes_json, summarize_change, validate_nodes_json
+from node_ping.discover.pods import pod_targets
 from node_ping.discover.watch import ApiTrouble, Backoff, Watches, http_status
 
 log = logging.getLogger(__name__)
 
 DATA_KEY = "nodes.json"
+PODS_KEY = "pods.json"
 LABELS = {"app.kubernetes.io/name": "node-ping", "app.kubernetes.io/managed-by": "node-ping-discover"}
 # Writes that lose the optimistic-concurrency race this often in a row are retried with backoff.
 MAX_CONFLICTS = 5
@@ -60,10 +64,16 @@ class Status:
     desired: str | None  # the nodes.json text the cluster calls for; None before the first list
     stored: str | None  # the nodes.json text last confirmed in the ConfigMap; None if not known
     writes: int
+    # The same for pods.json; all None/False without --pod-selector.
+    pods_synced: bool = False
+    pods_resource_version: str | None = None
+    pods_desired: str | None = None
+    pods_stored: str | None = None
 
 
 class Discovery:
-    """Keep ConfigMap <namespace>/<configmap> key nodes.json equal to the cluster's nodes until `stop` is set."""
+    """Keep ConfigMap <namespace>/<configmap> key nodes.json equal to the cluster's nodes (and key
+    pods.json to the prober pods, with a pod selector) until `stop` is set."""
 
     def __init__(self, api: Any, settings: DiscoverSettings, stop: threading.Event) -> None:
         self._api = api  # kubernetes.client.CoreV1Api
@@ -74,10 +84,11 @@ class Discovery:
         self._wake = threading.Event()  # the cache or the ConfigMap may have moved
         self._watches = Watches(stop, settings.watch_timeout_seconds, settings.request_timeout[0])
         self._nodes = NodeCache(api, settings, stop, self._watches, self._wake)
+        self._pods = PodCache(api, settings, stop, self._watches, self._wake) if settings.pod_selector else None
         self._heartbeat = Heartbeat(settings.health_file)
-        # Guarded by _lock:
-        self._stored: str | None = None
-        self._writing: str | None = None  # the text of a write in flight: its watch echo is no news
+        # Guarded by _lock (key -> text, for the keys this controller owns):
+        self._stored: dict[str, str] = {}
+        self._writing: dict[str, str] | None = None  # the texts of a write in flight: its watch echo is no news
         self._suspect = True  # the ConfigMap may not hold _stored: read it before deciding
         self._writes = 0
         # Used by the reconcile thread only:
@@ -88,9 +99,11 @@ class Discovery:
 
     def run(self) -> None:
         """Run until the stop Event is set. Never raises for API trouble, with one exception:
-        cache.SelectorRefused when the first list of Nodes is refused for its label selector."""
+        cache.SelectorRefused when the first list of Nodes or Pods is refused for its label selector."""
         threads = [threading.Thread(target=self._nodes.run, name="discover-nodes", daemon=True),
                    threading.Thread(target=self._configmap_loop, name="discover-configmap", daemon=True)]
+        if self._pods is not None:
+            threads.append(threading.Thread(target=self._pods.run, name="discover-pods", daemon=True))
         for thread in threads:
             thread.start()
         self._heartbeat.watch(threads)
@@ -99,15 +112,32 @@ class Discovery:
         finally:
             self._stop.set()
             self._join(threads)
-        if self._nodes.refused is not None:
-            raise self._nodes.refused
+        for cache in (self._nodes, self._pods):
+            if cache is not None and cache.refused is not None:
+                raise cache.refused
 
     def status(self) -> Status:
-        with self._lock:  # the cache's lock is only ever taken inside this one, never around it
+        with self._lock:  # the caches' locks are only ever taken inside this one, never around it
             nodes = self._nodes.snapshot()
-            stored, writes = self._stored, self._writes
-        desired = render_nodes_json(nodes.targets) if nodes.synced else None
-        return Status(nodes.synced, nodes.resource_version, desired, stored, writes)
+            pods = self._pods.snapshot() if self._pods is not None else None
+            stored, writes = dict(self._stored), self._writes
+        desired = self._desired()
+        return Status(nodes.synced, nodes.resource_version, desired.get(DATA_KEY), stored.get(DATA_KEY), writes,
+                      pods_synced=pods is not None and pods.synced,
+                      pods_resource_version=pods.resource_version if pods is not None else None,
+                      pods_desired=desired.get(PODS_KEY), pods_stored=stored.get(PODS_KEY))
+
+    def _desired(self) -> dict[str, str]:
+        """Key -> the text the cluster calls for, for each key whose first list is complete: never a
+        text before it, since an empty list would blind every exporter."""
+        nodes = self._nodes.snapshot()
+        if not nodes.synced:
+            return {}
+        desired = {DATA_KEY: render_nodes_json(nodes.items)}
+        pods = self._pods.snapshot() if self._pods is not None else None
+        if pods is not None and pods.synced:
+            desired[PODS_KEY] = render_nodes_json(pod_targets(pods.items, nodes.items))
+        return desired
 
     def _backoff(self, what: str) -> Backoff:
         return Backoff(what, self._stop, initial=self._settings.backoff_initial_seconds,
@@ -151,9 +181,13 @@ class Discovery:
     def _configmap_event(self, kind: str, configmap: Mapping[str, Any]) -> None:
         if kind == "BOOKMARK":
             return
-        text = None if kind == "DELETED" else (configmap.get("data") or {}).get(DATA_KEY)
+        data = {} if kind == "DELETED" else (configmap.get("data") or {})
+
+        def holds(texts: Mapping[str, str] | None) -> bool:
+            return bool(texts) and all(data.get(key) == text for key, text in (texts or {}).items())
+
         with self._lock:
-            if kind != "DELETED" and text is not None and text in (self._stored, self._writing):
+            if holds(self._stored) or holds(self._writing):
                 return  # the echo of our own write, or a change to keys we do not own
             self._suspect = True
         log.debug("%s: %s event; checking it", self._where, kind)
@@ -189,33 +223,32 @@ class Discovery:
                 self._wake.set()
 
     def _reconcile(self) -> None:
-        nodes = self._nodes.snapshot()
-        if not nodes.synced:
+        desired = self._desired()
+        if not desired:
             return  # never write before the first list: an empty list would blind every exporter
-        desired = render_nodes_json(nodes.targets)
-        count = len(nodes.targets)
         with self._lock:
-            if not self._suspect and not needs_write(self._stored, desired):
+            if not self._suspect and not _differs(self._stored, desired):
                 return
         self._report_problems(desired)
         for _attempt in range(MAX_CONFLICTS):
             with self._lock:
                 self._suspect = False  # an event after this read marks it again
             current = self._read()
-            stored = (current.data or {}).get(DATA_KEY) if current is not None else None
-            if current is not None and not needs_write(stored, desired):
+            data = (current.data or {}) if current is not None else {}
+            stored = {key: data[key] for key in desired if key in data}
+            if current is not None and not _differs(stored, desired):
                 with self._lock:
-                    self._stored = desired
+                    self._stored = dict(desired)
                 return
             # The API server would refuse it (422) on every retry; the ConfigMap keeps what it holds.
-            problem = oversize(desired, count, _other_bytes(current))
+            problem = self._oversize(desired, _other_bytes(current, desired))
             if problem != self._reported_oversize and problem is not None:
                 log.error("%s: %s", self._where, problem)
             self._reported_oversize = problem
             if problem is not None:
                 return
             with self._lock:
-                self._writing = desired
+                self._writing = dict(desired)
             try:
                 if current is None:
                     self._create(desired)
@@ -230,17 +263,29 @@ class Discovery:
                 log.info("%s changed while being written (HTTP %s); reading it again", self._where, http_status(err))
                 continue
             with self._lock:
-                self._stored = desired
+                self._stored = dict(desired)
                 self._writing = None
                 self._writes += 1
-            log.info("%s %s: nodes.json lists %d nodes (%s)", "created" if current is None else "updated",
-                     self._where, count, summarize_change(stored, desired))
+            changes = "; ".join(f"{key} lists {_count(text)} nodes ({summarize_change(stored.get(key), text)})"
+                                for key, text in desired.items() if needs_write(stored.get(key), text))
+            log.info("%s %s: %s", "created" if current is None else "updated", self._where, changes)
             return
         raise WriteConflicts(f"{self._where} changed under every one of {MAX_CONFLICTS} writes in a row")
 
-    def _report_problems(self, desired: str) -> None:
+    @staticmethod
+    def _oversize(desired: Mapping[str, str], other_bytes: int) -> str | None:
+        """Why the API server would refuse these keys together (the first one that does not fit beside the rest)."""
+        sizes = {key: len(text.encode()) for key, text in desired.items()}
+        for key, text in desired.items():
+            problem = oversize(text, _count(text), other_bytes + sum(sizes.values()) - sizes[key], key)
+            if problem is not None:
+                return problem
+        return None
+
+    def _report_problems(self, desired: Mapping[str, str]) -> None:
         """Warn (once per distinct set) about entries the exporter would skip, e.g. two nodes with one IP."""
-        problems = validate_nodes_json(desired)
+        problems = tuple(problem for key, text in desired.items()
+                         for problem in validate_nodes_json(text, key))
         if problems and problems != self._reported_problems:
             for problem in problems:
                 log.warning("the exporter will skip an entry: %s", problem)
@@ -255,28 +300,37 @@ class Discovery:
                 return None
             raise
 
-    def _create(self, text: str) -> None:
+    def _create(self, texts: Mapping[str, str]) -> None:
         body = client.V1ConfigMap(
             metadata=client.V1ObjectMeta(name=self._settings.configmap, namespace=self._settings.namespace,
                                          labels=dict(LABELS)),
-            data={DATA_KEY: text})
+            data=dict(texts))
         self._api.create_namespaced_config_map(self._settings.namespace, body,
                                                _request_timeout=self._settings.request_timeout)
 
-    def _replace(self, current: Any, text: str) -> None:
+    def _replace(self, current: Any, texts: Mapping[str, str]) -> None:
         # The object as read, so other keys, labels and annotations survive, and its
         # resourceVersion makes the API server refuse (409) if anyone wrote in between.
-        current.data = {**(current.data or {}), DATA_KEY: text}
+        current.data = {**(current.data or {}), **texts}
         current.metadata.labels = {**(current.metadata.labels or {}), **LABELS}
         self._api.replace_namespaced_config_map(self._settings.configmap, self._settings.namespace, current,
                                                 _request_timeout=self._settings.request_timeout)
 
 
-def _other_bytes(configmap: Any) -> int:
-    """What the ConfigMap's keys other than nodes.json count against the API server's size limit."""
+def _differs(stored: Mapping[str, str], desired: Mapping[str, str]) -> bool:
+    return any(needs_write(stored.get(key), text) for key, text in desired.items())
+
+
+def _count(text: str) -> int:
+    """The entries of a text render_nodes_json wrote: one a line between the brackets."""
+    return text.count("\n") - 2 if text != "[]\n" else 0
+
+
+def _other_bytes(configmap: Any, owned: Mapping[str, str]) -> int:
+    """What the ConfigMap's keys other than the `owned` ones count against the API server's size limit."""
     if configmap is None:
         return 0
-    size = sum(len(value.encode()) for key, value in (configmap.data or {}).items() if key != DATA_KEY)
+    size = sum(len(value.encode()) for key, value in (configmap.data or {}).items() if key not in owned)
     for value in (configmap.binary_data or {}).values():
         try:
             size += len(base64.b64decode(value))

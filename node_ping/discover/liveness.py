@@ -2,18 +2,18 @@
 `node-ping health --max-age` (the chart's liveness probe).
 
 API trouble does not stop the touching: the loops retry it themselves, and a restart would not help.
-What does: a watch loop that ended, or a reconcile loop stuck beyond its own time limits.
+What does: a watch loop that ended, or a reconcile loop stuck beyond its own time limits. Touching
+the file and saying what keeps it from being touched is `node_ping.liveness`'s.
 """
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
-log = logging.getLogger(__name__)
+from node_ping.liveness import HealthFile
 
 TOUCH_EVERY_S = 5.0
 """How often the file is touched while all is well; `--max-age` must be well above it and above the
@@ -24,10 +24,9 @@ class Heartbeat:
     """Touches `path` (if any) from the reconcile loop while every thread in `threads` is alive."""
 
     def __init__(self, path: Path | None) -> None:
-        self._path = path
+        self._file = HealthFile(path)
         self._threads: Sequence[threading.Thread] = ()
         self._last = -TOUCH_EVERY_S
-        self._problem: str | None = None
 
     def watch(self, threads: Sequence[threading.Thread]) -> None:
         """The loops that must all run for discover to be alive."""
@@ -36,25 +35,12 @@ class Heartbeat:
     def beat(self) -> None:
         """Touch the file, at most every TOUCH_EVERY_S, unless a watched loop has ended."""
         now = time.monotonic()
-        if self._path is None or now - self._last < TOUCH_EVERY_S:
+        if self._file.path is None or now - self._last < TOUCH_EVERY_S:
             return
         ended = [thread.name for thread in self._threads if not thread.is_alive()]
         if ended:
-            self._report(f"the loop {', '.join(ended)} ended: no longer touching {self._path}, so the "
-                         "liveness probe restarts discover")
+            self._file.problem(f"the loop {', '.join(ended)} ended: no longer touching {self._file.path}, so the "
+                               "liveness probe restarts discover")
             return
-        try:
-            self._path.touch()
-        except OSError as err:
-            self._report(f"cannot touch the health file {self._path}: {err.strerror or err}; the liveness "
-                         "probe will fail")
-            return
-        self._last = now
-        self._report(None)
-
-    def _report(self, problem: str | None) -> None:
-        if problem is not None and problem != self._problem:
-            log.error("%s", problem)
-        elif problem is None and self._problem is not None:
-            log.info("health file %s: touched again", self._path)
-        self._problem = problem
+        if self._file.touch():
+            self._last = now

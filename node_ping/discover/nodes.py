@@ -43,7 +43,16 @@ def pick_address(node: Mapping[str, Any], address_types: Sequence[str]) -> str |
     return None
 
 
-def node_target(node: Mapping[str, Any], address_types: Sequence[str]) -> NodeTarget | None:
+def label(node: Mapping[str, Any], key: str | None) -> str | None:
+    """The value of the node's label `key`; None if `key` is None or the label is absent or empty."""
+    if key is None:
+        return None
+    value = ((node.get("metadata") or {}).get("labels") or {}).get(key)
+    return value if isinstance(value, str) and value else None
+
+
+def node_target(node: Mapping[str, Any], address_types: Sequence[str],
+                rack_label: str | None = None) -> NodeTarget | None:
     """One Node object -> its nodes.json entry, or None while it has no usable address.
 
     Readiness is deliberately ignored: a NotReady node is exactly the one worth probing.
@@ -51,10 +60,8 @@ def node_target(node: Mapping[str, Any], address_types: Sequence[str]) -> NodeTa
     address = pick_address(node, address_types)
     if address is None:
         return None
-    labels = (node.get("metadata") or {}).get("labels") or {}
-    zone = labels.get(ZONE_LABEL)
-    return NodeTarget(name=node_name(node), address=address,
-                      zone=zone if isinstance(zone, str) and zone else None)
+    return NodeTarget(name=node_name(node), address=address, zone=label(node, ZONE_LABEL),
+                      rack=label(node, rack_label))
 
 
 def render_nodes_json(targets: Iterable[NodeTarget]) -> str:
@@ -63,32 +70,35 @@ def render_nodes_json(targets: Iterable[NodeTarget]) -> str:
     One compact entry per line: a ConfigMap holds at most CONFIGMAP_LIMIT_BYTES, and indenting
     cost 17 bytes an entry, 23 with a zone (some 900 nodes fewer fit, at 63-character names and
     IPv6 addresses); a line each keeps a change to one node one line in a diff, for a byte an entry.
+    pods.json is written the same way (see `node_ping.discover.pods`).
     """
     entries: list[str] = []
     for target in sorted(targets, key=lambda t: t.name):
         entry = {"name": target.name, "ipAddress": target.address}
         if target.zone is not None:
             entry["zone"] = target.zone
+        if target.rack is not None:
+            entry["rack"] = target.rack
         entries.append(json.dumps(entry, sort_keys=True, separators=(",", ":")))
     return "[\n" + ",\n".join(entries) + "\n]\n" if entries else "[]\n"
 
 
-def oversize(text: str, count: int, other_bytes: int = 0) -> str | None:
-    """Why the API server would refuse a ConfigMap holding `text` (listing `count` nodes) as nodes.json
+def oversize(text: str, count: int, other_bytes: int = 0, key: str = "nodes.json") -> str | None:
+    """Why the API server would refuse a ConfigMap holding `text` (listing `count` nodes) as `key`
     beside `other_bytes` of other keys, as one sentence; None when it fits."""
     size = len(text.encode())
     if size + other_bytes <= CONFIGMAP_LIMIT_BYTES:
         return None
     others = f", {size + other_bytes:,} with the ConfigMap's other keys" if other_bytes else ""
-    return (f"nodes.json for {count:,} nodes is {size:,} bytes{others}, more than the {CONFIGMAP_LIMIT_BYTES:,} bytes "
+    return (f"{key} for {count:,} nodes is {size:,} bytes{others}, more than the {CONFIGMAP_LIMIT_BYTES:,} bytes "
             "(1 MiB) the API server accepts in a ConfigMap: not writing it, so the exporters keep the node list "
             "last written. Probe fewer nodes (--node-selector)"
             + (", or move the other keys out of this ConfigMap." if other_bytes else "."))
 
 
-def validate_nodes_json(text: str) -> tuple[str, ...]:
+def validate_nodes_json(text: str, source: str = "nodes.json") -> tuple[str, ...]:
     """Read `text` back with the exporter's own loader; the entries it would skip, as sentences."""
-    return parse_nodes(text, "nodes.json").problems
+    return parse_nodes(text, source).problems
 
 
 def needs_write(stored: str | None, desired: str) -> bool:

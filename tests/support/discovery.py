@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 
+from node_ping.discover.cache import SelectorRefused
 from node_ping.discover.config import DiscoverSettings
 from node_ping.discover.controller import Discovery
 from node_ping.targets import NodeTarget, parse_nodes
@@ -23,6 +24,10 @@ NS = "monitoring"
 CM = "node-ping-nodes"
 CM_PATH = f"/api/v1/namespaces/{NS}/configmaps/{CM}"
 NODES_PATH = "/api/v1/nodes"
+PODS_PATH = f"/api/v1/namespaces/{NS}/pods"
+#: The labels of the pod-network prober's pods in these tests, and the selector that picks them.
+PROBER_LABELS = {"app.kubernetes.io/name": "node-ping", "app.kubernetes.io/component": "pod-prober"}
+POD_SELECTOR = ",".join(f"{key}={value}" for key, value in PROBER_LABELS.items())
 
 # Quick retries and pages of two, so outages heal and paging happens within a test's patience.
 FAST = DiscoverSettings(namespace=NS, configmap=CM, watch_timeout_seconds=30, request_timeout=(2.0, 2.0),
@@ -41,27 +46,32 @@ def wait_for(condition: Callable[[], Any], what: str, timeout: float = 15.0) -> 
         time.sleep(0.02)
 
 
-def stored_text(kube: FakeKubeAPI) -> str | None:
+def stored_text(kube: FakeKubeAPI, key: str = "nodes.json") -> str | None:
     configmap = kube.configmap(NS, CM)
-    return None if configmap is None else (configmap.get("data") or {}).get("nodes.json")
+    return None if configmap is None else (configmap.get("data") or {}).get(key)
 
 
-def stored_targets(kube: FakeKubeAPI) -> tuple[NodeTarget, ...] | None:
-    """What the exporter would probe, read from the ConfigMap by its own loader."""
-    text = stored_text(kube)
+def stored_targets(kube: FakeKubeAPI, key: str = "nodes.json") -> tuple[NodeTarget, ...] | None:
+    """What the exporter would probe, read from the ConfigMap by its own loader (`key` pods.json:
+    what the pod-network prober would probe)."""
+    text = stored_text(kube, key)
     if text is None:
         return None
-    parsed = parse_nodes(text)
+    parsed = parse_nodes(text, key)
     assert parsed.problems == ()
     return parsed.targets
 
 
-def target(name: str, address: str, zone: str | None = None) -> NodeTarget:
-    return NodeTarget(name=name, address=address, zone=zone)
+def target(name: str, address: str, zone: str | None = None, rack: str | None = None) -> NodeTarget:
+    return NodeTarget(name=name, address=address, zone=zone, rack=rack)
 
 
 def wait_targets(kube: FakeKubeAPI, *expected: NodeTarget, timeout: float = 15.0) -> None:
     wait_for(lambda: stored_targets(kube) == tuple(expected), f"nodes.json to list {expected}", timeout)
+
+
+def wait_pods(kube: FakeKubeAPI, *expected: NodeTarget, timeout: float = 15.0) -> None:
+    wait_for(lambda: stored_targets(kube, "pods.json") == tuple(expected), f"pods.json to list {expected}", timeout)
 
 
 @dataclass
@@ -74,11 +84,15 @@ class Running:
     thread: threading.Thread
 
     def caught_up(self, kube: FakeKubeAPI) -> bool:
-        """The controller has seen every Node change and the ConfigMap holds what it calls for."""
+        """The controller has seen every Node (and prober Pod) change and the ConfigMap holds what it calls for."""
         status = self.discovery.status()
+        pods_caught_up = not status.pods_synced or (
+            status.pods_resource_version is not None
+            and int(status.pods_resource_version) >= kube.latest_pod_change(NS)
+            and status.pods_stored is not None and status.pods_stored == status.pods_desired)
         return (status.nodes_resource_version is not None
                 and int(status.nodes_resource_version) >= kube.latest_node_change()
-                and status.stored is not None and status.stored == status.desired)
+                and status.stored is not None and status.stored == status.desired and pods_caught_up)
 
 
 class Controllers:
@@ -123,6 +137,32 @@ class Controllers:
         # Stopping may leave a watch thread a few seconds to return from its socket read (see
         # Discovery._join); it must end, but a busy machine may take a while.
         wait_for(lambda: not watch_threads(), "the controllers' watch threads to end", timeout=15)
+
+
+def refusal(controllers: Controllers, **overrides: Any) -> SelectorRefused:
+    """Run a controller with these settings (a selector the API server refuses) until it gives up;
+    what it gave up with."""
+    stop = threading.Event()
+    discovery = Discovery(controllers.api(), replace(FAST, **overrides), stop)
+    refused: list[SelectorRefused] = []
+
+    def run() -> None:
+        try:
+            discovery.run()
+        except SelectorRefused as err:
+            refused.append(err)
+
+    thread = threading.Thread(target=run, name="discovery-under-test")
+    thread.start()
+    thread.join(timeout=15)
+    try:
+        assert not thread.is_alive(), "the controller kept retrying a selector the API server refuses"
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+    assert stop.is_set()
+    assert len(refused) == 1, refused
+    return refused[0]
 
 
 def watch_threads() -> list[str]:

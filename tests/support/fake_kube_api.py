@@ -1,4 +1,4 @@
-"""A stand-in for the Kubernetes API server, for tests: Nodes and ConfigMaps over real HTTP on 127.0.0.1.
+"""A stand-in for the Kubernetes API server, for tests: Nodes, ConfigMaps and Pods over real HTTP on 127.0.0.1.
 
 The real API server cannot run on the test machine, so this stand-in speaks just enough of the REST
 API for the real `kubernetes` client to use it unchanged, with the behaviour a controller has to survive:
@@ -10,11 +10,22 @@ API for the real `kubernetes` client to use it unchanged, with the behaviour a c
     do it, an ERROR event with code 410 in a 200 stream, or (`expired_as_http`) a plain HTTP 410;
   - ConfigMaps: get, create (409 AlreadyExists), replace (409 Conflict on a stale resourceVersion),
     delete, and a watch filtered by fieldSelector=metadata.name=<name>;
+  - Pods: list and watch, per namespace (/api/v1/namespaces/<ns>/pods) or across all of them
+    (/api/v1/pods), changed by tests only (`put_pod`, `delete_pod`), as the kubelet and the
+    DaemonSet controller would;
+  - fieldSelector: `path=value`, `path==value` and `path!=value` requirements joined by commas, on
+    metadata.name, metadata.namespace, spec.nodeName and status.phase (what the real server
+    offers for Pods; it offers metadata.name and metadata.namespace for every kind);
   - labelSelector on lists and watches, only as key=value requirements joined by commas (the rest
     of the syntax is the real API server's to judge); anything else is answered as the API server
     answers a selector it cannot parse: HTTP 400 with a Status whose message gives the reason.
     Watches follow the API server's rule: an object whose labels move it out of the selection
     arrives as DELETED, one that moves in as ADDED;
+  - core/v1 Events as a publisher with RBAC for create and patch only sees them: create (409
+    AlreadyExists; 422 for a Node's Event outside the namespace default, as core/v1 validation
+    answers), patch (merge and strategic merge patches, 404 NotFound), and HTTP 403 Forbidden for
+    every other verb and for events.k8s.io; tests read them with `events()` and `node_events()`,
+    the latter selecting as `kubectl describe node` does;
   - faults: every request answered with an error status, connections dropped or left hanging
     (`fault`), open watches cut (`drop_watches`), and another writer slipping in just before the
     next ConfigMap update (`edit_before_next_put`).
@@ -54,28 +65,48 @@ class Request:
 @dataclass(frozen=True)
 class _Event:
     resource_version: int
-    collection: str  # "nodes" or "configmaps/<namespace>"
+    collection: str  # "nodes", "configmaps/<namespace>" or "pods/<namespace>"
     type: str
     object: Obj
     previous: Obj | None = None  # for MODIFIED, the object before: label-selected watches need it
 
 
+FIELDS = ("metadata.name", "metadata.namespace", "spec.nodeName", "status.phase")
+"""The fields a fieldSelector may name here."""
+
+
+def in_collection(wanted: str, collection: str) -> bool:
+    """Whether an object of `collection` ("pods/<ns>") is in what a request asks for: that
+    collection, or "pods" for Pods in every namespace."""
+    return wanted == collection or collection.startswith(f"{wanted}/")
+
+
+def _field(obj: Obj, path: str) -> str:
+    value: Any = obj
+    for part in path.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return "" if value is None else str(value)
+
+
 @dataclass(frozen=True)
 class _Selector:
-    """What one list or watch asks for: fieldSelector (only metadata.name=<name>) and labelSelector
+    """What one list or watch asks for: fieldSelector (FIELDS with =, == or !=) and labelSelector
     (only key=value requirements)."""
 
-    name: str | None = None
+    fields: tuple[tuple[str, bool, str], ...] = ()  # (path, equal?, value)
     labels: tuple[tuple[str, str], ...] = ()  # (key, value): the label must be there with that value
 
     @classmethod
     def parse(cls, field_selector: str | None, label_selector: str | None) -> _Selector:
         """ValueError with the API server's kind of message for what this stand-in does not understand."""
-        name = None
-        if field_selector is not None:
-            if not field_selector.startswith("metadata.name="):
-                raise ValueError(f"unsupported field selector {field_selector}")
-            name = field_selector.partition("=")[2]
+        fields: list[tuple[str, bool, str]] = []
+        text = (field_selector or "").strip()
+        for part in text.split(",") if text else ():
+            match = re.fullmatch(r"\s*([A-Za-z.]+)\s*(!=|==|=)\s*(\S*)\s*", part)
+            if match is None or match[1] not in FIELDS:
+                raise ValueError(f'"{part.strip()}" is not a known field selector: only '
+                                 f'"{", ".join(FIELDS)}"')
+            fields.append((match[1], match[2] != "!=", match[3]))
         requirements: list[tuple[str, str]] = []
         text = (label_selector or "").strip()
         for part in text.split(",") if text else ():
@@ -83,10 +114,10 @@ class _Selector:
             if match is None:
                 raise ValueError(f"unable to parse requirement: {part.strip()!r} is not key=value")
             requirements.append((match[1], match[2]))
-        return cls(name, tuple(requirements))
+        return cls(tuple(fields), tuple(requirements))
 
     def matches(self, obj: Obj) -> bool:
-        if self.name is not None and obj["metadata"]["name"] != self.name:
+        if not all((_field(obj, path) == value) is equal for path, equal, value in self.fields):
             return False
         labels = obj["metadata"].get("labels") or {}
         return all(key in labels and labels[key] == value for key, value in self.labels)
@@ -131,6 +162,23 @@ def make_node(name: str, internal_ip: str | None = None, external_ip: str | None
     }
 
 
+def make_pod(name: str, node: str | None, ip: str | None, *, namespace: str = "monitoring",
+             labels: dict[str, str] | None = None, phase: str = "Running", ready: bool = True,
+             ips: list[str] | None = None, created: str = "2024-01-01T00:00:00Z", deleting: bool = False) -> Obj:
+    """A Pod object as an API server returns it (only the fields that matter here): scheduled on
+    `node` (None: not yet), with `ip` as status.podIP and `ips` (default: [ip]) as status.podIPs."""
+    metadata: Obj = {"name": name, "namespace": namespace, "labels": dict(labels or {}),
+                     "creationTimestamp": created}
+    if deleting:
+        metadata["deletionTimestamp"] = "2024-01-02T00:00:00Z"
+    status: Obj = {"phase": phase, "conditions": [{"type": "Ready", "status": "True" if ready else "False"}]}
+    if ip is not None:
+        status["podIP"] = ip
+        status["podIPs"] = [{"ip": each} for each in (ips or [ip])]
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata,
+            "spec": {"nodeName": node} if node else {}, "status": status}
+
+
 def _status(code: int, reason: str, message: str) -> Obj:
     return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
             "message": message, "reason": reason, "code": code}
@@ -144,7 +192,9 @@ class FakeKubeAPI:
         self._rv = 1
         self._nodes: dict[str, Obj] = {}
         self._configmaps: dict[tuple[str, str], Obj] = {}
+        self._pods: dict[tuple[str, str], Obj] = {}
         self._history: list[_Event] = []
+        self._kube_events: dict[tuple[str, str], Obj] = {}  # core/v1 Events, kept out of the watch history
         self._compacted = 0  # watches from a resourceVersion older than this get 410
         self._closing = False
         self._fault: str | int | None = None  # None, an HTTP status, "drop" or "hang"
@@ -226,6 +276,22 @@ class FakeKubeAPI:
         with self._cond:
             return sorted(self._nodes)
 
+    def put_pod(self, pod: Obj) -> None:
+        """Add a Pod or change it (as the scheduler, the kubelet and the DaemonSet controller do)."""
+        metadata = pod["metadata"]
+        key = (metadata["namespace"], metadata["name"])
+        with self._cond:
+            self._store(f"pods/{key[0]}", self._pods, key, copy.deepcopy(pod))
+
+    def delete_pod(self, namespace: str, name: str) -> None:
+        with self._cond:
+            self._remove(f"pods/{namespace}", self._pods, (namespace, name))
+
+    def latest_pod_change(self, namespace: str) -> int:
+        """The resourceVersion of the last change to any Pod of `namespace`."""
+        with self._cond:
+            return self._latest.get(f"pods/{namespace}", 0)
+
     def configmap(self, namespace: str, name: str) -> Obj | None:
         with self._cond:
             found = self._configmaps.get((namespace, name))
@@ -241,6 +307,25 @@ class FakeKubeAPI:
     def delete_configmap(self, namespace: str, name: str) -> None:
         with self._cond:
             self._remove(f"configmaps/{namespace}", self._configmaps, (namespace, name))
+
+    def events(self, namespace: str | None = None) -> list[Obj]:
+        """The core/v1 Events stored, of `namespace` or of all, by namespace and name."""
+        with self._cond:
+            return [copy.deepcopy(event) for key, event in sorted(self._kube_events.items())
+                    if namespace is None or key[0] == namespace]
+
+    def node_events(self, node: str) -> list[Obj]:
+        """The Events `kubectl describe node <node>` shows: of every namespace, with the field selector
+        kubectl's searchEvents builds from the kubelet's Node reference (kind Node, name and uid the
+        node's name, namespace empty)."""
+        wanted = {"kind": "Node", "name": node, "uid": node, "namespace": ""}
+        return [event for event in self.events()
+                if all((event.get("involvedObject") or {}).get(key, "") == value for key, value in wanted.items())]
+
+    def delete_event(self, namespace: str, name: str) -> None:
+        """Remove an Event, as the API server does when its TTL (1 h by default) runs out."""
+        with self._cond:
+            self._kube_events.pop((namespace, name), None)
 
     def compact(self) -> None:
         """Forget the change history, like etcd compaction: watches from an older resourceVersion get 410."""
@@ -305,8 +390,10 @@ class FakeKubeAPI:
         metadata = obj.setdefault("metadata", {})
         existing = objects.get(key)
         metadata["uid"] = existing["metadata"]["uid"] if existing else str(uuid.uuid4())
+        # A new object keeps a creationTimestamp a test gave it (make_pod's), so "the newest" is up to the test.
         metadata["creationTimestamp"] = (existing["metadata"]["creationTimestamp"] if existing
-                                         else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+                                         else metadata.get("creationTimestamp")
+                                         or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
         metadata["resourceVersion"] = str(self._next_rv())
         objects[key] = obj
         # `existing` is out of the store now, and stored objects are never changed in place.
@@ -331,6 +418,40 @@ class FakeKubeAPI:
         for connection in connections:
             with contextlib.suppress(OSError):  # already closed by the other side
                 connection.shutdown(socket.SHUT_RDWR)
+
+
+def _kind(collection: str) -> str:
+    return {"nodes": "Node", "pods": "Pod"}.get(collection.split("/", maxsplit=1)[0], "ConfigMap")
+
+
+_EVENTS_PATH = re.compile(r"/api/v1/(?:namespaces/(?P<ns>[^/]+)/)?events(?:/(?P<name>[^/]+))?"
+                          r"|/apis/events\.k8s\.io/[^/]+/(?:namespaces/[^/]+/)?events(?:/[^/]+)?")
+_DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+_PATCH_TYPES = ("application/merge-patch+json", "application/strategic-merge-patch+json")
+
+
+def _merge(target: Obj, patch: Obj) -> Obj:
+    """RFC 7386 merge patch (which a strategic merge patch of an Event's plain fields amounts to)."""
+    merged = copy.deepcopy(target)
+    for key, value in patch.items():
+        if value is None:
+            merged.pop(key, None)
+        elif isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def _event_invalid(namespace: str, event: Obj) -> str | None:
+    """What core/v1 validation says of an Event without eventTime in `namespace`, or None: its
+    involvedObject's namespace must be the Event's, and one without (a Node's) goes in default."""
+    involved = (event.get("involvedObject") or {}).get("namespace") or ""
+    if involved != namespace and not (involved == "" and namespace == "default"):
+        name = event["metadata"].get("name")
+        return f'Event "{name}" is invalid: involvedObject.namespace: Invalid value: "{involved}": does not match ' \
+               "event.namespace"
+    return None
 
 
 class _Server(ThreadingHTTPServer):
@@ -371,6 +492,9 @@ class _Handler(BaseHTTPRequestHandler):
     def do_DELETE(self) -> None:
         self._dispatch("DELETE")
 
+    def do_PATCH(self) -> None:
+        self._dispatch("PATCH")
+
     # -- plumbing ------------------------------------------------------------------------------
 
     @property
@@ -389,6 +513,11 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             if parts == ["api", "v1", "nodes"] and method == "GET":
                 self._collection("nodes")
+            elif parts == ["api", "v1", "pods"] and method == "GET":
+                self._collection("pods")
+            elif len(parts) == 5 and parts[:3] == ["api", "v1", "namespaces"] and parts[4] == "pods" \
+                    and method == "GET":
+                self._collection(f"pods/{parts[3]}")
             elif len(parts) == 5 and parts[:3] == ["api", "v1", "namespaces"] and parts[4] == "configmaps":
                 if method == "GET":
                     self._collection(f"configmaps/{parts[3]}")
@@ -398,6 +527,8 @@ class _Handler(BaseHTTPRequestHandler):
                     self._send(405, _status(405, "MethodNotAllowed", method))
             elif len(parts) == 6 and parts[:3] == ["api", "v1", "namespaces"] and parts[4] == "configmaps":
                 self._configmap(parts[3], parts[5], body)
+            elif _EVENTS_PATH.fullmatch(url.path):
+                self._kube_event(url.path, body)
             else:
                 self._send(404, _status(404, "NotFound", f"no route {url.path}"))
         except OSError:
@@ -452,6 +583,8 @@ class _Handler(BaseHTTPRequestHandler):
     def _objects(self, collection: str, selector: _Selector) -> list[Obj]:
         if collection == "nodes":
             objects = list(self.api._nodes.values())
+        elif collection.startswith("pods"):
+            objects = [o for (ns, _), o in self.api._pods.items() if in_collection(collection, f"pods/{ns}")]
         else:
             namespace = collection.split("/", 1)[1]
             objects = [o for (ns, _), o in self.api._configmaps.items() if ns == namespace]
@@ -466,7 +599,7 @@ class _Handler(BaseHTTPRequestHandler):
         if self._query.get("watch") in ("1", "true"):
             self._watch(collection, selector)
             return
-        kind = "NodeList" if collection == "nodes" else "ConfigMapList"
+        kind = f"{_kind(collection)}List"
         with self.api._cond:
             objects = self._objects(collection, selector)
             rv = self.api._rv
@@ -545,8 +678,7 @@ class _Handler(BaseHTTPRequestHandler):
             if api._closing:
                 return [], _END
             if time.monotonic() >= deadline:
-                kind = "Node" if collection == "nodes" else "ConfigMap"
-                bookmark = {"type": "BOOKMARK", "object": {"kind": kind, "apiVersion": "v1",
+                bookmark = {"type": "BOOKMARK", "object": {"kind": _kind(collection), "apiVersion": "v1",
                                                            "metadata": {"resourceVersion": str(since)}}}
                 return [bookmark] if bookmarks else [], _END
             if since < api._compacted:  # history gone under an open watch: the server ends it with 410
@@ -554,7 +686,7 @@ class _Handler(BaseHTTPRequestHandler):
                 message = f"too old resource version: {since} ({api._compacted})"
                 return [{"type": "ERROR", "object": _status(410, "Expired", message)}], _END
             seen = (selector.watch_event(e) for e in api._history
-                    if e.resource_version > since and e.collection == collection)
+                    if e.resource_version > since and in_collection(collection, e.collection))
             return [event for event in seen if event is not None], api._rv
 
     # -- single ConfigMaps ---------------------------------------------------------------------
@@ -610,4 +742,72 @@ class _Handler(BaseHTTPRequestHandler):
                     answer = 200, copy.deepcopy(stored)
             else:
                 answer = 405, _status(405, "MethodNotAllowed", self._method)
+        self._send(*answer)
+
+    # -- core/v1 Events, with the RBAC of a publisher: create and patch in any namespace, nothing else --
+
+    def _kube_event(self, path: str, body: Obj | None) -> None:
+        match = _EVENTS_PATH.fullmatch(path)
+        assert match is not None
+        namespace, name = match["ns"], match["name"]
+        verb = {"POST": "create", "PATCH": "patch", "PUT": "update"}.get(self._method)
+        if self._method == "GET":
+            verb = "get" if name else "watch" if self._query.get("watch") in ("1", "true") else "list"
+        elif self._method == "DELETE":
+            verb = "delete" if name else "deletecollection"
+        allowed = path.startswith("/api/v1/namespaces/") and (verb, bool(name)) in (("create", False), ("patch", True))
+        if not allowed:
+            group = "events.k8s.io" if path.startswith("/apis/") else ""
+            where = f'in the namespace "{namespace}"' if namespace else "at the cluster scope"
+            self._send(403, _status(403, "Forbidden", f'events is forbidden: User "system:serviceaccount:monitoring:'
+                                    f'node-ping" cannot {verb} resource "events" in API group "{group}" {where}'))
+        elif verb == "create":
+            self._create_kube_event(namespace, body or {})
+        else:
+            self._patch_kube_event(namespace, name, body)
+
+    def _create_kube_event(self, namespace: str, body: Obj) -> None:
+        metadata = body.setdefault("metadata", {})
+        name = metadata.get("name") or ""
+        if metadata.get("namespace", namespace) != namespace:
+            answer = 400, _status(400, "BadRequest", "the namespace of the provided object does not match the "
+                                  "namespace sent on the request")
+        elif not (len(name) <= 253 and _DNS_SUBDOMAIN.fullmatch(name)):
+            answer = 422, _status(422, "Invalid", f'Event "{name}" is invalid: metadata.name: Invalid value: '
+                                  f'"{name}": a lowercase RFC 1123 subdomain of at most 253 characters')
+        elif (invalid := _event_invalid(namespace, body)) is not None:
+            answer = 422, _status(422, "Invalid", invalid)
+        else:
+            with self.api._cond:
+                if (namespace, name) in self.api._kube_events:
+                    answer = 409, _status(409, "AlreadyExists", f'events "{name}" already exists')
+                else:
+                    metadata.update(namespace=namespace, uid=str(uuid.uuid4()),
+                                    resourceVersion=str(self.api._next_rv()),
+                                    creationTimestamp=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+                    stored = {"apiVersion": "v1", "kind": "Event", **body}
+                    self.api._kube_events[(namespace, name)] = stored
+                    answer = 201, copy.deepcopy(stored)
+        self._send(*answer)
+
+    def _patch_kube_event(self, namespace: str, name: str, body: Obj | None) -> None:
+        content_type = (self.headers.get("Content-Type") or "").split(";")[0].strip()
+        if content_type not in _PATCH_TYPES or not isinstance(body, dict):
+            self._send(415, _status(415, "UnsupportedMediaType", f"the body of the request was in an unknown "
+                                    f"format - accepted media types include: {', '.join(_PATCH_TYPES)}"))
+            return
+        with self.api._cond:
+            current = self.api._kube_events.get((namespace, name))
+            if current is None:
+                answer = 404, _status(404, "NotFound", f'events "{name}" not found')
+            else:
+                patched = _merge(current, body)
+                patched["metadata"].update(name=name, namespace=namespace, uid=current["metadata"]["uid"],
+                                           resourceVersion=str(self.api._next_rv()))
+                invalid = _event_invalid(namespace, patched)
+                if invalid is not None:
+                    answer = 422, _status(422, "Invalid", invalid)
+                else:
+                    self.api._kube_events[(namespace, name)] = patched
+                    answer = 200, copy.deepcopy(patched)
         self._send(*answer)
