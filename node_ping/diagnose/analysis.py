@@ -12,7 +12,7 @@ from __future__ import annotations
 import statistics
 from collections.abc import Iterable, Mapping
 
-from node_ping.diagnose import absent, grouped
+from node_ping.diagnose import absent, grouped, paths
 from node_ping.diagnose.explain import MIN_CELLS_FOR_NODE, Explanation, explain
 from node_ping.diagnose.groups import CUT_LOSS, group_faults
 from node_ping.diagnose.judge import Thresholds, judge
@@ -77,6 +77,8 @@ class _Analysis:
         self.background, self.pooled = judged.background, judged.pooled
         self.bad_loss, self.lossy, self.slow = judged.bad_loss, judged.lossy, judged.slow
         self.external_lossy = judged.external_lossy
+        self.host_lossy = judged.lossy  # before the group verdicts take their cells
+        self.paths = matrix.paths
         self.places = matrix.places
         self.summary = matrix.summary
         # Pairs per line: counted from the cells, or summed in Prometheus for a large cluster.
@@ -224,6 +226,12 @@ class _Analysis:
         return Verdict(LINK, (a, b), f"link {a}<->{b} only: {words}", _evidence(self.cells, measured),
                        summary={"worst_loss_percent": round(max(self.cells[p].loss_ratio for p in measured) * 100, 3)})
 
+    def other_paths(self) -> list[Verdict]:
+        """The MTU probe's and the pod network's faults, where the small host pings pass."""
+        return [verdict for path in (paths.MTU, paths.POD) if path in self.paths
+                for verdict in paths.path_verdicts(path, self.paths[path], self.nodes, self.host_lossy,
+                                                   loss_ratio=self.thresholds.loss_ratio, background=self.background)]
+
     def latency(self) -> list[Verdict]:
         # A lost pair has no RTT and is already a loss verdict; latency looks at what came back.
         timed = [p for p, c in self.cells.items() if c.rtt_avg_ms is not None]
@@ -349,9 +357,10 @@ class _Analysis:
 def diagnose(matrix: Matrix, thresholds: Thresholds | None = None) -> list[Verdict]:
     """Every independent fault the matrix shows, or a single `healthy` verdict.
 
-    Order: loss (cluster, nodes, links), latency, external targets, silent nodes, stale nodes.
+    Order: loss (groups, cluster, nodes, links), the MTU and pod paths, latency, external targets,
+    silent nodes, stale nodes.
     """
     analysis = _Analysis(matrix, thresholds or Thresholds())
-    verdicts = (analysis.loss() + analysis.latency() + analysis.external_loss() + analysis.silent()
-                + analysis.stale_nodes())
+    verdicts = (analysis.loss() + analysis.other_paths() + analysis.latency() + analysis.external_loss()
+                + analysis.silent() + analysis.stale_nodes())
     return verdicts or [analysis.healthy()]

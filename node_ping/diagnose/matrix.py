@@ -131,6 +131,17 @@ class Summary:
 
 
 @dataclass(frozen=True)
+class PathCells:
+    """Another path than the small pings between the nodes' own addresses: the pod network, or packets
+    of the MTU size. Only its cells at or above the loss threshold are fetched (`cells`), with how many
+    pairs each node's row ("send") and column ("receive") has (`sizes`); `mtu` is the packet size."""
+
+    cells: Mapping[Pair, Counts] = field(default_factory=dict)
+    sizes: Mapping[tuple[str, str], int] = field(default_factory=dict)
+    mtu: str = ""
+
+
+@dataclass(frozen=True)
 class Matrix:
     """What Prometheus knows about the range: node pairs and (node, external target) pairs, the
     source nodes whose data stopped before its end (`stale`: node -> how many seconds before the end
@@ -145,6 +156,7 @@ class Matrix:
     # Set for a large cluster: `nodes` then holds only the cells that could be bad (and the lines
     # fetched whole), and the summary the sums behind the rest.
     summary: Summary | None = None
+    paths: Mapping[str, PathCells] = field(default_factory=dict)  # "mtu", "pod": see PathCells
 
     def prober(self, node: str) -> Prober:
         """What `node`'s own metrics say about its prober; gone when Prometheus has none."""

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping
 
 from node_ping import contract
 from node_ping.diagnose.judge import Thresholds
-from node_ping.diagnose.matrix import Block, Counts, Line, Pair, Place, Summary
+from node_ping.diagnose.matrix import Block, Counts, Line, Pair, PathCells, Place, Summary
 from node_ping.diagnose.prometheus import Prometheus
 
 FULL_FETCH_PAIRS = 20_000
@@ -192,3 +192,26 @@ def lines_of(cells: Mapping[Pair, Counts]) -> dict[tuple[str, str], Line]:
             line = lines.get(key, Line())
             lines[key] = Line(line.pairs + 1, line.sent + counts.sent, line.lost + counts.sent - counts.received)
     return lines
+
+
+def fetch_path(prometheus: Prometheus, metrics: tuple[contract.Metric, contract.Metric], window: str, at: float,
+               loss_ratio: float) -> PathCells:
+    """One more path's lossy cells (loss at or above `loss_ratio`) and its line sizes: O(nodes + bad
+    pairs) at any size. Empty when the path is not probed (the feature off). `metrics`: its sent
+    and received counters."""
+    sent, received = metrics
+    mtu = contract.MTU if contract.MTU in sent.labels else ""
+    by = f"{_S}, {_D}" + (f", {mtu}" if mtu else "")
+    sums = [f"sum by ({by}) (increase({metric.name}[{window}]))" for metric in (sent, received)]
+    lossy = f"clamp(1 - {sums[1]} / ({sums[0]} > 0), 0, 1) >= {loss_ratio!r}"
+    values = [prometheus.query(f"({expr}) and on ({by}) ({lossy})", at) for expr in sums]
+    got = [{(labels[_S], labels[_D]): (value, labels.get(mtu, "")) for labels, value in samples
+            if labels.get(_S) and labels.get(_D)} for samples in values]
+    cells = {pair: Counts(value, got[1][pair][0]) for pair, (value, _) in got[0].items() if pair in got[1]}
+    sizes: dict[tuple[str, str], int] = {}
+    for direction, label in (("send", _S), ("receive", _D)):
+        for labels, value in prometheus.query(f"count by ({label}) ({sums[0]} > 0)", at):
+            if labels.get(label):
+                sizes[(direction, labels[label])] = round(value)
+    sizes_mtu = sorted({size for _, size in got[0].values() if size})
+    return PathCells(cells, sizes, ",".join(sizes_mtu))

@@ -14,7 +14,7 @@ from node_ping import contract
 from node_ping.diagnose.judge import Thresholds
 from node_ping.diagnose.matrix import Counts, Freshness, Matrix, Pair, grace_s, probers, stale_sources
 from node_ping.diagnose.prometheus import Prometheus, PrometheusError
-from node_ping.diagnose.pushdown import FULL_FETCH_PAIRS, fetch_summed, pair_count, places_of
+from node_ping.diagnose.pushdown import FULL_FETCH_PAIRS, fetch_path, fetch_summed, pair_count, places_of
 from node_ping.diagnose.wording import iso
 
 _SOURCE = contract.SOURCE
@@ -53,19 +53,22 @@ def _family(prometheus: Prometheus, family: contract.PingFamily, window: str, at
 # from which `stale_sources` tells a stopped prober; several copies of a series (scraped two ways)
 # count as fresh if any is.
 _SENT_SERIES = f"{contract.NODE.packets_sent.name} or {contract.EXTERNAL.packets_sent.name}"
+# The host prober's own series: those without the label the pod-network prober's carry, whose own
+# metrics say nothing about the host prober of the same node.
+_HOST = f'{{{contract.PATH}=""}}'
 FRESHNESS_QUERIES = {
     "series": f"count by ({_SOURCE}) ({contract.NODE.packets_sent.name}) "
               f"or count by ({_SOURCE}) ({contract.EXTERNAL.packets_sent.name})",
-    "last_success": f"max by ({_SOURCE}) ({contract.LAST_SUCCESS.name})",
-    "scraped_at": f"max by ({_SOURCE}) (timestamp({contract.LAST_SUCCESS.name}))",
-    "nominal": f"max by ({_SOURCE}) ({contract.CYCLE_NOMINAL.name})",
+    "last_success": f"max by ({_SOURCE}) ({contract.LAST_SUCCESS.name}{_HOST})",
+    "scraped_at": f"max by ({_SOURCE}) (timestamp({contract.LAST_SUCCESS.name}{_HOST}))",
+    "nominal": f"max by ({_SOURCE}) ({contract.CYCLE_NOMINAL.name}{_HOST})",
 }
 
 
 def cycling_query(seconds: int) -> str:
     """Per source, 1 if its cycle counter moved in the last `seconds` or appeared within them (a
     prober that runs), 0 if it stood still (a textfile left behind by a stopped one)."""
-    cycles = contract.CYCLES.name
+    cycles = contract.CYCLES.name + _HOST
     now = f"max by ({_SOURCE}) ({cycles})"
     before = f"max by ({_SOURCE}) ({cycles} offset {seconds}s)"
     return f"({now} != bool {before}) or clamp_max(count by ({_SOURCE}) ({cycles}), 1)"
@@ -73,7 +76,7 @@ def cycling_query(seconds: int) -> str:
 
 def errors_query(window: str) -> str:
     """Per source and kind, how much the error counter rose over the window, where it did."""
-    return f"sum by ({_SOURCE}, {_KIND}) (increase({contract.ERRORS.name}[{window}])) > 0"
+    return f"sum by ({_SOURCE}, {_KIND}) (increase({contract.ERRORS.name}{_HOST}[{window}])) > 0"
 
 
 def _by_source(prometheus: Prometheus, promql: str, at: float) -> dict[str, float]:
@@ -111,10 +114,14 @@ def fetch_matrix(prometheus: Prometheus, window: str, at: float, thresholds: Thr
         nodes, summary, places = fetch_summed(prometheus, window, at, thresholds or Thresholds())
     else:
         nodes, places = _family(prometheus, contract.NODE, window, at), places_of(prometheus, at)
+    ratio = (thresholds or Thresholds()).loss_ratio
+    other_paths = {"mtu": fetch_path(prometheus, contract.NODE.mtu_metrics, window, at, ratio),
+                   "pod": fetch_path(prometheus, (contract.POD.packets_sent, contract.POD.packets_received),
+                                     window, at, ratio)}
     matrix = Matrix(nodes, external, summary=summary)
     freshness = _freshness(prometheus, window, at)
     return Matrix(matrix.nodes, matrix.external, stale_sources(matrix.sources(), freshness, at),
-                  probers(freshness, at), places, summary)
+                  probers(freshness, at), places, summary, {k: v for k, v in other_paths.items() if v.sizes})
 
 
 def check_data(matrix: Matrix, prometheus: Prometheus, window: str, at: float) -> None:

@@ -285,6 +285,10 @@ def render_json(report: Report) -> str:
         "places": {node: {"zone": place.zone, "rack": place.rack}
                    for node, place in sorted(matrix.places.items(), key=lambda item: natural_key(item[0]))},
         **_completeness(matrix),
+        # The other paths: only their cells at or above the loss threshold are fetched.
+        "paths": {path: {"mtu": cells.mtu or None,
+                         "lossy_cells": [_cell_json(s, d, c, "destination") for (s, d), c in _naturally(cells.cells)]}
+                  for path, cells in sorted(matrix.paths.items())},
         "matrix": [_cell_json(s, d, c, "destination") for (s, d), c in _naturally(matrix.measured_nodes())],
         "external": [_cell_json(s, t, c, "target") for (s, t), c in _naturally(matrix.measured_external())],
         "warnings": list(report.warnings),

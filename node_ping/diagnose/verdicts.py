@@ -25,9 +25,12 @@ PARTITION = "partition"
 GROUP_KINDS = {  # (by, what) -> kind; `by` is how the groups are known: zone, rack, or the loss's own sides
     (by, what): f"{by}-{what}" for by in ("zone", "rack") for what in ("cut-off", "lossy", "pair-lossy")}
 
+PATH_KINDS = {  # (path, scope) -> kind: the MTU probe's and the pod network's faults
+    (path, scope): f"{'mtu' if path == 'mtu' else 'pod-network'}-{scope}"
+    for path in ("mtu", "pod") for scope in ("node", "link", "cluster-wide")}
 KINDS = (HEALTHY, PARTITION, *GROUP_KINDS.values(), NODE_ISOLATED, NODE_LOSSY, NODE_RECEIVE, NODE_SEND, LINK, CLUSTER,
-         LATENCY_NODE, LATENCY_LINK, LATENCY_CLUSTER, EXTERNAL_NODE, EXTERNAL_TARGET, EXTERNAL_CLUSTER, NODE_SILENT,
-         NODE_STALE)
+         LATENCY_NODE, LATENCY_LINK, LATENCY_CLUSTER, *PATH_KINDS.values(), EXTERNAL_NODE, EXTERNAL_TARGET,
+         EXTERNAL_CLUSTER, NODE_SILENT, NODE_STALE)
 
 
 @dataclass(frozen=True)

@@ -80,6 +80,11 @@ class Mesh:
     restarted: Mapping[str, int] = field(default_factory=dict)
     # node -> (zone, rack), exported as each node's contract.NODE_INFO; none when empty.
     places: Mapping[str, tuple[str, str]] = field(default_factory=dict)
+    # The MTU probe (3 pings of `mtu` bytes per step and pair) and the pod-network prober (the pod
+    # family, all pairs), each with its own loss per pair; neither exported when None.
+    mtu_loss: Mapping[Pair, float] | None = None
+    pod_loss: Mapping[Pair, float] | None = None
+    mtu: int = 1500
 
     def node_pairs(self) -> list[Pair]:
         return [(s, d) for s in self.nodes for d in self.nodes if s != d]
@@ -254,8 +259,29 @@ def openmetrics(mesh: Mesh, end: int, minutes: int = 30) -> str:
     if external_sets:
         lines += _family(contract.EXTERNAL, external_sets, steps, end, mesh.pings_per_step,
                          lives=[_life(mesh, s, steps) for s, _ in mesh.external_pairs()])
+    if mesh.pod_loss is not None:
+        pod_sets = [(_labels(source_node=s, destination_node=d, destination_pod_ip_address=f"10.244.0.{i + 1}"),
+                     mesh.pod_loss.get((s, d), 0.0), DEFAULT_RTT_MS) for i, (s, d) in enumerate(mesh.node_pairs())]
+        lines += _family(contract.POD, pod_sets, steps, end, mesh.pings_per_step)
+    if mesh.mtu_loss is not None:
+        lines += _mtu_family(mesh, mesh.mtu_loss, steps, end)
     lines += _own_gauges(mesh, steps, end)
     return "\n".join([*lines, "# EOF"]) + "\n"
+
+
+MTU_PINGS_PER_STEP = 3
+
+
+def _mtu_family(mesh: Mesh, loss: Mapping[Pair, float], steps: int, end: int) -> list[str]:
+    lines = []
+    for index, metric in enumerate(contract.NODE.mtu_metrics):  # sent, then received
+        lines.append(f"# TYPE {metric.base} {metric.kind.value}")
+        for s, d in mesh.node_pairs():
+            labels = _labels(source_node=s, destination_node=d, destination_node_ip_address=node_ip(mesh, d),
+                             mtu=str(mesh.mtu))
+            lost = round(MTU_PINGS_PER_STEP * loss.get((s, d), 0.0)) if index else 0
+            lines += _series(metric.name, labels, MTU_PINGS_PER_STEP - lost, steps, end)
+    return lines
 
 
 def unrelated_openmetrics(end: int, minutes: int = 30) -> str:
@@ -334,12 +360,13 @@ MTU_BYTES = "1500"
 """The `mtu` label of the MTU probes' counters in `paths_openmetrics`."""
 
 
-def paths_openmetrics(mesh: Mesh, end: int, minutes: int, pod_loss: Mapping[Pair, float],
+def paths_openmetrics(mesh: Mesh, end: int, minutes: int, *, pod_loss: Mapping[Pair, float],
                       mtu_loss: Mapping[Pair, float], sources: Sequence[str] | None = None) -> list[str]:
     """The pod-network probers' counters (`pod_loss` per pair, as `Mesh.loss`; the pod MTU probe
     loses the same) and the host MTU probe's (`mtu_loss` per pair), for the node pairs of the mesh
-    from `sources` (None: all), as OpenMetrics lines without the closing `# EOF`. The MTU probes send as many pings as the small
-    ones here (node-ping sends a few), so that their losses rank as finely."""
+    from `sources` (None: all), as OpenMetrics lines without the closing `# EOF`. The MTU probes
+    send as many pings as the small ones here (node-ping sends a few), so that their losses rank as
+    finely."""
     steps = minutes * 60 // STEP_S + 1
     pairs = [(s, d) for s, d in mesh.node_pairs() if sources is None or s in sources]
     lives = [_life(mesh, s, steps) for s, _ in pairs]
@@ -360,9 +387,9 @@ def paths_openmetrics(mesh: Mesh, end: int, minutes: int, pod_loss: Mapping[Pair
     return lines
 
 
-def dashboard_openmetrics(mesh: Mesh, end: int, minutes: int = 30, spread_from: Sequence[str] = (),
-                          pod_loss: Mapping[Pair, float] | None = None,
-                          mtu_loss: Mapping[Pair, float] | None = None, paths_from: Sequence[str] | None = None) -> str:
+def dashboard_openmetrics(mesh: Mesh, end: int, minutes: int = 30, spread_from: Sequence[str] = (), *,
+                          pod_loss: Mapping[Pair, float] | None = None, mtu_loss: Mapping[Pair, float] | None = None,
+                          paths_from: Sequence[str] | None = None) -> str:
     """`openmetrics(mesh)` and the rest of what the dashboard's graphs read: per-cycle RTT max and
     mdev from each node in `spread_from` to every peer, and per exporter its cycle lateness, targets
     by kind, CPU counters and node-exporter's mtime of its textfile (written with each successful
@@ -408,7 +435,8 @@ def dashboard_openmetrics(mesh: Mesh, end: int, minutes: int = 30, spread_from: 
         lines += per_step("node_textfile_mtime_seconds", _labels(file=f"{TEXTFILE_DIR}/node-ping_{node}.prom"),
                           [start + life.last_success(i) * STEP_S for i in scrapes(life)])
     if pod_loss is not None or mtu_loss is not None:
-        lines += paths_openmetrics(mesh, end, minutes, pod_loss or {}, mtu_loss or {}, paths_from)
+        lines += paths_openmetrics(mesh, end, minutes, pod_loss=pod_loss or {}, mtu_loss=mtu_loss or {},
+                                   sources=paths_from)
     text = openmetrics(mesh, end, minutes).removesuffix("# EOF\n")
     return text + "\n".join([*lines, "# EOF"]) + "\n"
 
