@@ -17,6 +17,7 @@ import os
 import re
 import shlex
 import subprocess
+import time
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -29,17 +30,21 @@ import yaml
 from kubernetes_validate import utils as kv_utils
 
 from node_ping import __version__
+from node_ping.diagnose import config as diagnose_config
+from node_ping.diagnose.events import NAMESPACE as DIAGNOSE_EVENTS_NAMESPACE
 from node_ping.discover import config as discover_config
 from node_ping.probe import config as probe_config
 from node_ping.probe.config import Settings, parse_listen_address
 from node_ping.probe.textfile import output_path, remove_stale
 from node_ping.settings import SettingsError
 from node_ping.targets import parse_nodes
+from tests.support import promdata
 from tests.support.chart import CHART, CI_VALUES, NAMESPACE, RELEASE, REPO, SCENARIOS, Rendered, load_manifests, render
 from tests.support.discovery import CM, NS, stored_text, wait_for, write_kubeconfig
 from tests.support.fake_kube_api import FakeKubeAPI, make_node
 from tests.support.ports import free_port, get
 from tests.support.processes import NODE_PING, stop
+from tests.support.promdata import Mesh, receive_loss
 
 #: Kinds that come from CRDs (Prometheus Operator): no schema in kubernetes-validate, checked by
 #: structure in TestMonitors instead.
@@ -51,8 +56,10 @@ CRD_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule"}
 RUN_ENV = {setting.env for setting in probe_config.RUN_SETTINGS if setting.env} - {
     probe_config.FPING.env, probe_config.LISTEN_ADDRESS.env}
 #: The env of `node-ping discover` that the chart sets: every env var its settings declare
-#: (NODE_PING_NODE_SELECTOR while the exporter has a nodeSelector, as it has by default).
-DISCOVER_ENV = {setting.env for setting in discover_config.DISCOVER_SETTINGS if setting.env}
+#: (NODE_PING_NODE_SELECTOR while the exporter has a nodeSelector, as it has by default), but the pod
+#: selector, set only with podNetwork.enabled.
+DISCOVER_ENV = {setting.env for setting in discover_config.DISCOVER_SETTINGS if setting.env} - {
+    discover_config.POD_SELECTOR.env}
 
 PROJECT_HOME = "https://github.com/node-ping/node-ping"
 
@@ -315,7 +322,8 @@ class TestContainerContract:
         one default per setting, whether node-ping runs from the chart or by hand."""
         env = defaults.exporter_env
         for setting in (probe_config.PREFIX, probe_config.CONFIG, probe_config.EXTERNAL_CONFIG, probe_config.COUNT,
-                        probe_config.PERIOD_MS, probe_config.TOPOLOGY, probe_config.PEERS_PER_ZONE):
+                        probe_config.PERIOD_MS, probe_config.TOPOLOGY, probe_config.PEERS_PER_ZONE, probe_config.MTU,
+                        probe_config.PATH):
             assert env[str(setting.env)]["value"] == str(setting.default), setting.flag
 
     def test_env_values(self, scenario: Rendered) -> None:
@@ -356,7 +364,7 @@ class TestContainerContract:
             # Discovery creates this ConfigMap itself, so the pod must start before it exists.
             assert sources["nodes.json"]["name"] == f"{fullname}-nodes"
             assert sources["nodes.json"]["optional"] is True
-            (discovery,) = scenario.discovery["spec"]["template"]["spec"]["containers"]
+            discovery = discovery_container(scenario)
             discovery_env = {var["name"]: var for var in discovery["env"]}
             assert discovery_env["NODE_PING_CONFIGMAP"]["value"] == f"{fullname}-nodes"
         else:
@@ -396,6 +404,7 @@ class TestContainerContract:
         assert env["POD_NAMESPACE"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
         assert env["NODE_PING_ADDRESS_TYPES"]["value"] == "InternalIP,ExternalIP"
         assert env["NODE_PING_NODE_SELECTOR"]["value"] == "kubernetes.io/os=linux"
+        assert env["NODE_PING_RACK_LABEL"]["value"] == ""  # no racks
 
     def test_running_the_container_as_rendered(self, chart: helm.Chart, tmp_path: Path) -> None:
         """Play kubelet: materialise the DaemonSet pod's volumes from the rendered ConfigMaps under
@@ -716,8 +725,7 @@ class TestDiscoveryNodeSelector:
 
     @staticmethod
     def selector(rendered: Rendered) -> str | None:
-        (container,) = rendered.discovery["spec"]["template"]["spec"]["containers"]
-        env = {var["name"]: var.get("value") for var in container["env"]}
+        env = {var["name"]: var.get("value") for var in discovery_container(rendered)["env"]}
         return env.get("NODE_PING_NODE_SELECTOR")
 
     def test_follows_the_exporters_node_selector(self, chart: helm.Chart, defaults: Rendered) -> None:
@@ -1097,8 +1105,9 @@ class TestDocumentation:
 DIGEST = "sha256:" + "0123456789abcdef" * 4
 
 
-def discovery_container(rendered: Rendered) -> dict[str, Any]:
-    (container,) = rendered.discovery["spec"]["template"]["spec"]["containers"]
+def discovery_container(rendered: Rendered, name: str = "discovery") -> dict[str, Any]:
+    """The discovery Deployment's container `name`: "discovery", or "events" with events.enabled."""
+    (container,) = [c for c in rendered.discovery["spec"]["template"]["spec"]["containers"] if c["name"] == name]
     assert isinstance(container, dict)
     return container
 
@@ -1228,10 +1237,10 @@ class TestMetricsAddress:
             stop(process)
 
 
-def liveness_command(rendered: Rendered, health_file: Path) -> list[str]:
-    """The discovery liveness probe's command as this machine runs it: node-ping from the project's
-    virtualenv, the container's /tmp health file at `health_file`."""
-    container = discovery_container(rendered)
+def liveness_command(rendered: Rendered, health_file: Path, name: str = "discovery") -> list[str]:
+    """The liveness probe's command of the discovery pod's container `name` as this machine runs it:
+    node-ping from the project's virtualenv, the container's /tmp health file at `health_file`."""
+    container = discovery_container(rendered, name)
     command = container["livenessProbe"]["exec"]["command"]
     in_container = {var["name"]: var.get("value") for var in container["env"]}["NODE_PING_HEALTH_FILE"]
     assert command[0] == "node-ping" and in_container in command
@@ -1411,3 +1420,265 @@ class TestUpstreamSnippets:
             assert name == f"{source['chart']}-{source['version']}-values.yaml"
             assert re.fullmatch(r"[0-9a-f]{40}", source["commit"])
             assert f"{source['chart']} {source['version']}" in operations
+
+
+POD_NETWORK = {"podNetwork": {"enabled": True}}
+EVENTS = {"events": {"enabled": True, "prometheusUrl": "http://prometheus-operated.monitoring.svc:9090"}}
+
+
+def rules_of(rendered: Rendered, resource: str) -> list[dict[str, Any]]:
+    """Every RBAC rule, of any Role or ClusterRole, that names `resource`."""
+    return [rule for obj in rendered.all("Role") + rendered.all("ClusterRole") for rule in obj["rules"]
+            if resource in rule["resources"]]
+
+
+class TestPodNetwork:
+    """podNetwork.enabled: a second DaemonSet probes the pod network from pods.json, which discovery
+    keeps from the prober pods of the release namespace only."""
+
+    def test_off_by_default(self, defaults: Rendered) -> None:
+        assert [ds["metadata"]["name"] for ds in defaults.all("DaemonSet")] == ["node-ping"]
+        assert rules_of(defaults, "pods") == []
+        assert "NODE_PING_POD_SELECTOR" not in {var["name"] for var in discovery_container(defaults)["env"]}
+
+    def test_the_pod_prober(self, chart: helm.Chart) -> None:
+        rendered = render(chart, {**POD_NETWORK, "mtu": 1450})
+        pod = rendered.pod_daemonset["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        env = {var["name"]: var for var in container["env"]}
+        assert pod["hostNetwork"] is False and pod["dnsPolicy"] == "ClusterFirst"
+        assert container["args"] == ["run"]
+        assert env["NODE_PING_PATH"]["value"] == probe_config.PATH.type.choices[1] == "pod"
+        assert env["MY_NODE_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
+        assert env["PROMETHEUS_TEXTFILE_PREFIX"]["value"] == "node-ping-pod_"
+        assert env["NODE_PING_MTU"]["value"] == rendered.exporter_env["NODE_PING_MTU"]["value"] == "1450"
+        assert rendered.exporter_env["NODE_PING_PATH"]["value"] == "node"
+        assert container["securityContext"]["capabilities"] == {"drop": ["ALL"], "add": ["NET_RAW"]}
+        assert pod["automountServiceAccountToken"] is False
+        # Its targets: the key pods.json of the ConfigMap discovery writes, optional until it exists.
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        (source,) = volumes["config"]["projected"]["sources"]
+        assert source["configMap"] == {"name": "node-ping-nodes", "optional": True,
+                                       "items": [{"key": "pods.json", "path": "pods.json"}]}
+        assert env["NODE_PING_CONFIG"]["value"] == "/config/pods.json"
+        # Same nodes, same textfile directory as the host prober.
+        host = rendered.daemonset["spec"]["template"]["spec"]
+        for key in ("nodeSelector", "tolerations"):
+            assert pod[key] == host[key], key
+        assert volumes["textfile"] == {v["name"]: v for v in host["volumes"]}["textfile"]
+
+    def test_pod_selector_picks_the_pod_probers_pods_only(self, chart: helm.Chart) -> None:
+        rendered = render(chart, {**POD_NETWORK, "podLabels": {"team": "network"}})
+        env = {var["name"]: var.get("value") for var in discovery_container(rendered)["env"]}
+        requirements = dict(pair.split("=") for pair in env["NODE_PING_POD_SELECTOR"].split(","))
+        pod_labels = rendered.pod_daemonset["spec"]["template"]["metadata"]["labels"]
+        host_labels = rendered.daemonset["spec"]["template"]["metadata"]["labels"]
+        assert requirements.items() <= pod_labels.items()
+        assert not requirements.items() <= host_labels.items()
+        assert requirements == rendered.pod_daemonset["spec"]["selector"]["matchLabels"]
+        assert requirements["app.kubernetes.io/component"] == "pod-prober"
+
+    def test_pod_access_is_namespaced(self, chart: helm.Chart) -> None:
+        rendered = render(chart, POD_NETWORK)
+        role = rendered.one("Role", "node-ping-discovery-pods")
+        assert role["metadata"]["namespace"] == NAMESPACE
+        assert role["rules"] == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}]
+        assert rules_of(rendered, "pods") == role["rules"]  # no ClusterRole grants pods
+        binding = rendered.one("RoleBinding", "node-ping-discovery-pods")
+        assert binding["metadata"]["namespace"] == NAMESPACE
+        assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                                      "name": "node-ping-discovery-pods"}
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "node-ping-discovery",
+                                        "namespace": NAMESPACE}]
+
+    @pytest.mark.parametrize(("host", "pod"), [("node-ping_", "node-ping_pod_"), ("node-ping-pod_x", "node-ping-pod_"),
+                                               ("np", "np")])
+    def test_prefixes_that_clash_fail_the_render(self, chart: helm.Chart, host: str, pod: str) -> None:
+        values = {"textfile": {"prefix": host}, "podNetwork": {"enabled": True, "textfilePrefix": pod}}
+        with pytest.raises(helm.HelmError, match="one is the start of the other"):
+            render(chart, values)
+
+    def test_needs_discovery(self, chart: helm.Chart) -> None:
+        with pytest.raises(helm.HelmError, match=r"podNetwork\.enabled needs discovery\.enabled"):
+            render(chart, {**POD_NETWORK, "discovery": {"enabled": False}})
+
+    def test_rack_label(self, chart: helm.Chart) -> None:
+        rendered = render(chart, SCENARIOS["pod-network-values.yaml"])
+        env = {var["name"]: var.get("value") for var in discovery_container(rendered)["env"]}
+        assert env["NODE_PING_RACK_LABEL"] == "topology.example.com/rack"
+        assert discover_config.RACK_LABEL.check(env["NODE_PING_RACK_LABEL"]) == env["NODE_PING_RACK_LABEL"]
+
+    @pytest.mark.parametrize("mtu", [0, 67, 68, 1280, 1500, 9000, 65535, 65536, -1])
+    def test_mtu_schema_matches_the_program(self, chart: helm.Chart, mtu: int) -> None:
+        assert schema_accepts(chart, {"mtu": mtu}) is program_accepts(mtu=mtu)
+
+    @pytest.mark.parametrize("key", ["topology.example.com/rack", "rack", "Bad Key", "Example.com/rack", "a/"])
+    def test_rack_label_schema_matches_the_program(self, chart: helm.Chart, key: str) -> None:
+        try:
+            discover_config.RACK_LABEL.check(key)
+        except SettingsError:
+            accepted = False
+        else:
+            accepted = True
+        assert schema_accepts(chart, {"discovery": {"rackLabel": key}}) is accepted
+
+
+#: Where the events container writes: the program's own constant, the only namespace the API server
+#: takes Events about Nodes in.
+EVENTS_NAMESPACE = DIAGNOSE_EVENTS_NAMESPACE
+
+
+def events_role_name(namespace: str = NAMESPACE, release: str = RELEASE) -> str:
+    return f"{namespace}-{release}-discovery-events"
+
+
+def event_probe_max_age(interval: int) -> int:
+    return 2 * interval + 180
+
+
+class TestEvents:
+    """events.enabled: diagnose publishes verdicts as Events from a second container of discovery, in
+    the namespace default whatever the release namespace, restarted only when its loop hangs."""
+
+    def test_off_by_default(self, defaults: Rendered) -> None:
+        assert [c["name"] for c in defaults.discovery["spec"]["template"]["spec"]["containers"]] == ["discovery"]
+        assert rules_of(defaults, "events") == []
+
+    def test_container(self, chart: helm.Chart) -> None:
+        rendered = render(chart, SCENARIOS["events-values.yaml"])
+        container = discovery_container(rendered, "events")
+        env = {var["name"]: var for var in container["env"]}
+        # The flag, not POD_NAMESPACE: that would be the release namespace, which the program refuses.
+        assert container["args"] == ["diagnose", diagnose_config.EVENTS_NAMESPACE.flag, EVENTS_NAMESPACE]
+        assert diagnose_config.EVENTS_NAMESPACE.env not in env
+        assert container["image"] == discovery_container(rendered)["image"]
+        assert env["NODE_PING_PUBLISH_EVENTS"]["value"] == "true"
+        assert env["NODE_PING_PROMETHEUS_URL"]["value"] == "http://prometheus-operated.monitoring.svc:9090"
+        assert env["NODE_PING_DIAGNOSE_INTERVAL"]["value"] == "120"
+        assert container["securityContext"] == discovery_container(rendered)["securityContext"]
+
+    def test_env_and_flags_are_diagnoses_settings(self, chart: helm.Chart) -> None:
+        declared = {setting.env for setting in diagnose_config.SETTINGS if setting.env}
+        flags = {setting.flag for setting in diagnose_config.SETTINGS}
+        container = discovery_container(render(chart, EVENTS), "events")
+        assert {var["name"] for var in container["env"]} <= declared
+        assert {arg for arg in container["args"] if arg.startswith("-")} <= flags
+
+    def test_events_role_in_default(self, chart: helm.Chart) -> None:
+        """Exactly create and patch on events, in default, for discovery's ServiceAccount of the
+        release namespace; no other Role or ClusterRole names events."""
+        rendered = render(chart, EVENTS)
+        role = rendered.one("Role", events_role_name())
+        assert role["metadata"]["namespace"] == EVENTS_NAMESPACE
+        assert role["rules"] == [{"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"]}]
+        assert rules_of(rendered, "events") == role["rules"]
+        binding = rendered.one("RoleBinding", events_role_name())
+        assert binding["metadata"]["namespace"] == EVENTS_NAMESPACE
+        assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                                      "name": events_role_name()}
+        account = rendered.discovery["spec"]["template"]["spec"]["serviceAccountName"]
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account, "namespace": NAMESPACE}]
+        assert rules_of(rendered, "pods") == []  # events alone give no pod access
+        # Nothing else of the release goes to default.
+        assert [(obj["kind"], obj["metadata"]["name"]) for obj in rendered.objects
+                if obj["metadata"].get("namespace") == EVENTS_NAMESPACE] == [
+            ("Role", events_role_name()), ("RoleBinding", events_role_name())]
+
+    def test_same_release_in_two_namespaces(self, chart: helm.Chart) -> None:
+        """Both Roles live in default: the release namespace in the name keeps them apart."""
+        names = set()
+        for namespace in ("monitoring", "staging", "n" * 63):
+            role = render(chart, EVENTS, namespace=namespace).one("Role", events_role_name(namespace))
+            assert DNS_SUBDOMAIN.match(role["metadata"]["name"]) and len(role["metadata"]["name"]) <= 253
+            names.add(role["metadata"]["name"])
+        assert len(names) == 3
+
+    @pytest.mark.parametrize("interval", [1, 60, 120, 3600])
+    def test_liveness_probe_follows_the_interval(self, chart: helm.Chart, interval: int) -> None:
+        rendered = render(chart, {"events": {**EVENTS["events"], "interval": interval}})
+        container = discovery_container(rendered, "events")
+        probe = container["livenessProbe"]
+        health_file = {var["name"]: var.get("value") for var in container["env"]}["NODE_PING_HEALTH_FILE"]
+        max_age = event_probe_max_age(interval)
+        assert probe["exec"]["command"] == ["node-ping", "health", "--health-file", health_file,
+                                            "--max-age", str(max_age)]
+        assert (probe["initialDelaySeconds"], probe["periodSeconds"], probe["timeoutSeconds"],
+                probe["failureThreshold"]) == (max_age, 30, 10, 3)
+        # On the writable /tmp (the root file system is read-only), apart from discovery's own file.
+        assert any(health_file.startswith(mount["mountPath"] + "/") for mount in container["volumeMounts"])
+        discovery_env = {var["name"]: var.get("value") for var in discovery_container(rendered)["env"]}
+        assert health_file != discovery_env["NODE_PING_HEALTH_FILE"]
+
+    def test_liveness_probe_off(self, chart: helm.Chart) -> None:
+        off = render(chart, {"events": {**EVENTS["events"], "livenessProbe": {"enabled": False}}})
+        assert "livenessProbe" not in discovery_container(off, "events")
+
+    @pytest.mark.slow
+    def test_the_rendered_container_publishes_and_passes_its_check(self, chart: helm.Chart, tmp_path: Path) -> None:
+        """The events container as rendered, in a pod of the release namespace (outside a pod: a
+        kubeconfig), against a real Prometheus holding a lossy node: its Event lands in default on
+        that Node, and the rendered liveness check passes; once the file is older than the max-age
+        it fails."""
+        reason = promdata.available()
+        if reason:
+            pytest.skip(reason)
+        rendered = render(chart, {"events": {**EVENTS["events"], "interval": 1}})
+        container = discovery_container(rendered, "events")
+        names = [f"worker-{i}" for i in range(1, 5)]
+        promdata.backfill(promdata.openmetrics(Mesh(names, loss=receive_loss(names, "worker-3", 0.3)),
+                                               int(time.time())), tmp_path / "tsdb")
+        env = kubelet_env(container, {"metadata.namespace": NAMESPACE}, tmp_path)
+        health = Path(env["NODE_PING_HEALTH_FILE"])
+        with FakeKubeAPI() as kube, promdata.running_prometheus(tmp_path / "tsdb") as prometheus:
+            kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", kube.url, namespace=NAMESPACE)
+            env.update(NODE_PING_PROMETHEUS_URL=prometheus, PYTHONPATH=str(REPO))
+            log = tmp_path / "events.log"
+            with log.open("wb") as stderr_file:  # a file, not a pipe: a full pipe would stall the loop
+                process = subprocess.Popen([*NODE_PING, *container["args"], "--kubeconfig", str(kubeconfig)],
+                                           env=env, stdout=subprocess.DEVNULL, stderr=stderr_file)
+            try:
+                # A container that exits (exit 2 for a refused namespace) is a crash loop: stop waiting.
+                wait_for(lambda: (kube.node_events("worker-3") and health.exists()) or process.poll() is not None,
+                         "an Event and the health file", 60)
+                check = subprocess.run(liveness_command(rendered, health, "events"), capture_output=True,
+                                       text=True, timeout=30, check=False)
+            finally:
+                exited = process.poll()
+                stop(process)
+            assert exited is None, log.read_text(errors="replace")
+            [event] = kube.node_events("worker-3")
+        assert event["metadata"]["namespace"] == EVENTS_NAMESPACE
+        assert check.returncode == 0, check.stderr
+        max_age = event_probe_max_age(1)
+        os.utime(health, (time.time() - max_age - 1, time.time() - max_age - 1))
+        stale = subprocess.run(liveness_command(rendered, health, "events"), capture_output=True, text=True,
+                               timeout=30, check=False)
+        assert stale.returncode == 1 and "unhealthy" in stale.stderr
+
+    @pytest.mark.parametrize(("values", "message"), [
+        ({"events": {"enabled": True}}, "events.enabled needs events.prometheusUrl"),
+        ({"events": {"enabled": True, "prometheusUrl": "  "}}, "events.enabled needs events.prometheusUrl"),
+        ({**EVENTS, "discovery": {"enabled": False}}, "events.enabled needs discovery.enabled"),
+    ])
+    def test_refused(self, chart: helm.Chart, values: dict[str, Any], message: str) -> None:
+        with pytest.raises(helm.HelmError, match=message):
+            render(chart, values)
+
+    @pytest.mark.parametrize(("interval", "accepted"), [(0, False), (1, True), (3600, True), (3601, False)])
+    def test_interval_limits(self, chart: helm.Chart, interval: int, accepted: bool) -> None:
+        assert schema_accepts(chart, {"events": {"interval": interval}}) is accepted
+
+    def test_everything_on_validates(self, chart: helm.Chart) -> None:
+        rendered = render(chart, {**POD_NETWORK, **EVENTS, "discovery": {"rackLabel": "example.com/rack"}})
+        for obj in rendered.objects:
+            kubernetes_validate.validate(obj, KUBE_VERSIONS[-1], strict=True)
+        report = helm.lint(CHART, {**POD_NETWORK, **EVENTS}, strict=True, namespace=NAMESPACE,
+                           kube_version=f"v{KUBE_VERSIONS[0]}")
+        assert report["errors"] == []
+
+
+def test_pod_prober_name_stays_apart_at_the_length_limit(chart: helm.Chart) -> None:
+    """A 63-character full name: the pod prober's DaemonSet still gets a name of its own, within 63."""
+    rendered = render(chart, {**POD_NETWORK, "fullnameOverride": "n" * 63})
+    names = [ds["metadata"]["name"] for ds in rendered.all("DaemonSet")]
+    assert len(set(names)) == 2 and all(len(name) <= 63 for name in names), names

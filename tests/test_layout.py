@@ -16,7 +16,10 @@ from tests.support.processes import REPO
 PACKAGE = REPO / "node_ping"
 PARTS = ("probe", "discover", "diagnose")
 """The separately deployed programs: the DaemonSet prober, the discovery controller, diagnose."""
-SHARED = ("contract", "settings", "targets", "signals", "logs")
+SHARED = ("contract", "settings", "targets", "signals", "logs", "kube", "liveness")
+"""The modules under the parts; every top-level module but the command group is one of them."""
+ENTRY = ("node_ping", "node_ping.__main__", "node_ping.cli")
+"""The package and the command group: over the parts, the only modules that may import them."""
 MAX_LINES = 400
 
 
@@ -55,6 +58,11 @@ class TestPackages:
         known = modules()
         for part in PARTS:
             assert f"node_ping.{part}" in known and f"node_ping.{part}.command" in known, part
+
+    def test_every_top_level_module_is_shared_or_the_command_group(self) -> None:
+        """A new shared module is listed in SHARED, so the checks below cover it too."""
+        top_level = {name for name in modules() if name.count(".") <= 1 and part_of(name) not in PARTS}
+        assert top_level == {*ENTRY, *(f"node_ping.{shared}" for shared in SHARED)}
 
     def test_shared_modules_import_no_part(self) -> None:
         known = modules()

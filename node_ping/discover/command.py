@@ -16,7 +16,7 @@ from typing import Any
 
 import click
 
-from node_ping import __version__, logs
+from node_ping import __version__, kube, logs
 from node_ping.discover import config
 from node_ping.discover.config import DiscoverSettings
 from node_ping.settings import EXIT_USAGE, Command, SettingsError, options
@@ -66,21 +66,11 @@ def kubeconfig_namespace(kubeconfig: Path) -> str | None:
 
 
 def core_api(kubeconfig: Path | None) -> Any:
-    """A CoreV1Api for the kubeconfig file, or for the pod's service account when there is none."""
+    """A CoreV1Api for the kubeconfig file, or for the pod's service account when there is none;
+    SettingsError naming --kubeconfig and the fix when neither can be loaded."""
     from kubernetes import client  # noqa: PLC0415  (see the module docstring)
-    from kubernetes import config as kube_config  # noqa: PLC0415
 
-    configuration = client.Configuration()
-    try:
-        if kubeconfig is not None:
-            kube_config.load_kube_config(config_file=str(kubeconfig),  # type: ignore[no-untyped-call]
-                                         client_configuration=configuration, persist_config=False)
-        else:
-            kube_config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
-    except Exception as err:  # ConfigException, OSError, YAML errors: all mean "fix the config"
-        source = kubeconfig or f"the pod's service account (not running in a pod? use {config.KUBECONFIG.flag})"
-        raise SettingsError(f"cannot load the Kubernetes client configuration from {source}: {err}") from None
-    return client.CoreV1Api(client.ApiClient(configuration))
+    return client.CoreV1Api(kube.api_client(kubeconfig, config.KUBECONFIG.flag))
 
 
 def _logging(verbose: bool) -> None:

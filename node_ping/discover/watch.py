@@ -1,5 +1,6 @@
 """Talking to the API server without dying of it: watches kept as raw JSON, stoppable from another
-thread, retry pacing with backoff, and API failures told in a line a reader can act on."""
+thread, retry pacing with backoff, and API failures told in a line a reader can act on (the status
+and the server's sentence come from `node_ping.kube`, shared with diagnose --publish-events)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,11 @@ from typing import Any
 import urllib3
 from kubernetes.client.exceptions import ApiException
 from kubernetes.watch.watch import iter_resp_lines
+
+from node_ping.kube import http_status, server_message
+
+# http_status too: cache and controller import it from here.
+__all__ = ["ApiTrouble", "Backoff", "RawWatch", "ShortWatch", "Watches", "describe", "http_status"]
 
 log = logging.getLogger(__name__)
 
@@ -33,26 +39,13 @@ class ShortWatch(ConnectionError):
     """The server ended a watch at once without sending anything."""
 
 
-def http_status(err: BaseException) -> int | None:
-    return err.status if isinstance(err, ApiException) else None
-
-
-def server_message(err: BaseException) -> str | None:
-    """The API server's own sentence in a failed answer (the `message` of its Status), if it gave one."""
-    if not isinstance(err, ApiException):
-        return None
-    try:
-        message = json.loads(err.body or "").get("message")
-    except (ValueError, AttributeError):
-        return None
-    return message[:300] if isinstance(message, str) and message else None
-
-
 def describe(err: BaseException) -> str:
     """A short, log-friendly account of an API failure: the status and the API server's own sentence.
 
     For a 403 that sentence names the missing permission ("... cannot watch resource "nodes" ..."),
-    which is what a reader needs to fix the RBAC.
+    which is what a reader needs to fix the RBAC. Not `node_ping.kube.describe`: an ERROR event of a
+    watch may carry no code (a Status omits a zero one), and its ApiException without a status still
+    reads "HTTP None <reason>" here, on one line, where that one would print the exception whole.
     """
     if isinstance(err, ApiException):
         text = f"HTTP {err.status} {err.reason or ''}".strip()

@@ -63,9 +63,22 @@ class Rendered:
         """NOTES.txt as one line of words, so that checks do not depend on where lines wrap."""
         return " ".join(self.notes.split())
 
+    def component(self, kind: str, component: str) -> dict[str, Any]:
+        """The one object of `kind` whose app.kubernetes.io/component label is `component`."""
+        matches = [obj for obj in self.all(kind)
+                   if obj["metadata"]["labels"].get("app.kubernetes.io/component") == component]
+        assert len(matches) == 1, f"expected one {kind} of component {component}, found {len(matches)}"
+        return matches[0]
+
     @property
     def daemonset(self) -> dict[str, Any]:
-        return self.one("DaemonSet")
+        """The host prober's (the exporter's) DaemonSet."""
+        return self.component("DaemonSet", "exporter")
+
+    @property
+    def pod_daemonset(self) -> dict[str, Any]:
+        """The pod-network prober's DaemonSet (podNetwork.enabled)."""
+        return self.component("DaemonSet", "pod-prober")
 
     @property
     def exporter(self) -> dict[str, Any]:

@@ -68,6 +68,27 @@ Built as a map so that a release name YAML would read as a number or a boolean s
 {{- include "node-ping.selectorLabels" (dict "ctx" . "component" "exporter") }}
 {{- end }}
 
+{{- define "node-ping.podProber.selectorLabels" -}}
+{{- include "node-ping.selectorLabels" (dict "ctx" . "component" "pod-prober") }}
+{{- end }}
+
+{{/*
+The pod prober's selector labels as a label selector (`key=value,...`), for discovery's
+--pod-selector: exactly the labels that tell its pods from every other pod of the namespace.
+*/}}
+{{- define "node-ping.podProber.selector" -}}
+{{- $pairs := list }}
+{{- range $key, $value := include "node-ping.podProber.selectorLabels" . | fromYaml }}
+{{- $pairs = append $pairs (printf "%s=%s" $key $value) }}
+{{- end }}
+{{- join "," $pairs }}
+{{- end }}
+
+{{/* The fullname is cut first, so that a 63-character one still gives a name apart from the exporter's. */}}
+{{- define "node-ping.podProber.fullname" -}}
+{{- printf "%s-pod" (include "node-ping.fullname" . | trunc 59 | trimSuffix "-") }}
+{{- end }}
+
 {{- define "node-ping.discovery.selectorLabels" -}}
 {{- include "node-ping.selectorLabels" (dict "ctx" . "component" "discovery") }}
 {{- end }}
@@ -107,6 +128,16 @@ namespaces' names equal again.
 */}}
 {{- define "node-ping.discovery.clusterName" -}}
 {{- printf "%s-%s" .Release.Namespace (include "node-ping.discovery.fullname" .) }}
+{{- end }}
+
+{{/*
+The namespace the events container writes its Events in, and where its Role is: always default,
+not a value. The API server takes an Event about a Node (whose involvedObject has no namespace) in
+default only (core/v1 validation: "does not match event.namespace"), where the kubelet's Node
+Events are too, and `node-ping diagnose --publish-events` refuses any other (exit 2).
+*/}}
+{{- define "node-ping.events.namespace" -}}
+default
 {{- end }}
 
 {{- define "node-ping.serviceAccountName" -}}

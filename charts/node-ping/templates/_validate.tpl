@@ -7,6 +7,38 @@ quietly do less than the values say. Included once, from daemonset.yaml (always 
 {{- include "node-ping.validate.monitors" . }}
 {{- include "node-ping.validate.serviceName" . }}
 {{- include "node-ping.validate.nodes" . }}
+{{- include "node-ping.validate.podNetwork" . }}
+{{- include "node-ping.validate.events" . }}
+{{- end }}
+
+{{/*
+The pod prober reads pods.json, which only discovery writes; and its textfiles must survive the
+host prober's start-up clean-up (`<prefix>*.prom`) and the other way round.
+*/}}
+{{- define "node-ping.validate.podNetwork" -}}
+{{- with .Values.podNetwork }}
+{{- if .enabled }}
+{{- if not $.Values.discovery.enabled }}
+{{- fail "podNetwork.enabled needs discovery.enabled: the pod prober's targets (pods.json, the pod IPs of the other nodes' pod probers) are kept up to date by discovery only. Turn discovery on, or podNetwork off." }}
+{{- end }}
+{{- $host := $.Values.textfile.prefix }}
+{{- if or (hasPrefix $host .textfilePrefix) (hasPrefix .textfilePrefix $host) }}
+{{- fail (printf "podNetwork.textfilePrefix '%s' and textfile.prefix '%s': one is the start of the other, so each prober's start-up clean-up (<prefix>*.prom) would remove the other's files. Use prefixes neither of which starts the other, e.g. node-ping_ and node-ping-pod_." .textfilePrefix $host) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* Events are published by a container of the discovery Deployment, from a Prometheus it must be told. */}}
+{{- define "node-ping.validate.events" -}}
+{{- if .Values.events.enabled }}
+{{- if not .Values.discovery.enabled }}
+{{- fail "events.enabled needs discovery.enabled: the Events are published by a second container of the discovery Deployment. Turn discovery on, or events off." }}
+{{- end }}
+{{- if not (trim .Values.events.prometheusUrl) }}
+{{- fail "events.enabled needs events.prometheusUrl: the URL of the Prometheus that scrapes node-ping's metrics, e.g. --set events.prometheusUrl=http://prometheus-operated.monitoring.svc:9090" }}
+{{- end }}
+{{- end }}
 {{- end }}
 
 {{- define "node-ping.validate.monitors" -}}
