@@ -274,9 +274,9 @@ class TestAuthentication:
                                       "--bearer-token-file", str(token_file))
         assert (code, err) == (0, "")
         assert "* [healthy] healthy: 2 nodes (2 pairs)" in out
-        # the pair count, six for the matrix, where the nodes sit, four each for the MTU and pod paths,
-        # six for the nodes' own metrics
-        assert len(requests_to(httpserver_ipv4)) == 22
+        # the pair count, six for the matrix, where the nodes sit, one each for the MTU and pod paths
+        # (no loss there: nothing more), six for the nodes' own metrics
+        assert len(requests_to(httpserver_ipv4)) == 16
         assert SECRET not in out
 
     def test_user_and_password_in_the_url_are_basic_auth_and_never_shown(

@@ -54,7 +54,7 @@ class Counts:
 
     sent: float
     received: float
-    rtt_sum_ms: float = 0.0
+    rtt_sum_ms: float | None = 0.0  # None: not fetched (a large cluster's lossy pair, `pushdown`)
 
     @property
     def measured(self) -> bool:
@@ -69,8 +69,11 @@ class Counts:
 
     @property
     def rtt_avg_ms(self) -> float | None:
-        """None when nothing came back: a dead link must never read as a fast one."""
-        return self.rtt_sum_ms / self.received if self.received > 0 else None
+        """None when nothing came back (a dead link must never read as a fast one) or when the RTT
+        was not fetched."""
+        if self.rtt_sum_ms is None or self.received <= 0:
+            return None
+        return self.rtt_sum_ms / self.received
 
 
 @dataclass(frozen=True)

@@ -56,6 +56,7 @@ class Prometheus:
     """Instant queries at given times; `warnings` collects what the answers warned of, each once."""
 
     def __init__(self, address: Address, timeout: float, headers: Mapping[str, str] | None = None) -> None:
+        self._settings = (address, timeout, dict(headers or {}))
         sent = dict(headers or {})
         if address.basic_auth and any(name.lower() == "authorization" for name in sent):
             raise ValueError("basic authentication and an Authorization header both given")
@@ -78,6 +79,13 @@ class Prometheus:
 
     def close(self) -> None:
         self._client.close()
+
+    def fork(self) -> Prometheus:
+        """Another client with the same address, deadline and headers, sharing these warnings: one
+        per thread, for queries Prometheus answers side by side."""
+        twin = Prometheus(*self._settings)
+        twin.warnings = self.warnings
+        return twin
 
     def __enter__(self) -> Prometheus:
         return self

@@ -11,13 +11,15 @@ whole, so that every peer's agreement can be checked. What was left out is said 
 from __future__ import annotations
 
 import json
+import queue
 import re
 from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 
 from node_ping import contract
 from node_ping.diagnose.judge import Thresholds
 from node_ping.diagnose.matrix import Block, Counts, Line, Pair, PathCells, Place, Summary
-from node_ping.diagnose.prometheus import Prometheus
+from node_ping.diagnose.prometheus import Prometheus, Sample
 
 FULL_FETCH_PAIRS = 20_000
 """Up to this many node pairs (about 140 nodes in full mesh) the whole matrix is fetched."""
@@ -25,6 +27,8 @@ MAX_CELLS = 50_000
 """At most this many candidate cells are fetched, the worst first; the summary counts the rest."""
 MAX_WHOLE_LINES = 40
 """At most this many rows or columns are fetched whole to check a pooled finding."""
+PARALLEL = 2
+"""Queries sent at once: each is a pass over every pair series, which Prometheus makes on one core."""
 
 _S, _D = contract.SOURCE, contract.NODE.destination
 _GROUP_SOURCE, _GROUP_DESTINATION = "node_ping_source_group", "node_ping_destination_group"
@@ -49,9 +53,15 @@ class _Exprs:
         self.candidate = f"({self.lossy}) or ({self.slow} >= {latency_ms!r})"
 
     def line(self, label: str, what: str) -> str:
+        """A row's or column's pairs (an instant count of the series: cheaper than a range), pings sent
+        or received."""
         if what == "pairs":
-            return f"count by ({label}) ({self.sent} > 0)"
+            return f"count by ({label}) ({self.line_pairs_expr})"
         return f"sum by ({label}) ({self.sent if what == 'sent' else self.received})"
+
+    @property
+    def line_pairs_expr(self) -> str:
+        return f"max by ({_S}, {_D}) ({contract.NODE.packets_sent.name})"
 
     def grouped(self, expr: str, by: str) -> str:
         """`expr` per pair, with the source's and the destination's group (zone or rack) as labels."""
@@ -73,66 +83,78 @@ def _by_pair(samples: Iterable[tuple[dict[str, str], float]]) -> dict[Pair, floa
 
 
 def pair_count(prometheus: Prometheus, at: float) -> int:
-    """How many node pair series Prometheus holds at `at`: an instant look-up, cheap at any size."""
-    samples = prometheus.query(f"count({contract.NODE.packets_sent.name})", at)
+    """How many node pairs are probed at `at`: the host probers' node target counts summed, N series
+    at any size; Prometheus's count of the pair series where the gauge is missing."""
+    targets = contract.TARGETS
+    samples = prometheus.query(f'sum({targets.name}{{{targets.labels[-1]}="node", {contract.PATH}=""}})', at)
+    if not samples:
+        samples = prometheus.query(f"count({contract.NODE.packets_sent.name})", at)
     return round(samples[0][1]) if samples else 0
 
 
-def _cells(prometheus: Prometheus, exprs: _Exprs, selector: str, at: float) -> dict[Pair, Counts]:
-    """sent, received and RTT of the pairs `selector` (a PromQL filter: `and on(...) (...)`) keeps."""
-    values = [_by_pair(prometheus.query(f"({expr}) {selector}", at))
-              for expr in (exprs.sent, exprs.received, exprs.rtt)]
-    return {pair: Counts(sent, values[1][pair], values[2].get(pair, 0.0))
-            for pair, sent in values[0].items() if pair in values[1]}
+_INFO = contract.NODE_INFO
+_PLACES = f"max by ({_S}, {_INFO.labels[1]}, {_INFO.labels[2]}) ({_INFO.name})"
 
 
-def _lines(prometheus: Prometheus, exprs: _Exprs, at: float) -> dict[tuple[str, str], Line]:
-    lines: dict[tuple[str, str], Line] = {}
-    for direction, label in (("send", _S), ("receive", _D)):
-        got = {what: {labels[label]: value for labels, value in prometheus.query(exprs.line(label, what), at)
-                      if labels.get(label)} for what in ("pairs", "sent", "received")}
-        for node, pairs in got["pairs"].items():
-            sent = got["sent"].get(node, 0.0)
-            lines[(direction, node)] = Line(round(pairs), sent, max(0.0, sent - got["received"].get(node, sent)))
-    return lines
-
-
-def _agreeing(prometheus: Prometheus, exprs: _Exprs, median: float, at: float) -> dict[tuple[str, str], int]:
-    """Per line, how many of its pairs lose more than the median pair."""
-    found: dict[tuple[str, str], int] = {}
-    for direction, label in (("send", _S), ("receive", _D)):
-        for labels, value in prometheus.query(f"count by ({label}) (({exprs.loss}) > {median!r})", at):
-            if labels.get(label):
-                found[(direction, labels[label])] = round(value)
-    return found
-
-
-def places_of(prometheus: Prometheus, at: float) -> dict[str, Place]:
-    info = contract.NODE_INFO
-    zone, rack = info.labels[1], info.labels[2]
-    samples = prometheus.query(f"max by ({_S}, {zone}, {rack}) ({info.name})", at)
+def _places_from(samples: list[Sample]) -> dict[str, Place]:
+    zone, rack = _INFO.labels[1], _INFO.labels[2]
     return {labels[_S]: Place(labels.get(zone, ""), labels.get(rack, "")) for labels, _ in samples if labels.get(_S)}
 
 
-def _blocks(prometheus: Prometheus, exprs: _Exprs, by: str, at: float) -> dict[tuple[str, str], Block]:
-    def per_block(expr: str) -> dict[tuple[str, str], float]:
-        return {(labels[_GROUP_SOURCE], labels[_GROUP_DESTINATION]): value
-                for labels, value in prometheus.query(expr, at)
-                if labels.get(_GROUP_SOURCE) and labels.get(_GROUP_DESTINATION)}
-
-    keys = f"{_GROUP_SOURCE}, {_GROUP_DESTINATION}"
-    measured = per_block(f"count by ({keys}) ({exprs.grouped(f'{exprs.sent} > 0', by)})")
-    bad = per_block(f"count by ({keys}) ({exprs.grouped(exprs.lossy, by)})")
-    sent = per_block(f"sum by ({keys}) ({exprs.grouped(exprs.sent, by)})")
-    received = per_block(f"sum by ({keys}) ({exprs.grouped(exprs.received, by)})")
-    return {key: Block(round(count), round(bad.get(key, 0.0)), sent.get(key, 0.0),
-                       max(0.0, sent.get(key, 0.0) - received.get(key, 0.0)))
-            for key, count in measured.items()}
+def places_of(prometheus: Prometheus, at: float) -> dict[str, Place]:
+    """Where each node sits, as its own info metric says."""
+    return _places_from(prometheus.query(_PLACES, at))
 
 
-def _extreme(prometheus: Prometheus, expr: str, at: float) -> tuple[Pair, float] | None:
-    found = _by_pair(prometheus.query(f"topk(1, {expr})", at))
-    return max(found.items(), key=lambda item: item[1]) if found else None
+def _together(prometheus: Prometheus, queries: Mapping[str, str], at: float) -> dict[str, list[Sample]]:
+    """Several queries at once, PARALLEL at a time, each thread with its own client: Prometheus answers
+    them on as many cores, and each costs a pass over every pair series."""
+    clients: queue.SimpleQueue[Prometheus] = queue.SimpleQueue()
+    forks = [prometheus.fork() for _ in range(PARALLEL - 1)]
+    for client in (prometheus, *forks):
+        clients.put(client)
+
+    def run(promql: str) -> list[Sample]:
+        client = clients.get()
+        try:
+            return client.query(promql, at)
+        finally:
+            clients.put(client)
+
+    try:
+        with ThreadPoolExecutor(PARALLEL) as pool:
+            futures = {name: pool.submit(run, promql) for name, promql in queries.items()}
+            return {name: future.result() for name, future in futures.items()}
+    finally:
+        for client in forks:
+            client.close()
+
+
+def _lines_from(answers: Mapping[str, list[Sample]]) -> dict[tuple[str, str], Line]:
+    lines: dict[tuple[str, str], Line] = {}
+    for direction, label in (("send", _S), ("receive", _D)):
+        def by_node(name: str, label: str = label) -> dict[str, float]:
+            return {labels[label]: value for labels, value in answers[name] if labels.get(label)}
+
+        pairs, sent, received = (by_node(f"{direction}_{what}") for what in ("pairs", "sent", "received"))
+        for node, count in pairs.items():
+            total = sent.get(node, 0.0)
+            lines[(direction, node)] = Line(round(count), total, max(0.0, total - received.get(node, total)))
+    return lines
+
+
+def _candidates(answers: Mapping[str, list[Sample]], lines: Mapping[tuple[str, str], Line]) -> dict[Pair, Counts]:
+    """The cells at or above a threshold. Their pings are taken as their row's average: each pair of a
+    row gets the same pings a cycle, and fetching them would cost another pass over every pair."""
+    loss, slow = _by_pair(answers["lossy"]), _by_pair(answers["slow"])
+    cells = {}
+    for pair in loss.keys() | slow.keys():
+        row = lines.get(("send", pair[0]), Line())
+        sent = row.sent / row.pairs if row.pairs else 0.0
+        received = sent * (1 - loss.get(pair, row.loss_ratio))
+        rtt = slow.get(pair)
+        cells[pair] = Counts(sent, received, None if rtt is None else rtt * received)
+    return cells
 
 
 def fetch_summed(prometheus: Prometheus, window: str, at: float,
@@ -140,78 +162,108 @@ def fetch_summed(prometheus: Prometheus, window: str, at: float,
     """The candidate cells (and the whole lines worth a closer look), the sums behind the rest, and
     where each node sits."""
     exprs = _Exprs(window, thresholds.loss_ratio, thresholds.latency_ms)
-    node_loss_ratio = thresholds.node_loss_ratio
-    lines = _lines(prometheus, exprs, at)
-    background = prometheus.query(f"quantile(0.5, {exprs.loss})", at)
-    candidates = prometheus.query(f"count({exprs.candidate})", at)
-    found = round(candidates[0][1]) if candidates else 0
-    selector = f"and on ({_S}, {_D}) ({exprs.candidate})"
+    first = {f"{direction}_{what}": exprs.line(label, what)
+             for direction, label in (("send", _S), ("receive", _D)) for what in ("pairs", "sent", "received")}
+    first |= {"lossy": exprs.lossy, "slow": f"{exprs.slow} >= {thresholds.latency_ms!r}",
+              "places": _PLACES}
+    answers = _together(prometheus, first, at)
+    lines = _lines_from(answers)
+    cells = _candidates(answers, lines)
+    found = len(cells)
     if found > MAX_CELLS:
-        selector = f"and on ({_S}, {_D}) topk({MAX_CELLS}, {exprs.loss})"
-    cells = _cells(prometheus, exprs, selector, at) if found else {}
+        keep = sorted(cells, key=lambda p: (-cells[p].loss_ratio, p))[:MAX_CELLS]
+        cells = {p: cells[p] for p in keep}
+    # The background: the median row, near the median pair when the loss is spread evenly, and for
+    # free (BACKGROUND_FLOOR keeps it at 1 % at least in any case).
+    rows = sorted(line.loss_ratio for (direction, _), line in lines.items() if direction == "send")
+    median = rows[len(rows) // 2] if rows else 0.0
+    places = _places_from(answers["places"])
+    later: dict[str, str] = {}
+    if not found:
+        later["worst"] = f"topk(1, {exprs.loss})"
+    node_loss_ratio = thresholds.node_loss_ratio
+    heavy = [key for key, line in lines.items() if node_loss_ratio is not None and line.loss_ratio >= node_loss_ratio]
+    if heavy:
+        later |= {f"agree_{direction}": f"count by ({label}) (({exprs.loss}) > {median!r})"
+                  for direction, label in (("send", _S), ("receive", _D))}
+    groupings = [by for by in ("zone", "rack") if len({getattr(p, by) for p in places.values()} - {""}) >= 2]
+    if found:
+        later |= {f"blocks_{by}": f"count by ({_GROUP_SOURCE}, {_GROUP_DESTINATION}) "
+                                  f"({exprs.grouped(exprs.line_pairs_expr, by)})" for by in groupings}
+    answers = _together(prometheus, later, at) if later else {}
+    agreeing = {(direction, labels[label]): round(value)
+                for direction, label in (("send", _S), ("receive", _D))
+                for labels, value in answers.get(f"agree_{direction}", []) if labels.get(label)}
     # Lines whose pooled loss reaches the node threshold with every peer agreeing (each of its pairs
     # losing more than the median pair): fetched whole, the worst first, for the analysis to judge.
-    median = background[0][1] if background else 0.0
-    agreeing = _agreeing(prometheus, exprs, median, at) if node_loss_ratio is not None else {}
-    wanted = sorted(((line.loss_ratio, key) for key, line in lines.items()
-                     if node_loss_ratio is not None and line.loss_ratio >= node_loss_ratio
-                     and agreeing.get(key, 0) >= line.pairs), reverse=True)
-    whole = [key for _, key in wanted[:MAX_WHOLE_LINES]]
+    whole = [key for _, key in sorted(((lines[key].loss_ratio, key) for key in heavy
+                                       if agreeing.get(key, 0) >= lines[key].pairs), reverse=True)][:MAX_WHOLE_LINES]
     for label, direction in ((_S, "send"), (_D, "receive")):
         names = [node for d, node in whole if d == direction]
         if names:
-            matcher = f"{{{label}=~{_names_regex(names)}}}"
-            cells.update(_line_cells(prometheus, window, matcher, at))
-    places = places_of(prometheus, at)
-    blocks: dict[str, dict[tuple[str, str], Block]] = {}
-    if found:
-        for by in ("zone", "rack"):
-            if len({getattr(place, by) for place in places.values()} - {""}) >= 2:
-                blocks[by] = _blocks(prometheus, exprs, by, at)
-    worst = _extreme(prometheus, exprs.loss, at) if not found else None
-    slowest = _extreme(prometheus, exprs.slow, at) if not found else None
-    summary = Summary(lines=lines, background=background[0][1] if background else 0.0, candidates=found,
-                      left_out=max(0, found - MAX_CELLS), whole_lines=tuple(whole), blocks=blocks,
-                      worst_loss=worst, slowest=slowest)
+            cells.update(_line_cells(prometheus, window, f"{{{label}=~{_names_regex(names)}}}", at))
+    lossy = {pair: counts for pair, counts in cells.items() if counts.loss_ratio >= thresholds.loss_ratio}
+    blocks = {by: _blocks_from(answers[f"blocks_{by}"], places, by, lossy, lines) for by in groupings
+              if f"blocks_{by}" in answers}
+    worst = max(_by_pair(answers.get("worst", [])).items(), key=lambda item: item[1], default=None)
+    summary = Summary(lines=lines, background=median, candidates=found, left_out=max(0, found - MAX_CELLS),
+                      whole_lines=tuple(whole), blocks=blocks, worst_loss=worst)
     return cells, summary, places
+
+
+def _blocks_from(samples: list[Sample], places: Mapping[str, Place], by: str, cells: Mapping[Pair, Counts],
+                 lines: Mapping[tuple[str, str], Line]) -> dict[tuple[str, str], Block]:
+    """Each block's measured pairs as Prometheus counted them; its bad pairs and lost pings from the
+    lossy cells, its pings from the average pair (the noise of the good pairs left out)."""
+    sent = sum(line.sent for (direction, _), line in lines.items() if direction == "send")
+    pairs = sum(line.pairs for (direction, _), line in lines.items() if direction == "send")
+    per_pair = sent / pairs if pairs else 0.0
+    blocks: dict[tuple[str, str], Block] = {}
+    for labels, value in samples:
+        key = (labels.get(_GROUP_SOURCE, ""), labels.get(_GROUP_DESTINATION, ""))
+        if all(key):
+            blocks[key] = Block(round(value), 0, round(value) * per_pair, 0.0)
+    for (source, destination), counts in cells.items():
+        key = (getattr(places.get(source, Place()), by), getattr(places.get(destination, Place()), by))
+        if key in blocks:
+            block = blocks[key]
+            blocks[key] = Block(block.measured, block.bad + 1, block.sent, block.lost + counts.sent - counts.received)
+    return blocks
 
 
 def _line_cells(prometheus: Prometheus, window: str, matcher: str, at: float) -> dict[Pair, Counts]:
     family = contract.NODE
-    values = [_by_pair(prometheus.query(_pair_sum(metric, window, matcher), at))
-              for metric in (family.packets_sent, family.packets_received, family.rtt_sum)]
+    queries = {metric.name: _pair_sum(metric, window, matcher)
+               for metric in (family.packets_sent, family.packets_received, family.rtt_sum)}
+    values = [_by_pair(samples) for samples in _together(prometheus, queries, at).values()]
     return {pair: Counts(sent, values[1][pair], values[2].get(pair, 0.0))
             for pair, sent in values[0].items() if pair in values[1]}
 
 
-def lines_of(cells: Mapping[Pair, Counts]) -> dict[tuple[str, str], Line]:
-    """Every row and column summed from the cells: what `_lines` gets from Prometheus."""
-    lines: dict[tuple[str, str], Line] = {}
-    for (source, destination), counts in cells.items():
-        for key in (("send", source), ("receive", destination)):
-            line = lines.get(key, Line())
-            lines[key] = Line(line.pairs + 1, line.sent + counts.sent, line.lost + counts.sent - counts.received)
-    return lines
-
-
 def fetch_path(prometheus: Prometheus, metrics: tuple[contract.Metric, contract.Metric], window: str, at: float,
                loss_ratio: float) -> PathCells:
-    """One more path's lossy cells (loss at or above `loss_ratio`) and its line sizes: O(nodes + bad
-    pairs) at any size. Empty when the path is not probed (the feature off). `metrics`: its sent
-    and received counters."""
+    """One more path's lossy cells (loss at or above `loss_ratio`) and, when there are any, its line
+    sizes: O(nodes + bad pairs) at any size, one pass over its pair series when nothing is lost.
+    Empty when nothing is lost or the path is not probed (the feature off). `metrics`: its sent and
+    received counters."""
     sent, received = metrics
     mtu = contract.MTU if contract.MTU in sent.labels else ""
     by = f"{_S}, {_D}" + (f", {mtu}" if mtu else "")
     sums = [f"sum by ({by}) (increase({metric.name}[{window}]))" for metric in (sent, received)]
-    lossy = f"clamp(1 - {sums[1]} / ({sums[0]} > 0), 0, 1) >= {loss_ratio!r}"
-    values = [prometheus.query(f"({expr}) and on ({by}) ({lossy})", at) for expr in sums]
-    got = [{(labels[_S], labels[_D]): (value, labels.get(mtu, "")) for labels, value in samples
-            if labels.get(_S) and labels.get(_D)} for samples in values]
-    cells = {pair: Counts(value, got[1][pair][0]) for pair, (value, _) in got[0].items() if pair in got[1]}
-    sizes: dict[tuple[str, str], int] = {}
-    for direction, label in (("send", _S), ("receive", _D)):
-        for labels, value in prometheus.query(f"count by ({label}) ({sums[0]} > 0)", at):
-            if labels.get(label):
-                sizes[(direction, labels[label])] = round(value)
-    sizes_mtu = sorted({size for _, size in got[0].values() if size})
+    # A loss ratio outside 0..1 is no answer to this query (a proxy or stand-in answering anything).
+    lossy = [(labels, value) for labels, value in
+             prometheus.query(f"clamp(1 - {sums[1]} / ({sums[0]} > 0), 0, 1) >= {loss_ratio!r}", at)
+             if 0.0 <= value <= 1.0]
+    if not lossy:
+        return PathCells()
+    queries = {"sent": f"({sums[0]}) and on ({by}) (clamp(1 - {sums[1]} / ({sums[0]} > 0), 0, 1) >= {loss_ratio!r})"}
+    queries |= {direction: f"count by ({label}) (max by ({_S}, {_D}) ({sent.name}))"
+                for direction, label in (("send", _S), ("receive", _D))}
+    answers = _together(prometheus, queries, at)
+    loss = {(labels[_S], labels[_D]): value for labels, value in lossy if labels.get(_S) and labels.get(_D)}
+    cells = {pair: Counts(value, value * (1 - loss[pair]), None)
+             for pair, value in _by_pair(answers["sent"]).items() if pair in loss}
+    sizes = {(direction, labels[label]): round(value) for direction, label in (("send", _S), ("receive", _D))
+             for labels, value in answers[direction] if labels.get(label)}
+    sizes_mtu = sorted({labels.get(mtu, "") for labels, _ in lossy} - {""})
     return PathCells(cells, sizes, ",".join(sizes_mtu))

@@ -45,7 +45,7 @@ def upper_tail(lost: int, sent: int, p: float) -> float:
     """
     if lost <= sent * p or sent <= 0:
         return 1.0
-    if p <= 0.0:
+    if p <= 0.0 or lost > sent:  # more lost than sent: extrapolated counters at their worst
         return 0.0
     log_p, log_q = math.log(p), math.log1p(-p)
 
