@@ -161,4 +161,5 @@ SELF_METRICS = (EXCEPTIONS, ERRORS, CYCLES, TARGETS, CYCLE_DURATION, CYCLE_NOMIN
                 FPING_CPU, OWN_CPU, BUILD_INFO)
 """The exporter's own metrics, in exposition order."""
 
-ALL_METRICS = (*NODE.metrics, *EXTERNAL.metrics, *SELF_METRICS)
+ALL_METRICS = (*NODE.metrics, *NODE.mtu_metrics, *POD.metrics, *POD.mtu_metrics, *EXTERNAL.metrics, *SELF_METRICS,
+               NODE_INFO)

@@ -30,6 +30,7 @@ class NodeTarget:
     name: str
     address: str  # normalised IP address, as fping -A prints it
     zone: str | None = None
+    rack: str | None = None
 
 
 @dataclass(frozen=True, order=True)
@@ -137,10 +138,20 @@ def _node(entry: dict[str, Any], where: str) -> NodeTarget:
         address = normalise_ip(raw_address)
     except ValueError as err:
         raise ValueError(f"{where}: ipAddress of node {name!r}: {err}") from None
-    zone = entry.get("zone")
-    if zone is not None and not isinstance(zone, str):
-        raise ValueError(f"{where}: zone of node {name!r} must be a string or absent")
-    return NodeTarget(name=name, address=address, zone=zone or None)
+    return NodeTarget(name=name, address=address, zone=_place(entry, "zone", name, where),
+                      rack=_place(entry, "rack", name, where))
+
+
+def _place(entry: dict[str, Any], key: str, name: str, where: str) -> str | None:
+    """An optional zone or rack: a string, or absent (empty counts as absent). It becomes a label value."""
+    value = entry.get(key)
+    if value is not None and not isinstance(value, str):
+        raise ValueError(f"{where}: {key} of node {name!r} must be a string or absent")
+    try:
+        (value or "").encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{where}: {key} {value!r} of node {name!r} is not valid Unicode text") from None
+    return value or None
 
 
 def _external(entry: dict[str, Any], where: str) -> ExternalTarget:

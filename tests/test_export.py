@@ -27,18 +27,42 @@ def sample_snapshot() -> Snapshot:
         exceptions=2, cycles=7, targets={"node": 2, "external": 1},
         cycle_duration_s=3.5, probe_duration_s=3.25, cycle_nominal_s=3.0, last_success_ts=1_700_000_000.0,
         fping_cpu_s=0.5, own_cpu_s=1.25,
+        mtu=1500, mtu_rows=(TargetRow(("node-b", "10.0.0.2"), 3, 3, 0.0, None),
+                            TargetRow(("node-c", "fd00::3"), 3, 0, 0.0, None)),
+        node_info=("eu-west-1a", ""),
     )
 
 
 class TestExposition:
     """What node-exporter serves from our file."""
 
-    def test_matches_golden_file(self) -> None:
-        text = render(sample_snapshot())
-        golden = GOLDEN / "node-a.prom"
+    @pytest.mark.parametrize(("golden_name", "pod_path"), [("node-a.prom", False), ("node-a-pod.prom", True)])
+    def test_matches_golden_file(self, golden_name: str, pod_path: bool) -> None:
+        text = render(dataclasses.replace(sample_snapshot(), pod_path=pod_path))
+        golden = GOLDEN / golden_name
         if UPDATE:
             golden.write_text(text)
         assert text == golden.read_text()
+
+    def test_mtu_counters_and_node_info(self) -> None:
+        series = families(render(sample_snapshot()))
+        received = {labels["destination_node"]: (labels[contract.MTU], value)
+                    for labels, value in series[contract.NODE.mtu_packets_received.name]}
+        assert received == {"node-b": ("1500", 3.0), "node-c": ("1500", 0.0)}
+        assert series[contract.NODE_INFO.name] == [({"source_node": "node-a", "zone": "eu-west-1a", "rack": ""}, 1.0)]
+        off = render(dataclasses.replace(sample_snapshot(), mtu=0))
+        assert contract.NODE.mtu_packets_sent.base not in off
+
+    def test_pod_path(self) -> None:
+        """The pod prober: the pod family with the pod's address label, self metrics marked, no
+        external hosts and no node info (the host prober's)."""
+        series = families(render(dataclasses.replace(sample_snapshot(), pod_path=True)))
+        assert {labels[contract.POD.address] for labels, _ in series[contract.POD.packets_sent.name]} == \
+            {"10.0.0.2", "fd00::3"}
+        assert contract.POD.mtu_packets_sent.name in series
+        assert not {contract.NODE.packets_sent.name, contract.EXTERNAL.packets_sent.name,
+                    contract.NODE_INFO.name} & series.keys()
+        assert series[contract.CYCLES.name] == [({"source_node": "node-a", "path": "pod"}, 7.0)]
 
     def test_dead_target_has_counters_but_no_rtt_gauges(self) -> None:
         series = families(render(sample_snapshot()))
@@ -78,6 +102,12 @@ class TestLastSuccessIn:
     def test_reads_what_render_wrote(self) -> None:
         assert last_success_in(render(sample_snapshot()), "node-a") == 1_700_000_000.0
         assert last_success_in(render(sample_snapshot()), "node-b") is None  # another node's file
+
+    def test_the_pod_probers_own(self) -> None:
+        pod = render(dataclasses.replace(sample_snapshot(), pod_path=True))
+        assert last_success_in(pod, "node-a", pod_path=True) == 1_700_000_000.0
+        assert last_success_in(pod, "node-a") is None
+        assert last_success_in(render(sample_snapshot()), "node-a", pod_path=True) is None
 
     @pytest.mark.parametrize("text", ["", "garbage\n",
                                       f'{contract.LAST_SUCCESS.name}{{source_node="a"}} NaN\n',

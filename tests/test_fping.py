@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from node_ping import contract
-from node_ping.probe import fping, lock
+from node_ping.probe import fping, lock, output
 from node_ping.probe.report import complete_reports, parse_report
 from tests.support.exposition import by_destination, families
 from tests.support.limits import descriptors_left, open_descriptors
@@ -195,6 +195,24 @@ class TestRun:
         result = fping.run_all(argvs, 10, threading.Event())
         assert sorted(parse_report(result.report)) == ["127.0.0.1", "127.0.0.2", "::1"]
 
+    def test_side_runs_report_apart_and_fail_alone(self, tmp_path: Path) -> None:
+        """The MTU probe's runs: their report is kept apart, and their failure is theirs alone."""
+        main = [fping.build_argv(["127.0.0.2"], count=2, period_ms=10)]
+        side = fping.build_argv(["127.0.0.3"], count=1, period_ms=10, options=["-M", "-b", "1472"])
+        result = fping.run_all(main, 10, threading.Event(), side=[side])
+        assert list(parse_report(result.report)) == ["127.0.0.2"]
+        assert list(parse_report(result.side_report)) == ["127.0.0.3"] and result.side_error is None
+        (tmp_path / "broken").mkdir()
+        (tmp_path / "hung").mkdir()
+        broken = fake_fping(tmp_path / "broken", "exit 3")
+        hung = fake_fping(tmp_path / "hung", "exec sleep 60")
+        for bad, why in ((broken, "exited with code 3"), (hung, "still running"), ("/nonexistent/fping", "not found")):
+            started = time.monotonic()
+            result = fping.run_all(main, 10, threading.Event(), side=[[bad]])
+            assert list(parse_report(result.report)) == ["127.0.0.2"]
+            assert result.side_error is not None and why in result.side_error
+            assert time.monotonic() - started < fping.SIDE_GRACE_S + 2
+
     def test_stop_ends_every_process(self, tmp_path: Path) -> None:
         pidfile = tmp_path / "pid"
         slow = fake_fping(tmp_path, f"echo $$ > {pidfile}; exec sleep 60")
@@ -321,8 +339,8 @@ class TestBoundedOutput:
         binary = fake_fping(tmp_path, """yes '10.9.9.9 : 0.1 0.1 0.1' | head -n 100000 >&2
             echo '127.0.0.2 : 0.1 0.2 0.3' >&2""")
         result = fping.run([binary, "-C", "3", "--", "127.0.0.1", "127.0.0.2"], 10, threading.Event())
-        assert len(result.report) <= (fping.REPORT_ADDRESS_ROOM + 3 * fping.REPORT_SAMPLE_ROOM) * (
-            2 + fping.REPORT_SPARE_LINES)
+        assert len(result.report) <= (output.REPORT_ADDRESS_ROOM + 3 * output.REPORT_SAMPLE_ROOM) * (
+            2 + output.REPORT_SPARE_LINES)
         assert "127.0.0.2" not in parse_report(result.report)  # unreported, not misread
         assert result.cut_reports > 0
 

@@ -137,7 +137,9 @@ class TestLatencyAccuracy:
         assert by_destination(silent, contract.NODE.packets_received.name) == {"b4": 0, "b6": 0}
 
         log = responder(b, profile)
-        series = run_node_ping(a, tmp_path / "probe", targets, count=profile.count, period_ms=profile.period_ms)
+        # The responder would answer the MTU probe's pings too: only the small ones are measured here.
+        series = run_node_ping(a, tmp_path / "probe", targets, count=profile.count, period_ms=profile.period_ms,
+                               args=["--mtu", "0"])
         applied = Applied.wait(log, {"v4": a.ipv4, "v6": a.ipv6}, {"v4": profile.count, "v6": profile.count})
 
         received = by_destination(series, contract.NODE.packets_received.name)
@@ -168,7 +170,8 @@ class TestSlowReplies:
         # 100 ms late: a margin no scheduler delay closes (the responder is never early), and
         # 127.0.0.1, probed beside b, gets a whole period to answer.
         log = responder(b, Profile(200, 0, period_ms=100, count=5))
-        series = run_node_ping(a, tmp_path, [{"name": "b4", "ipAddress": b.ipv4}], count=5, period_ms=100)
+        series = run_node_ping(a, tmp_path, [{"name": "b4", "ipAddress": b.ipv4}], count=5, period_ms=100,
+                               args=["--mtu", "0"])
         applied = Applied.wait(log, {"v4": a.ipv4, "v6": a.ipv6}, {"v4": 5})
         assert len(applied.delays["v4"]) == 5  # every one answered, after node-ping stopped waiting
         assert by_destination(series, contract.NODE.packets_sent.name) == {"b4": 5}

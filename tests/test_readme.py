@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from node_ping.contract import ALL_METRICS, FAMILIES, SELF_METRICS, SOURCE, Metric
+from node_ping.contract import ALL_METRICS, FAMILIES, MTU, NODE, NODE_INFO, POD, SELF_METRICS, SOURCE, Metric
 from node_ping.diagnose.config import HEADER, HEADERS_ENV
 from node_ping.diagnose.config import SETTINGS as DIAGNOSE_SETTINGS
 from node_ping.discover.config import DISCOVER_SETTINGS
@@ -124,6 +124,14 @@ class TestReadmeMetrics:
             assert "labels " + ", ".join(f"`{label}`" for label in family.labels) in text, family.prefix
             for metric in family.metrics:
                 assert rows[metric.name][1] is None, metric.name
+
+    def test_labels_beyond_a_family(self) -> None:
+        """The MTU pairs name the one label they add to their family's; the node info its own."""
+        rows = metric_rows(section(README.read_text(), "Metrics"))
+        for family in (NODE, POD):
+            for metric in family.mtu_metrics:
+                assert rows[metric.name][1] == MTU, metric.name
+        assert rows[NODE_INFO.name][1] == own_labels(NODE_INFO)
 
 
 class TestDocsSettings:

@@ -22,7 +22,7 @@ from tests.support.procfs import child_pids, runs, wait_until
 from tests.support.stuck import READY
 
 NODES = [{"name": "me", "ipAddress": "127.0.0.1"}, {"name": "peer", "ipAddress": "127.0.0.2"}]
-LONG_FPING = ("--count", "400", "--period-ms", "50")
+LONG_FPING = ("--count", "400", "--period-ms", "50", "--mtu", "0")  # one fping child: no MTU probe beside it
 """An fping run of 20 s: still running whenever a test looks."""
 
 

@@ -37,6 +37,13 @@ class TestNodes:
         assert loaded.targets == (NodeTarget("a", "10.0.0.1"), NodeTarget("b", "fd00::2", "z1"))
         assert loaded.problems == ()
 
+    def test_rack_is_read_like_the_zone(self) -> None:
+        """Discovery writes a rack from a node label; empty means unknown, as for the zone."""
+        loaded = parse_nodes(nodes_json({"name": "a", "ipAddress": "10.0.0.1", "zone": "z1", "rack": "r7"},
+                                        {"name": "b", "ipAddress": "10.0.0.2", "rack": ""}))
+        assert loaded.targets == (NodeTarget("a", "10.0.0.1", "z1", "r7"), NodeTarget("b", "10.0.0.2"))
+        assert loaded.problems == ()
+
     @pytest.mark.parametrize(("text", "fragment"), [
         ("", "is empty"),
         ("   \n", "is empty"),
@@ -62,6 +69,9 @@ class TestNodes:
         ({"name": "x", "ipAddress": "-f/etc/shadow"}, "starts with '-'"),
         ({"name": "-x", "ipAddress": "10.0.0.9"}, "starts with '-'"),
         ({"name": "x", "ipAddress": "10.0.0.9", "zone": 3}, "zone"),
+        ({"name": "x", "ipAddress": "10.0.0.9", "rack": ["r1"]}, "rack of node 'x' must be a string or absent"),
+        # Both become label values of the node's info metric: a lone surrogate would break every write.
+        ({"name": "x", "ipAddress": "10.0.0.9", "rack": "\ud800"}, "rack '\\ud800' of node 'x' is not valid Unicode"),
         # fping names the interface in its report: a result for %2 would never be matched.
         ({"name": "x", "ipAddress": "fe80::1%2"}, "numeric zone; name the interface instead, e.g. fe80::1%eth0"),
         # Checked as what fping is given, after the IPv4-mapped form is converted.

@@ -12,6 +12,7 @@ import click
 from click.core import ParameterSource
 
 from node_ping import __version__, logs
+from node_ping.contract import POD_PATH
 from node_ping.probe import config
 from node_ping.probe.config import ListenAddress, Settings
 from node_ping.settings import EXIT_USAGE, Command, SettingsError, options
@@ -32,10 +33,13 @@ def _settings(values: dict[str, Any], *, cycles: int | None, example: bool = Fal
     def given(name: str) -> bool:
         return ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, None)
 
+    pod_path = values["path"] == POD_PATH
     return Settings(
         node_name=values["node_name"] or ("example" if example else ""),
         textfile_dir=values.get("textfile_dir"),
-        prefix=values.get("prefix", config.PREFIX.default),
+        # Two probers of a node never share a file unless told to.
+        prefix=values["prefix"] if "prefix" in values and (given("prefix") or not pod_path) else
+        config.POD_PREFIX if pod_path else config.PREFIX.default,
         config_path=config.EXAMPLES / "nodes.json" if example else values["config"],
         external_config_path=config.EXAMPLES / "external.json" if example else values["external_config"],
         count=values["count"] if given("count") or not example else config.EXAMPLE_COUNT,
@@ -46,6 +50,8 @@ def _settings(values: dict[str, Any], *, cycles: int | None, example: bool = Fal
         topology=values["topology"],
         peers_per_zone=values["peers_per_zone"],
         fping=values["fping"],
+        mtu=values["mtu"],
+        path=values["path"],
     )
 
 
@@ -105,7 +111,7 @@ def _probe(settings: Settings, *, once: bool) -> int:
     stop = stop_on_signals(STOP_GRACE_S, exit_code=INTERRUPTED if once else 0, on_overdue=fping.kill_running)
     own_file = output_path(settings.textfile_dir, settings.prefix, settings.node_name) \
         if settings.textfile_dir is not None else None
-    prober = Prober(settings, last_success_ts=_previous_last_success(own_file, settings.node_name))
+    prober = Prober(settings, last_success_ts=_previous_last_success(own_file, settings))
     collector = SnapshotCollector(prober.snapshot)
     prober.on_snapshot = lambda snapshot: setattr(collector, "snapshot", snapshot)
 
@@ -151,7 +157,7 @@ def _shown(listen: ListenAddress) -> str:
     return f"{host}:{listen.port}"
 
 
-def _previous_last_success(own_file: Path | None, node_name: str) -> float | None:
+def _previous_last_success(own_file: Path | None, settings: Settings) -> float | None:
     """The last success the previous instance on this node wrote, if its file is there."""
     from node_ping.probe.export import last_success_in  # noqa: PLC0415  (see _probe)
     from node_ping.probe.textfile import read_text  # noqa: PLC0415
@@ -160,6 +166,6 @@ def _previous_last_success(own_file: Path | None, node_name: str) -> float | Non
         return None
     try:
         # Not through a link: others may write to the directory, and node-ping reads as root.
-        return last_success_in(read_text(own_file), node_name)
+        return last_success_in(read_text(own_file), settings.node_name, settings.pod_path)
     except OSError:
         return None

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import click
 
+from node_ping.contract import PATHS, POD, POD_PATH
+from node_ping.probe.mtu import parse_mtu
 from node_ping.probe.textfile import MAX_NAME_BYTES
 from node_ping.probe.topology import MODES
 from node_ping.settings import Parsed, PositiveNumber, Setting, SettingsError
@@ -53,12 +55,22 @@ TOPOLOGY = Setting("--topology", env="NODE_PING_TOPOLOGY", default="full", type=
                    help="full: probe every node; zone: every node of the own zone plus k per other zone.")
 PEERS_PER_ZONE = Setting("--peers-per-zone", env="NODE_PING_PEERS_PER_ZONE", default=3, type=click.IntRange(min=1),
                          help="k for --topology zone.")
+MTU = Setting("--mtu", env="NODE_PING_MTU", default=1500, type=Parsed("bytes", parse_mtu), metavar="BYTES",
+              help="IP packet size to prove on the path to every node: a few don't-fragment pings of exactly "
+                   "this size per node and cycle; 0 turns them off.")
+PATH = Setting("--path", env="NODE_PING_PATH", default=PATHS[0], type=click.Choice(PATHS),
+               help="node: probe the nodes' own addresses (host network); pod: probe the pod-network probers "
+                    f"listed in --config and export {POD.prefix}_* instead.")
 FPING = Setting("--fping", env="NODE_PING_FPING", default="fping", help="The fping binary.")
 VERBOSE = Setting("--verbose", short="-v", is_flag=True, help="Log every cycle.")
 TEXTFILE_DIR = Setting("--textfile-dir", env="PROMETHEUS_TEXTFILE_DIR", type=_PATH,
                        help="node-exporter's textfile collector directory.")
 PREFIX = Setting("--prefix", env="PROMETHEUS_TEXTFILE_PREFIX", default="node-ping_",
-                 help="Textfile name prefix: the file is <prefix><node name>.prom.")
+                 help="Textfile name prefix: the file is <prefix><node name>.prom (with --path pod, "
+                      "node-ping-pod_ unless set).")
+POD_PREFIX = "node-ping-pod_"
+"""The pod prober's prefix unless one is set: its file must not be the host prober's, nor match its
+<prefix>*.prom clean-up (nor the other way round)."""
 CYCLES = Setting("--cycles", type=click.IntRange(min=1), help="Stop after N cycles (default: run forever).")
 LISTEN_ADDRESS = Setting("--listen-address", env="NODE_PING_LISTEN_ADDRESS",
                          type=Parsed("address", parse_listen_address, ListenAddress),
@@ -74,7 +86,8 @@ EXAMPLE = Setting("--example", is_flag=True,
 MAX_AGE = Setting("--max-age", required=True, type=PositiveNumber(noun="number of seconds"),
                   help="Seconds since the last successful cycle.")
 
-PROBE_SETTINGS = (NODE_NAME, CONFIG, EXTERNAL_CONFIG, COUNT, PERIOD_MS, TOPOLOGY, PEERS_PER_ZONE, FPING, VERBOSE)
+PROBE_SETTINGS = (NODE_NAME, CONFIG, EXTERNAL_CONFIG, COUNT, PERIOD_MS, MTU, PATH, TOPOLOGY, PEERS_PER_ZONE, FPING,
+                  VERBOSE)
 """What `run` and `once` share."""
 RUN_SETTINGS = (*PROBE_SETTINGS, TEXTFILE_DIR, PREFIX, CYCLES, LISTEN_ADDRESS, HEALTH_FILE)
 ONCE_SETTINGS = (*PROBE_SETTINGS, EXAMPLE)
@@ -96,6 +109,13 @@ class Settings:
     topology: str = TOPOLOGY.default
     peers_per_zone: int = PEERS_PER_ZONE.default
     fping: str = FPING.default
+    mtu: int = MTU.default
+    path: str = PATH.default
+
+    @property
+    def pod_path(self) -> bool:
+        """The pod-network prober: the pod family, self metrics marked path="pod", no external targets."""
+        return self.path == POD_PATH
 
     @property
     def nominal_cycle_s(self) -> float:
@@ -128,6 +148,7 @@ class Settings:
                                 "letters, digits, '_', '-' and '.': node-ping removes <prefix>*.prom at start-up, "
                                 "and an empty or wildcard prefix would delete other exporters' files")
         for setting, value in ((COUNT, self.count), (PERIOD_MS, self.period_ms), (TOPOLOGY, self.topology),
-                               (PEERS_PER_ZONE, self.peers_per_zone), (CYCLES, self.cycles)):
+                               (PEERS_PER_ZONE, self.peers_per_zone), (CYCLES, self.cycles), (MTU, self.mtu),
+                               (PATH, self.path)):
             if value is not None:
                 setting.check(value)

@@ -12,17 +12,18 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import TypeVar
 
 from node_ping.contract import CONFIG_ERROR, DNS_ERROR, FPING_ERROR, INTERNAL_ERROR, WRITE_ERROR
-from node_ping.probe import fping
-from node_ping.probe.config import CONFIG, EXTERNAL_CONFIG, PREFIX, Settings
+from node_ping.probe import fping, mtu
+from node_ping.probe.config import CONFIG, EXTERNAL_CONFIG, MTU, PREFIX, Settings
 from node_ping.probe.export import Snapshot, TargetRow, render_chunks
+from node_ping.probe.problems import LastGood, Problems, some
 from node_ping.probe.report import CycleStats, complete_reports, summarize
 from node_ping.probe.resolve import resolve_all
 from node_ping.probe.textfile import Taken, Tampered, output_path, touch, write_textfile
 from node_ping.probe.topology import select_peers
-from node_ping.targets import ConfigError, ExternalTarget, NodeTarget, TargetList, read_external, read_nodes
+from node_ping.targets import ExternalTarget, NodeTarget, read_external, read_nodes
 
 log = logging.getLogger(__name__)
 
@@ -41,61 +42,6 @@ class _Totals:
         self.received += stats.received
         self.rtt_sum_ms += stats.rtt_sum_ms
         self.last = stats
-
-
-class _Problems:
-    """Log a problem once when it appears or changes, and once when it clears: one clear line,
-    not one per cycle for as long as the problem lasts."""
-
-    def __init__(self) -> None:
-        self._current: dict[str, str] = {}
-
-    def report(self, key: str, message: str | None) -> None:
-        previous = self._current.get(key)
-        if message is None:
-            if previous is not None:
-                log.info("%s: resolved", key)
-                del self._current[key]
-        elif message != previous:
-            log.warning("%s", message)
-            self._current[key] = message
-
-
-class _LastGood(Generic[K]):
-    """A target file, and the last version of it that could be used."""
-
-    def __init__(self, name: str, read: Callable[[], TargetList[K]]) -> None:
-        self.name = name
-        self._read: Callable[[], TargetList[K]] = read
-        self.targets: tuple[K, ...] = ()
-        # Read at least once: a cycle probes what it last said (perhaps nothing), not blind.
-        self.usable = False
-
-    def _kept(self) -> str:
-        return f"; still probing the last good list of {len(self.targets)}" if self.targets else ""
-
-    def load(self, problems: _Problems) -> bool:
-        """Re-read the file; on failure keep the last good list. True if the file was read without a problem."""
-        try:
-            loaded = self._read()
-        except ConfigError as err:
-            problems.report(self.name, f"{err}{self._kept()}")
-            return False
-        if loaded.problems and not loaded.targets and self.targets:
-            # Every entry bad is a broken file, not an empty cluster: do not drop every series.
-            problems.report(self.name, f"no usable entry: {_some(loaded.problems, sep='; ')}{self._kept()}")
-            return False
-        problems.report(self.name, None)
-        problems.report(f"{self.name} entries", _some(loaded.problems, sep="; ") if loaded.problems else None)
-        self.targets = loaded.targets
-        self.usable = True
-        return not loaded.problems
-
-
-def _some(items: Sequence[str], sep: str = ", ", shown: int = 5) -> str:
-    """The first few items, and how many more: one readable line even for 5,000 bad entries."""
-    more = f"{sep}and {len(items) - shown} more" if len(items) > shown else ""
-    return sep.join(items[:shown]) + more
 
 
 CANARY = "127.0.0.1"
@@ -146,19 +92,21 @@ class Prober:
                  last_success_ts: float | None = None) -> None:
         self.settings = settings
         self._clock = clock
-        self._problems = _Problems()
+        self._problems = Problems()
         self._cycles_without_wait = QUIET_CYCLES
-        self._nodes = _LastGood("node list", lambda: read_nodes(settings.config_path, CONFIG.hint))
-        self._external = _LastGood("external list",
-                                   lambda: read_external(settings.external_config_path, EXTERNAL_CONFIG.hint))
+        self._nodes = LastGood("node list", lambda: read_nodes(settings.config_path, CONFIG.hint))
+        self._external = LastGood("external list",
+                                  lambda: read_external(settings.external_config_path, EXTERNAL_CONFIG.hint))
         self._node_totals: dict[NodeTarget, _Totals] = {}
         self._external_totals: dict[ExternalTarget, _Totals] = {}
+        self._mtu_totals: dict[NodeTarget, _Totals] = {}
         # The previous instance's last success (see metrics.last_success_in), else start-up: not
         # leaving the gauge out lets "no success for 5 minutes" fire for a prober that has never
         # succeeded (no NET_RAW, say) as for one that stopped.
         now = clock()
         self.snapshot = Snapshot(source_node=settings.node_name,
-                                 last_success_ts=min(last_success_ts, now) if last_success_ts else now)
+                                 last_success_ts=min(last_success_ts, now) if last_success_ts else now,
+                                 pod_path=settings.pod_path, mtu=settings.mtu)
         self.on_snapshot: Callable[[Snapshot], None] = lambda snapshot: None
 
     def _error(self, kind: str) -> None:
@@ -173,30 +121,35 @@ class Prober:
             self._error(DNS_ERROR)
         if not resolved.stopped:
             failures = list(resolved.failures.values())
-            self._problems.report("external names", _some(failures, sep="; ") if failures else None)
+            self._problems.report("external names", some(failures, sep="; ") if failures else None)
         return {target: resolved.addresses[target.host] for target in targets if target.host in resolved.addresses}
 
     def cycle(self, stop: threading.Event) -> Outcome:
         """Probe every target once (count pings each) and publish the result."""
         started = time.monotonic()
         s = self.settings
-        for target_file in (self._nodes, self._external):
+        # External hosts are the host prober's: through the pod network they would be measured twice.
+        target_files = (self._nodes,) if s.pod_path else (self._nodes, self._external)
+        for target_file in target_files:
             if not target_file.load(self._problems):
                 self._error(CONFIG_ERROR)
         nodes = select_peers(s.node_name, self._nodes.targets, s.topology, s.peers_per_zone)
-        external = self._resolve_external(self._external.targets, stop)
+        external = {} if s.pod_path else self._resolve_external(self._external.targets, stop)
         node_addresses = {node: node.address for node in nodes}
+        mtu_addresses = self._mtu_targets(node_addresses)
         # One probe per address, shared by every target on it.
         addresses = list(dict.fromkeys([*node_addresses.values(), *external.values()]))
 
         probe_started = time.monotonic()
-        probed = self._probe(addresses, stop)
+        probed = self._probe(addresses, stop, list(dict.fromkeys(mtu_addresses.values())))
         probe_s = time.monotonic() - probe_started
         if probed is None:
             return STOPPED  # publish nothing half-done
-        reports, fping_cpu, ok = probed
+        reports, mtu_reports, fping_cpu, ok = probed
         reported = self._report_missing(node_addresses, external, reports) if ok else True
         node_rows = self._account(self._node_totals, node_addresses, reports, lambda n: (n.name, n.address))
+        mtu_rows = self._account(self._mtu_totals, mtu_addresses, mtu_reports, lambda n: (n.name, n.address))
+        own = next((node for node in self._nodes.targets if node.name == s.node_name), None)
         # A name that did not resolve this cycle is still configured: keep its counters.
         external_rows = self._account(self._external_totals, external, reports, lambda e: (e.name, e.host),
                                       keep=self._external.targets)
@@ -205,6 +158,8 @@ class Prober:
             prev,
             nodes=node_rows,
             external=external_rows,
+            mtu_rows=mtu_rows,
+            node_info=(own.zone or "", own.rack or "") if own else ("", ""),
             exceptions=prev.exceptions + (0 if ok else 1),
             cycles=prev.cycles + 1,
             targets={"node": len(nodes), "external": len(external)},
@@ -217,24 +172,25 @@ class Prober:
             own_cpu_s=_own_cpu(),
         )
         outcome = Outcome(probed=ok, published=self.publish(),
-                          lists_usable=self._nodes.usable and self._external.usable, reported=reported)
+                          lists_usable=all(f.usable for f in target_files), reported=reported)
         log.debug("cycle %d: %d node and %d external targets in %.1f s (%s)", self.snapshot.cycles, len(nodes),
                   len(external), time.monotonic() - started, outcome)
         return outcome
 
-    def _probe(self, addresses: Sequence[str],
-               stop: threading.Event) -> tuple[dict[str, CycleStats], float, bool] | None:
-        """Run fping; return the stats of every complete report, fping's CPU time and whether all
-        went well. None if a stop was requested meanwhile."""
+    def _probe(self, addresses: Sequence[str], stop: threading.Event,
+               mtu_addresses: Sequence[str]) -> tuple[dict[str, CycleStats], dict[str, CycleStats], float, bool] | None:
+        """Run fping, and the MTU probe's beside it; return the stats of every complete report of each,
+        fping's CPU time and whether all went well. None if a stop was requested meanwhile."""
         if not addresses:
-            return {}, 0.0, True
+            return {}, {}, 0.0, True
         s = self.settings
         probe = list(addresses) if CANARY in addresses else [*addresses, CANARY]
         per_run = fping.max_targets_per_run(s.period_ms)
         batches = [probe[i:i + per_run] for i in range(0, len(probe), per_run)]
         try:
             argvs = [fping.build_argv(batch, s.count, s.period_ms, s.fping) for batch in batches]
-            result = fping.run_all(argvs, s.fping_timeout_s, stop)
+            side = mtu.argvs(mtu_addresses, s.mtu, s.count, s.period_ms, s.fping)
+            result = fping.run_all(argvs, s.fping_timeout_s, stop, side=side)
         except fping.Interrupted:
             return None
         except (fping.FpingError, OSError) as err:
@@ -243,7 +199,7 @@ class Prober:
             self._error(FPING_ERROR)
             self._problems.report("fping", f"fping failed: {why}; keeping the previous counters, nothing "
                                   "measured this cycle")
-            return {}, 0.0, False
+            return {}, {}, 0.0, False
         # Waiting is a state, not an event: while another node-ping runs, some turns come at once.
         self._cycles_without_wait = 0 if result.waited_s >= WAITED_S else self._cycles_without_wait + 1
         self._problems.report("network namespace", None if self._cycles_without_wait >= QUIET_CYCLES else
@@ -259,15 +215,41 @@ class Prober:
                                   "ICMP replies here. Without NET_RAW, fping 5.1 uses ICMP datagram sockets and "
                                   "drops every reply: give the container NET_RAW. With it, a firewall in this "
                                   "network namespace drops echo replies. Nothing counted this cycle")
-            return {}, result.cpu_seconds, False
+            return {}, {}, result.cpu_seconds, False
         if canary is None:
             # Loopback always gets a report from a working fping: without one, fping itself failed.
             self._error(FPING_ERROR)
             self._problems.report("fping", f"fping reported nothing on {CANARY}, which always answers: it did "
                                   "not run to the end; the targets it did report on are counted")
-            return reports, result.cpu_seconds, False
+            return reports, {}, result.cpu_seconds, False
         self._problems.report("fping", None)
-        return reports, result.cpu_seconds, True
+        return reports, self._mtu_reports(result, mtu_addresses), result.cpu_seconds, True
+
+    def _mtu_targets(self, node_addresses: dict[NodeTarget, str]) -> dict[NodeTarget, str]:
+        """The node targets the MTU probe covers; an IPv6 target below IPv6's minimum MTU is named, not probed."""
+        s = self.settings
+        chosen = {node: address for node, address in node_addresses.items() if mtu.probed(address, s.mtu)}
+        left_out = len(node_addresses) - len(chosen) if s.mtu != mtu.OFF else 0
+        self._problems.report("MTU probe", f"Invalid value for {MTU.hint}: {s.mtu} is below {mtu.IPV6_MIN}, the "
+                              f"smallest MTU of any IPv6 link, so {left_out} IPv6 node targets get no MTU probe; "
+                              f"use {mtu.IPV6_MIN} or more, or 0 (off)" if left_out else None)
+        return chosen
+
+    def _mtu_reports(self, result: fping.FpingResult, addresses: Sequence[str]) -> dict[str, CycleStats]:
+        """The MTU probe's stats. Its failure (not its lost replies: those are what it measures) is an
+        fping error, logged; the small pings' data stands either way."""
+        count = mtu.pings(self.settings.count)
+        reports = {address: summarize(samples) for address, samples in complete_reports(result.side_report, count)}
+        if result.side_error is not None:
+            self._error(FPING_ERROR)
+        missing = [address for address in addresses if address not in reports]
+        self._problems.report("MTU fping", f"the MTU probe's fping failed: {result.side_error}; the small pings "
+                              "are counted, the MTU counters wait for the next cycle" if result.side_error else
+                              f"the MTU probe's fping reported nothing on {some(missing)}; not counted this cycle"
+                              if missing else None)
+        return reports
+
+
 
     def _report_missing(self, nodes: dict[NodeTarget, str], external: dict[ExternalTarget, str],
                         reports: dict[str, CycleStats]) -> bool:
@@ -278,7 +260,7 @@ class Prober:
                     for target, address in external.items() if address not in reports]
         if missing:
             self._error(FPING_ERROR)
-        self._problems.report("fping report", f"fping reported nothing on {_some(missing)}; nothing is counted "
+        self._problems.report("fping report", f"fping reported nothing on {some(missing)}; nothing is counted "
                               "for them this cycle, the other targets are" if missing else None)
         return not missing
 

@@ -44,6 +44,15 @@ class Snapshot:
     last_success_ts: float | None = None
     fping_cpu_s: float = 0.0
     own_cpu_s: float = 0.0
+    mtu: int = 0  # the MTU probe's packet size; 0: off, and its counters are not exported
+    mtu_rows: Sequence[TargetRow] = ()  # the MTU probe's counters per node target (no RTT)
+    node_info: tuple[str, str] | None = None  # this node's (zone, rack) from its nodes.json entry
+    pod_path: bool = False  # the pod-network prober: the pod family, self metrics marked, no node info
+
+    @property
+    def family(self) -> PingFamily:
+        """The family node targets are exported under: the host network's, or the pod network's."""
+        return contract.POD if self.pod_path else contract.NODE
 
 
 _FAMILY_CLASS: dict[Kind, type[CounterMetricFamily] | type[GaugeMetricFamily]] = {
@@ -72,13 +81,25 @@ def _ping_metrics(family: PingFamily, source: str, rows: Sequence[TargetRow]) ->
         yield metric
 
 
-def _own(declared: contract.Metric, source: str, values: dict[str, float | None]) -> Metric:
+def _mtu_metrics(family: PingFamily, snap: Snapshot) -> Iterator[Metric]:
+    """The MTU probe's pair: the family's labels plus the size proven."""
+    for declared, value_of in zip(family.mtu_metrics, _ROW_VALUES, strict=False):
+        metric = _FAMILY_CLASS[declared.kind](declared.base, declared.help, labels=declared.labels)
+        for row in snap.mtu_rows:
+            metric.add_metric([snap.source_node, *row.labels, str(snap.mtu)], value_of(row) or 0)
+        yield metric
+
+
+def _own(declared: contract.Metric, source: str, values: dict[str, float | None], pod_path: bool) -> Metric:
     """A self metric: one series per value of its second label (or a single one, keyed "", when it
-    has none); a value of None leaves the series out."""
-    metric = _FAMILY_CLASS[declared.kind](declared.base, declared.help, labels=declared.labels)
+    has none); a value of None leaves the series out. The pod prober's carry path="pod"."""
+    labels, tail = (*declared.labels, contract.PATH), [contract.POD_PATH]
+    if not pod_path:  # the host prober's series stay exactly as they always were
+        labels, tail = declared.labels, []
+    metric = _FAMILY_CLASS[declared.kind](declared.base, declared.help, labels=labels)
     for label_value, value in sorted(values.items()):
         if value is not None:
-            metric.add_metric([source, label_value] if len(declared.labels) > 1 else [source], value)
+            metric.add_metric([source, label_value, *tail] if len(declared.labels) > 1 else [source, *tail], value)
     return metric
 
 
@@ -102,7 +123,12 @@ def _self_metrics(snap: Snapshot) -> Iterator[Metric]:
         contract.BUILD_INFO: {__version__: 1},
     }
     for declared in contract.SELF_METRICS:
-        yield _own(declared, src, values[declared])
+        yield _own(declared, src, values[declared], snap.pod_path)
+    if snap.node_info is not None and not snap.pod_path:  # its labels are fixed: the host prober says it
+        info = contract.NODE_INFO
+        metric = _FAMILY_CLASS[info.kind](info.base, info.help, labels=info.labels)
+        metric.add_metric([src, *snap.node_info], 1)
+        yield metric
 
 
 class SnapshotCollector(Collector):
@@ -113,8 +139,11 @@ class SnapshotCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         snap = self.snapshot  # one read: a scrape never mixes two cycles
-        yield from _ping_metrics(contract.NODE, snap.source_node, snap.nodes)
-        yield from _ping_metrics(contract.EXTERNAL, snap.source_node, snap.external)
+        yield from _ping_metrics(snap.family, snap.source_node, snap.nodes)
+        if snap.mtu:
+            yield from _mtu_metrics(snap.family, snap)
+        if not snap.pod_path:  # the pod prober probes no external host
+            yield from _ping_metrics(contract.EXTERNAL, snap.source_node, snap.external)
         yield from _self_metrics(snap)
 
 
@@ -148,13 +177,15 @@ def render(snapshot: Snapshot) -> str:
     return "".join(render_chunks(snapshot))
 
 
-def last_success_in(text: str, node_name: str) -> float | None:
-    """The last-success timestamp a previous textfile holds for `node_name`, if any (pure).
+def last_success_in(text: str, node_name: str, pod_path: bool = False) -> float | None:
+    """The last-success timestamp a previous textfile holds for `node_name` (of the pod prober if
+    `pod_path`), if any (pure).
 
     A restart must not reset "no cycle has succeeded since": a prober that never succeeds and is
     restarted by its liveness probe would otherwise never look old enough to alert on.
     """
-    line = re.compile(rf'^{contract.LAST_SUCCESS.name}\{{{contract.SOURCE}="{re.escape(node_name)}"\}} (\S+)$',
+    path = f'{contract.PATH}="{contract.POD_PATH}",' if pod_path else ""  # labels are written sorted
+    line = re.compile(rf'^{contract.LAST_SUCCESS.name}\{{{path}{contract.SOURCE}="{re.escape(node_name)}"\}} (\S+)$',
                       re.MULTILINE)
     match = line.search(text)
     if match is None:

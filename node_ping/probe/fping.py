@@ -16,21 +16,20 @@ import ctypes
 import dataclasses
 import errno
 import logging
+import math
 import os
-import re
 import resource
 import selectors
 import signal
 import subprocess
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import IO, cast
 
 from node_ping.probe import lock
-from node_ping.probe.report import parse_report
+from node_ping.probe.output import Stderr
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +48,10 @@ SEND_COST_MS = 0.1
 MIN_GAP_MS = 0.01
 """fping counts in nanoseconds; below 10 µs the send loop, not the gap, is the limit."""
 
+SIDE_GRACE_S = 1.0
+"""How long a side run (the MTU probe) may go on after the main fping ended: it is planned to end
+first, and must not lengthen the cycle when it does not."""
+
 LOCK_WAIT_RUNS = 3
 """Other node-pings' fping runs (each within the time limit) to wait for before giving up a cycle."""
 
@@ -56,16 +59,6 @@ SEQUENCE_NUMBERS = 65_535
 SEQUENCE_HOLD_MS = 10_000
 SEQUENCE_SAFETY = 0.9
 """fping's sequence-number pool, how long it holds a number, and the share of it we use."""
-
-REPORT_ADDRESS_ROOM, REPORT_SAMPLE_ROOM, REPORT_SPARE_LINES = 256, 12, 16
-"""Bytes a report line may take: an address and " : ", then per sample "-" or an RTT such as
-" 1234.567"; and report lines kept beyond one per target (fping never writes more)."""
-
-MESSAGE_LINES, MESSAGE_CHARS = 3, 300
-"""The last lines of fping's other output kept for an error message, each cut to this length."""
-
-_MAYBE_REPORT = re.compile(rb"\s*\S+\s+:\s+[-\d]")
-"""Cheap first look at a line; parse_report decides. Rejects "duplicate for [0], ..." and the like."""
 
 PR_SET_PDEATHSIG = 1  # prctl(2): the signal a child gets when the thread that started it ends
 
@@ -113,7 +106,9 @@ class FpingResult:
     cpu_seconds: float  # user + system time of fping itself
     waited_s: float = 0.0  # for another node-ping's fping in this network namespace (lock)
     dropped_lines: int = 0  # other lines of fping's stderr: ICMP errors, duplicates, anything unexpected
-    cut_reports: int = 0  # report lines past the bounds (see _Stderr): their targets count as unreported
+    cut_reports: int = 0  # report lines past the bounds (see Stderr): their targets count as unreported
+    side_report: str = ""  # the side runs' report lines (the MTU probe)
+    side_error: str | None = None  # why a side run failed; its report is then partial or empty
 
 
 def packet_gap_ms(target_count: int, period_ms: float) -> float:
@@ -130,14 +125,16 @@ def packet_gap_ms(target_count: int, period_ms: float) -> float:
     return max(MIN_GAP_MS, min(DEFAULT_GAP_MS, gap))
 
 
-def build_argv(addresses: Sequence[str], count: int, period_ms: int, binary: str = "fping") -> list[str]:
-    """The fping command line. Addresses come after `--` so nothing can be read as an option."""
+def build_argv(addresses: Sequence[str], count: int, period_ms: int, binary: str = "fping",
+               options: Sequence[str] = ()) -> list[str]:
+    """The fping command line, with any further `options`. Addresses come after `--` so nothing can
+    be read as an option."""
     for address in addresses:
         if not address or address.startswith("-"):
             raise ValueError(f"refusing to pass {address!r} to fping")
     gap = packet_gap_ms(len(addresses), period_ms)
     return [binary, "-p", str(period_ms), "-A", "-C", str(count), "-B", "1", "-q", "-r", "1",
-            "-i", f"{gap:.3f}".rstrip("0").rstrip("."), "--", *addresses]
+            "-i", f"{gap:.3f}".rstrip("0").rstrip("."), *options, "--", *addresses]
 
 
 def _children_cpu() -> float:
@@ -227,72 +224,7 @@ def _start(argv: list[str]) -> subprocess.Popen[bytes]:
     return process
 
 
-class _Stderr:
-    """fping's stderr as it comes: report lines kept up to bounds taken from its command line (a
-    longer line is dropped whole, never cut into a shorter report), the last few other lines kept
-    for an error message, the rest counted and dropped."""
-
-    def __init__(self, argv: Sequence[str]) -> None:
-        targets = len(argv) - argv.index("--") - 1 if "--" in argv else 1
-        try:
-            count = int(argv[argv.index("-C") + 1])
-        except (ValueError, IndexError):
-            count = 1
-        self.max_line = REPORT_ADDRESS_ROOM + REPORT_SAMPLE_ROOM * count
-        self.max_total = self.max_line * (targets + REPORT_SPARE_LINES)
-        self.lines: list[str] = []
-        self.kept = 0
-        self.messages: deque[str] = deque(maxlen=MESSAGE_LINES)
-        self.dropped_lines = 0
-        self.cut_reports = 0
-        self._partial = bytearray()
-        self._overlong = False
-
-    def feed(self, chunk: bytes) -> None:
-        *complete, rest = chunk.split(b"\n")
-        for piece in complete:
-            self._hold(piece)
-            self._end_line()
-        self._hold(rest)
-
-    def close(self) -> None:
-        """End of output. A last line without a newline may have been cut off: a message at most."""
-        if self._partial.strip() and not self._overlong:
-            self.messages.append(self._partial[:MESSAGE_CHARS].decode("utf-8", "replace").strip())
-        self._partial.clear()
-
-    def _hold(self, piece: bytes) -> None:
-        if self._overlong:
-            return
-        self._partial += piece
-        if len(self._partial) > self.max_line:
-            self._partial.clear()
-            self._overlong = True
-
-    def _end_line(self) -> None:
-        line, overlong = bytes(self._partial), self._overlong
-        self._partial.clear()
-        self._overlong = False
-        if overlong:
-            self.cut_reports += 1  # perhaps a report, perhaps not: it cannot be read whole either way
-            return
-        text = line.decode("utf-8", "replace").strip()
-        if _MAYBE_REPORT.match(line) and parse_report(text + "\n"):
-            if self.kept + len(text) + 1 <= self.max_total:
-                self.lines.append(text)
-                self.kept += len(text) + 1
-            else:
-                self.cut_reports += 1
-        elif text:
-            self.dropped_lines += 1
-            self.messages.append(text[:MESSAGE_CHARS])
-
-    @property
-    def report(self) -> str:
-        return "".join(f"{line}\n" for line in self.lines)
-
-
-def _check_exit(code: int, stderr: _Stderr) -> None:
+def _check_exit(code: int, stderr: Stderr) -> None:
     """Raise FpingFailed unless the exit code means fping produced data."""
     if code < 0:
         raise FpingFailed(f"fping was killed by signal {-code}")
@@ -311,15 +243,19 @@ def run(argv: list[str], timeout_s: float, stop: threading.Event, poll_s: float 
     return run_all([argv], timeout_s, stop, poll_s)
 
 
-def run_all(argvs: list[list[str]], timeout_s: float, stop: threading.Event, poll_s: float = 0.1) -> FpingResult:
+def run_all(argvs: list[list[str]], timeout_s: float, stop: threading.Event, poll_s: float = 0.1,
+            side: Sequence[list[str]] = ()) -> FpingResult:
     """Run several fping processes side by side (each over its own targets) and join their reports,
     once no other node-ping's fping runs in this network namespace (see lock).
 
+    `side` runs (the MTU probe) run alongside under the same turn, but their failure is theirs
+    alone: it is reported in the result's `side_error`, never raised, and a side run still going
+    SIDE_GRACE_S after the main ones ended is killed rather than allowed to lengthen the cycle.
     Processes of one pid namespace have their own pids, so their ICMP identifiers never collide.
     """
     try:
         with lock.exclusive_icmp(stop, LOCK_WAIT_RUNS * timeout_s) as waited_s:
-            return dataclasses.replace(_run_all(argvs, timeout_s, stop, poll_s), waited_s=waited_s)
+            return dataclasses.replace(_run_all(argvs, list(side), timeout_s, stop, poll_s), waited_s=waited_s)
     except lock.Busy as err:
         raise FpingTimeout(f"{err}; their replies and ours would mix, so we wait our turn") from None
     except lock.Stopped:
@@ -333,15 +269,26 @@ def _lacking(err: OSError) -> str:
     return f"{err.strerror or err} ({why})" if why else f"{err.strerror or err}"
 
 
-def _run_all(argvs: list[list[str]], timeout_s: float, stop: threading.Event, poll_s: float) -> FpingResult:
+def _run_all(argvs: list[list[str]], side: list[list[str]], timeout_s: float, stop: threading.Event,
+             poll_s: float) -> FpingResult:
     cpu_before = _children_cpu()
     processes: list[subprocess.Popen[bytes]] = []
-    outputs: list[_Stderr] = []
+    outputs: list[Stderr] = []
+    side_error: str | None = None
     try:
         for argv in argvs:
             processes.append(_start(argv))
-            outputs.append(_Stderr(argv))
-        _collect(list(zip(processes, outputs, strict=True)), timeout_s, stop, poll_s)
+            outputs.append(Stderr(argv))
+        for argv in side:
+            try:
+                processes.append(_start(argv))
+            except FpingError as err:
+                side_error = str(err)
+                break
+            outputs.append(Stderr(argv))
+        _collect(list(zip(processes, outputs, strict=True)), timeout_s, stop, poll_s, len(argvs))
+        if any(process.poll() is None for process in processes[len(argvs):]):
+            side_error = f"it was still running {SIDE_GRACE_S:g} s after the main fping ended; killed"
     finally:
         for process in processes:
             _stop(process)
@@ -350,24 +297,35 @@ def _run_all(argvs: list[list[str]], timeout_s: float, stop: threading.Event, po
         # is the stop, not an fping fault, and its cut-short report must not be counted.
         raise Interrupted("stopped while fping was running")
     cpu = _children_cpu() - cpu_before
-    for process, output in zip(processes, outputs, strict=True):
+    main, side_outputs = outputs[:len(argvs)], outputs[len(argvs):]
+    for process, output in zip(processes, main, strict=False):
         _check_exit(process.returncode, output)
+    for process, output in zip(processes[len(argvs):], side_outputs, strict=True):
+        try:
+            _check_exit(process.returncode, output)
+        except FpingFailed as err:
+            side_error = side_error or str(err)
     dropped, cut = sum(o.dropped_lines for o in outputs), sum(o.cut_reports for o in outputs)
     if cut:
         log.warning("fping wrote %d lines too long, or too many, for the report of its %d targets: dropped, and "
                     "a target whose report was among them counts as unreported", cut,
-                    sum(len(argv) - argv.index("--") - 1 for argv in argvs if "--" in argv))
+                    sum(len(argv) - argv.index("--") - 1 for argv in [*argvs, *side] if "--" in argv))
     if dropped:
         log.debug("fping wrote %d lines besides its report (ICMP errors, duplicates): not kept", dropped)
-    return FpingResult(report="".join(o.report for o in outputs), returncode=max(p.returncode for p in processes),
-                       cpu_seconds=cpu, dropped_lines=dropped, cut_reports=cut)
+    return FpingResult(report="".join(o.report for o in main),
+                       returncode=max(p.returncode for p in processes[:len(argvs)]), cpu_seconds=cpu,
+                       dropped_lines=dropped, cut_reports=cut, side_report="".join(o.report for o in side_outputs),
+                       side_error=side_error)
 
 
-def _collect(runs: list[tuple[subprocess.Popen[bytes], _Stderr]], timeout_s: float, stop: threading.Event,
-             poll_s: float) -> None:
+def _collect(runs: list[tuple[subprocess.Popen[bytes], Stderr]], timeout_s: float, stop: threading.Event,
+             poll_s: float, main: int) -> None:
     """Read every fping's stderr to its end, then wait for them all; raise Interrupted on a stop
-    request, FpingTimeout past the time limit."""
+    request, FpingTimeout past the time limit. The runs past the first `main` are side runs: they
+    are waited for only until SIDE_GRACE_S after the main ones ended."""
     deadline = time.monotonic() + timeout_s
+    main_fds = {cast(IO[bytes], process.stderr).fileno() for process, _ in runs[:main]}
+    side_until = math.inf
 
     def check() -> None:
         if stop.is_set():
@@ -375,10 +333,13 @@ def _collect(runs: list[tuple[subprocess.Popen[bytes], _Stderr]], timeout_s: flo
         if time.monotonic() > deadline:
             raise FpingTimeout(f"fping ran longer than {timeout_s:.0f} s and was killed")
 
+    def main_done() -> bool:
+        return all(process.poll() is not None for process, _ in runs[:main]) and not main_fds & set(selector.get_map())
+
     with selectors.DefaultSelector() as selector:
         for process, output in runs:
             selector.register(cast(IO[bytes], process.stderr).fileno(), selectors.EVENT_READ, output)
-        while selector.get_map():
+        while selector.get_map() and time.monotonic() < side_until:
             for process, _ in runs:  # fping ended: what it left behind must not hold its stderr open
                 if process.poll() is not None:
                     with contextlib.suppress(OSError):
@@ -391,10 +352,14 @@ def _collect(runs: list[tuple[subprocess.Popen[bytes], _Stderr]], timeout_s: flo
                     selector.unregister(key.fd)
                     key.data.close()
             check()
-    for process, _ in runs:
+            if side_until == math.inf and main_done():
+                side_until = time.monotonic() + SIDE_GRACE_S
+    for index, (process, _) in enumerate(runs):
         while True:
             try:
                 process.wait(timeout=poll_s)
                 break
             except subprocess.TimeoutExpired:
                 check()
+                if index >= main and time.monotonic() >= side_until:
+                    break  # a side run past its grace: killed by the caller
