@@ -1,1 +1,2 @@
-"""Benchmarks: plain scripts that print numbers (`python -m bench.cycle`, `python -m bench.topology`)."""
+"""Benchmarks: plain scripts that print numbers (`python -m bench.cycle`, `bench.topology`, `bench.mtu`,
+`bench.diagnose_scale`)."""
