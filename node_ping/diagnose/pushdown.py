@@ -157,6 +157,18 @@ def _candidates(answers: Mapping[str, list[Sample]], lines: Mapping[tuple[str, s
     return cells
 
 
+def _without_cells(lines: Mapping[tuple[str, str], Line],
+                   cells: Mapping[Pair, Counts]) -> dict[tuple[str, str], Line]:
+    """Every line without its cells at hand: a row lossy only for its few bad pairs (the one towards
+    a dead node) is no pooled finding, and fetching it whole would cost a line for every node."""
+    rest = dict(lines)
+    for (source, destination), counts in cells.items():
+        for key in (("send", source), ("receive", destination)):
+            line = rest.get(key, Line())
+            rest[key] = Line(line.pairs - 1, line.sent - counts.sent, line.lost - (counts.sent - counts.received))
+    return rest
+
+
 def fetch_summed(prometheus: Prometheus, window: str, at: float,
                  thresholds: Thresholds) -> tuple[dict[Pair, Counts], Summary, dict[str, Place]]:
     """The candidate cells (and the whole lines worth a closer look), the sums behind the rest, and
@@ -182,22 +194,17 @@ def fetch_summed(prometheus: Prometheus, window: str, at: float,
     if not found:
         later["worst"] = f"topk(1, {exprs.loss})"
     node_loss_ratio = thresholds.node_loss_ratio
-    heavy = [key for key, line in lines.items() if node_loss_ratio is not None and line.loss_ratio >= node_loss_ratio]
-    if heavy:
-        later |= {f"agree_{direction}": f"count by ({label}) (({exprs.loss}) > {median!r})"
-                  for direction, label in (("send", _S), ("receive", _D))}
+    rest = _without_cells(lines, cells)
+    heavy = [key for key in lines if node_loss_ratio is not None and rest[key].loss_ratio >= node_loss_ratio]
     groupings = [by for by in ("zone", "rack") if len({getattr(p, by) for p in places.values()} - {""}) >= 2]
     if found:
         later |= {f"blocks_{by}": f"count by ({_GROUP_SOURCE}, {_GROUP_DESTINATION}) "
                                   f"({exprs.grouped(exprs.line_pairs_expr, by)})" for by in groupings}
     answers = _together(prometheus, later, at) if later else {}
-    agreeing = {(direction, labels[label]): round(value)
-                for direction, label in (("send", _S), ("receive", _D))
-                for labels, value in answers.get(f"agree_{direction}", []) if labels.get(label)}
-    # Lines whose pooled loss reaches the node threshold with every peer agreeing (each of its pairs
-    # losing more than the median pair): fetched whole, the worst first, for the analysis to judge.
-    whole = [key for _, key in sorted(((lines[key].loss_ratio, key) for key in heavy
-                                       if agreeing.get(key, 0) >= lines[key].pairs), reverse=True)][:MAX_WHOLE_LINES]
+    # Lines whose pooled loss reaches the node threshold: fetched whole, the worst first, for the
+    # analysis to judge whether every peer agrees. A matcher on one node's name reads only its own
+    # series, so this costs little however large the cluster.
+    whole = [key for _, key in sorted(((lines[key].loss_ratio, key) for key in heavy), reverse=True)][:MAX_WHOLE_LINES]
     for label, direction in ((_S, "send"), (_D, "receive")):
         names = [node for d, node in whole if d == direction]
         if names:
