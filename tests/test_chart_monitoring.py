@@ -232,6 +232,26 @@ TUNINGS = [
     Tuning("externalTargetUnreachable", {"threshold": 0.8, "range": "90s", "for": "10m", "severity": "critical"},
            [("[5m]", "[90s]"), (") > 0.5", ") > 0.8")],
            [("over the last 5 minutes", "over the last 90 seconds")]),
+    # The window also bounds how long after NodePingNodeUnreachable the alert stays silent.
+    Tuning("podNodeUnreachable",
+           {"threshold": 0.1, "minNodes": 3, "nodeShare": 0.75, "range": "10m", "for": "15m", "severity": "page"},
+           [("[2m]", "[10m]"), (") > 0.05", ") > 0.1"), (") <= 0.05", ") <= 0.1"), (">= 2", ">= 3"),
+            ("\n> 0.5\n", "\n> 0.75\n")],
+           [("more than 5%", "more than 10%"), ("at most 5%", "at most 10%")]),
+    Tuning("podPacketLoss", {"threshold": 0.02, "range": "1h", "for": "15m", "severity": "critical"},
+           [("[5m]", "[1h]"), (") > 0.05", ") > 0.02"), (") <= 0.05", ") <= 0.02")],
+           [("over the last 5 minutes", "over the last 1 hour"), ("at most 5%", "at most 2%")]),
+    Tuning("nodeMtuBlackHole",
+           {"threshold": 0.3, "passThreshold": 0.02, "minPackets": 9, "minNodes": 3, "nodeShare": 0.6,
+            "range": "15m", "for": "5m", "severity": "critical"},
+           [("[5m]", "[15m]"), (") > 0.1", ") > 0.3"), (") <= 0.05", ") <= 0.02"), (">= 20)", ">= 9)"),
+            (">= 2", ">= 3"), ("\n> 0.5\n", "\n> 0.6\n")],
+           [("more than 10%", "more than 30%"), ("over the last 5 minutes", "over the last 15 minutes"),
+            ("at most 5%", "at most 2%")]),
+    Tuning("mtuBlackHole",
+           {"threshold": 0.5, "passThreshold": 0.01, "minPackets": 6, "range": "10m", "for": "2m", "severity": "info"},
+           [("[5m]", "[10m]"), (") > 0.15", ") > 0.5"), (") <= 0.05", ") <= 0.01"), (">= 20)", ">= 6)")],
+           [("over the last 5 minutes", "over the last 10 minutes"), ("at most 5%", "at most 1%")]),
     Tuning("textfileStale", {"threshold": 900, "for": "20m", "severity": "critical"}, [("> 300", "> 900")]),
     Tuning("noRecentSuccess", {"threshold": 120, "for": "1m"}, [("> 300", "> 120")]),
     Tuning("errors", {"threshold": 3, "range": "1m", "for": "1h30m"},
@@ -322,7 +342,7 @@ class TestDisabling:
         ("externalTargetDown", "NodePingExternalTargetUnreachable",
          'unless on (destination_name) ALERTS{alertname="NodePingExternalTargetDown"}\n'),
         ("textfileStale", "NodePingNoRecentSuccess",
-         'unless on (instance) ALERTS{alertname="NodePingTextfileStale"}\n'),
+         'unless on (instance, path) ALERTS{alertname="NodePingTextfileStale"}\n'),
     ])
     def test_disabled_silencer(self, chart: helm.Chart, tmp_path: Path, key: str, silenced: str, line: str) -> None:
         groups = rule_groups(render(chart, tuned(key, {"enabled": False})))
@@ -413,7 +433,7 @@ class TestPrometheusRuleStructure:
 
     def test_silencing_alerts_come_first_in_the_same_group(self, chart: helm.Chart) -> None:
         """A rule sees another rule's ALERTS in the same evaluation only if that rule is earlier in the group."""
-        assert assert_silencers_come_first(rule_groups(render(chart, MONITORING_SCENARIO))) == 5
+        assert assert_silencers_come_first(rule_groups(render(chart, MONITORING_SCENARIO))) == 12
 
 
 class TestValuesSchema:

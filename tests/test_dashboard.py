@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from node_ping.contract import EXTERNAL, NODE, SOURCE, Metric
+from node_ping.contract import EXTERNAL, MTU, NODE, SOURCE, Metric
 from tests.support import promdata
 from tests.support.promdata import Mesh, query_range
 from tests.support.promtools import (
@@ -373,6 +373,13 @@ SCALE_MESH = Mesh(
     external_loss={(f"node-{j:03}", "dns"): 0.04 * j for j in LOSSY},
     failing={f"node-{100 + j:03}": 15 * j for j in LOSSY},
 )
+# node-000 also runs a pod-network prober and the MTU probes (the others do not, to keep the data
+# small): its pods lose 4% .. 60% to node-016 .. node-030 (its host pings there lose nothing),
+# and its MTU-size pings 4% .. 60% to node-031 .. node-045.
+POD_LOSS = {("node-000", f"node-{15 + j:03}"): 0.04 * j for j in LOSSY}
+MTU_LOSS = {("node-000", f"node-{30 + j:03}"): 0.04 * j for j in LOSSY}
+WORST_POD = [f"node-{15 + j:03}" for j in LOSSY][-10:]
+WORST_MTU = [f"node-{30 + j:03}" for j in LOSSY][-10:]
 SCALE_MINUTES = 3
 STEP_S = 15
 WORST = [f"node-{j:03}" for j in LOSSY][-10:]  # the 10 of node-001 .. node-015 with the most of it
@@ -407,7 +414,8 @@ def graphs() -> Iterator[Graphs]:
     end = int(time.time())
     with tempfile.TemporaryDirectory(prefix="node-ping-dashboard-") as root:
         data = Path(root) / "tsdb"
-        promdata.backfill(promdata.dashboard_openmetrics(SCALE_MESH, end, SCALE_MINUTES, spread_from=["node-000"]),
+        promdata.backfill(promdata.dashboard_openmetrics(SCALE_MESH, end, SCALE_MINUTES, spread_from=["node-000"],
+                                                         pod_loss=POD_LOSS, mtu_loss=MTU_LOSS, paths_from=["node-000"]),
                           data)
         with promdata.running_prometheus(data) as url:
             yield Graphs(url, end)
@@ -444,11 +452,38 @@ class TestGraphsAtScale:
         ("Cycle lateness", "source_node", LAST),
         ("CPU used", "source_node", LAST),
         ("Targets", "source_node", LAST),
+        ("Pod packet loss per pair", "destination_node", WORST_POD),
+        ("Pod packet loss to each destination", "destination_node", WORST_POD),
+        ("MTU-size packet loss per pair", "destination_node", WORST_MTU),
+        ("Pod MTU-size packet loss per pair", "destination_node", WORST_POD),
     ])
     def test_the_worst_are_drawn(self, graphs: Graphs, title: str, label: str, expected: list[str]) -> None:
         p = panel(title)
         drawn = graphs.series(p["targets"][0]["expr"], **row_source(p))
         assert sorted(series[label] for series in drawn) == expected
+
+    @pytest.mark.parametrize("row", ["Pod network", "MTU probe"])
+    def test_pod_and_mtu_rows_show_data(self, graphs: Graphs, row: str) -> None:
+        """Every query of the pod-network and MTU rows returns series once those probers run."""
+        (found,) = [p for p in panels() if p["title"] == row]
+        assert found["type"] == "row" and found["collapsed"] is True  # queried only when opened
+        for p in found["panels"]:
+            for target in p["targets"]:
+                assert graphs.series(target["expr"]), f"{p['title']} [{target['refId']}] returns nothing"
+
+    def test_host_and_pod_loss_side_by_side(self, graphs: Graphs) -> None:
+        """A pair losing 60% between pods reads 60% pod loss beside 0% host loss, and the MTU table
+        names the size with both losses of the pair."""
+        pod = panel("Pod network pairs, worst first")["targets"]
+        pair = {"source": "node-000", "destination": "node-030"}
+        assert graphs.values(pod[0]["expr"], **pair)[0][-1] == pytest.approx(0.6)
+        assert graphs.values(pod[1]["expr"], **pair)[0][-1] == pytest.approx(0.0)
+        mtu = panel("MTU result per pair, worst first")["targets"]
+        pair = {"source": "node-000", "destination": "node-045"}
+        (size,) = graphs.series(mtu[1]["expr"], **pair)
+        assert size[MTU] == promdata.MTU_BYTES
+        assert graphs.values(mtu[0]["expr"], **pair)[0][-1] == pytest.approx(0.6)
+        assert graphs.values(mtu[1]["expr"], **pair)[0][-1] == pytest.approx(0.0)
 
     def test_variables_narrow_the_choice(self, graphs: Graphs) -> None:
         """Picking nodes picks among them: node-000 to node-001 .. node-005 only, though other pairs lose more."""

@@ -107,8 +107,8 @@ BROKEN = [
     ("<<threshold|share>>", "<<threshold|half>>", "alert NodePingExternalTargetDown: <<threshold|half>>"),
     ("params: {range: 5m}", "params: {range: 5m, minNodes: 2}",
      "alert NodePingExporterMissing: params ['minNodes'] are not used"),
-    ('unless on (instance) ALERTS{alertname="NodePingTextfileStale"}',
-     'unless on (instance) ALERTS{alertname="NodePingErrors"}',
+    ('unless on (instance, path) ALERTS{alertname="NodePingTextfileStale"}',
+     'unless on (instance, path) ALERTS{alertname="NodePingErrors"}',
      "alert NodePingNoRecentSuccess reads ALERTS of NodePingErrors, which must come earlier"),
     ("summary: High latency from", "summry: High latency from", "alert 'NodePingHighLatency': unknown keys ['summry']"),
 ]

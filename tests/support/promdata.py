@@ -382,7 +382,7 @@ def paths_openmetrics(mesh: Mesh, end: int, minutes: int, *, pod_loss: Mapping[P
                 address = node_ip(mesh, d) if family is contract.NODE else f"10.244.{mesh.nodes.index(d)}.2"
                 labels = _labels(**{contract.SOURCE: s, family.destination: d, family.address: address,
                                     contract.MTU: MTU_BYTES})
-                per_step = mtu if metric is family.mtu_packets_sent else mtu - round(mtu * losses.get((s, d), 0.0))
+                per_step = mtu if metric == family.mtu_packets_sent else mtu - round(mtu * losses.get((s, d), 0.0))
                 lines += _series(metric.name, labels, per_step, steps, end, life=lives[index])
     return lines
 

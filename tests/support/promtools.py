@@ -13,7 +13,7 @@ import re
 import shutil
 import subprocess
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
@@ -44,6 +44,9 @@ GRAFANA_DEFAULTS: Mapping[str, str] = {
 
 METRIC_CONTRACT: frozenset[str] = frozenset(
     [metric.name for metric in contract.ALL_METRICS]
+    # The pod-network prober's family, both MTU probes and where each node sits.
+    + [metric.name for metric in (*contract.POD.metrics, *contract.NODE.mtu_metrics, *contract.POD.mtu_metrics,
+                                  contract.NODE_INFO)]
     + [
         # Added by node-exporter's textfile collector.
         "node_textfile_mtime_seconds",
@@ -65,7 +68,9 @@ def promtool() -> str:
 
 def run_promtool(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     """Run promtool with `args`; the caller asserts on the return code and shows the output."""
-    return subprocess.run([promtool(), *args], cwd=cwd, capture_output=True, text=True, timeout=120,
+    # The rules' unit tests take about a minute of CPU (a day of a cluster, evaluated every 15 s):
+    # room for a machine that runs other tests beside them.
+    return subprocess.run([promtool(), *args], cwd=cwd, capture_output=True, text=True, timeout=300,
                           check=False)
 
 
@@ -324,6 +329,29 @@ def pair_yaml(source: str, destination: str, n: int, sent: Callable[[int], float
             + series_yaml(contract.NODE.packets_received.name, labels, counter(n, received, **kwargs)))
 
 
+MTU_PINGS = 3
+"""Don't-fragment pings of the MTU probe per node target per cycle, 10 s apart (within the issue's
+budget of 10% more packets than the 30 small pings)."""
+MTU = "1500"
+"""The size the promise tests' MTU probe proves, its `mtu` label."""
+
+
+def family_pair_yaml(family: contract.PingFamily, pair: tuple[str, str], n: int,
+                     sent: Callable[[int], float], received: Callable[[int], float], **kwargs: Any) -> str:
+    """pair_yaml of a (source, destination) for any family: the pod-network prober's as well as the host's."""
+    labels = {contract.SOURCE: pair[0], family.destination: pair[1]}
+    return (series_yaml(family.packets_sent.name, labels, counter(n, sent, **kwargs))
+            + series_yaml(family.packets_received.name, labels, counter(n, received, **kwargs)))
+
+
+def mtu_pair_yaml(source: str, destination: str, n: int, sent: Callable[[int], float],
+                  received: Callable[[int], float], **kwargs: Any) -> str:
+    """The host MTU probe's pair of counters, labelled with the size it proves."""
+    labels = {contract.SOURCE: source, contract.NODE.destination: destination, contract.MTU: MTU}
+    return (series_yaml(contract.NODE.mtu_packets_sent.name, labels, counter(n, sent, **kwargs))
+            + series_yaml(contract.NODE.mtu_packets_received.name, labels, counter(n, received, **kwargs)))
+
+
 def lost(cycle_start: float, faults: list[Fault]) -> int:
     """Pings of the cycle starting at `cycle_start` (one a second, mid-second) lost to any fault."""
     return sum(1 for k in range(PINGS) if any(a <= cycle_start + k + 0.5 < b for a, b in faults))
@@ -339,6 +367,19 @@ def cycles(step: int, faults: list[Fault]) -> tuple[Callable[[int], float], Call
 
     def received(i: int) -> float:
         return sent(i) - lost(i * step - CYCLE_S - 2 * step, faults) if sent(i) else 0.0
+
+    return sent, received
+
+
+def mtu_cycles(step: int, faults: list[Fault]) -> tuple[Callable[[int], float], Callable[[int], float]]:
+    """`cycles` for the MTU probe: MTU_PINGS a cycle, at 0.5 s, 10.5 s and 20.5 s into it."""
+    def sent(i: int) -> float:
+        return float(MTU_PINGS) if (i * step) % CYCLE_S == 0 else 0.0
+
+    def received(i: int) -> float:
+        start = i * step - CYCLE_S - 2 * step
+        gone = sum(1 for k in range(MTU_PINGS) if any(a <= start + 10 * k + 0.5 < b for a, b in faults))
+        return sent(i) - gone if sent(i) else 0.0
 
     return sent, received
 
@@ -456,10 +497,171 @@ def _blackouts(step: int) -> str:
     return _block(step, 60, title, lambda n: _cluster(n, step, to={"d": faults}), tests)
 
 
+# ---- the pod network and the MTU probe beside the host path
+
+ALWAYS: list[Fault] = [(FAULT_S, 1e9)]
+"""From the fault on, every ping lost."""
+EVERY_FIFTH_MTU: list[Fault] = [(FAULT_S + k, FAULT_S + k + 1) for k in range(0, 100_000, 50)]
+"""From the fault on, every fifth MTU ping lost (they go out 10 s apart): 20%."""
+
+
+@dataclass(frozen=True)
+class Faults:
+    """When one kind of ping is lost: to a node from every source, from a node to every peer, on a link."""
+
+    to: Mapping[str, list[Fault]] = field(default_factory=dict)
+    sent_by: Mapping[str, list[Fault]] = field(default_factory=dict)
+    pairs: Mapping[tuple[str, str], list[Fault]] = field(default_factory=dict)
+
+    def of(self, source: str, destination: str) -> list[Fault]:
+        return [*self.to.get(destination, []), *self.sent_by.get(source, []),
+                *self.pairs.get((source, destination), [])]
+
+
+def _paths_cluster(n: int, step: int, *, host: Faults = Faults(), pod: Faults = Faults(), mtu: Faults = Faults(),
+                   dark_from: Mapping[str, float] | None = None) -> str:
+    """_cluster with both probers on every node: host pings, pod pings and the host MTU probe."""
+    text = ""
+    for source in NODES:
+        dark = (dark_from or {}).get(source)
+        missing = frozenset(i for i in range(n) if dark is not None and i * step >= dark)
+        for destination in (node for node in NODES if node != source):
+            text += pair_yaml(source, destination, n, *cycles(step, host.of(source, destination)), missing=missing)
+            text += family_pair_yaml(contract.POD, (source, destination), n,
+                                     *cycles(step, pod.of(source, destination)), missing=missing)
+            text += mtu_pair_yaml(source, destination, n, *mtu_cycles(step, mtu.of(source, destination)),
+                                  missing=missing)
+    return text
+
+
+def _alert(labels: str, name: str, summary: str, description: str) -> str:
+    """One expected alert; `description` as promtool shows it, folded by YAML."""
+    return (f"          - exp_labels: {{{labels}}}\n"
+            "            exp_annotations:\n"
+            f"              summary: \"{summary}\"\n"
+            f"              description: \"{description}\"\n"
+            f"              runbook_url: monitoring/README.md#{name.lower()}\n")
+
+
+def _node_mtu_black_hole(node: str) -> str:
+    return _alert(f"severity: warning, destination_node: {node}, mtu: '{MTU}'", "NodePingNodeMtuBlackHole",
+                  f"Packets of {MTU} bytes are lost to node {node} from most nodes while small ones pass; a path "
+                  f"MTU below {MTU} (switch port, VLAN, tunnel).",
+                  f"100% of the nodes that ping {node} lose more than 10% of their don't-fragment packets of "
+                  f"{MTU} bytes to it over the last 5 minutes, while their small pings lose at most 5%. Something "
+                  f"on that node's path carries less than {MTU} bytes and drops larger packets silently (its "
+                  "switch port, VLAN, a tunnel or its interface MTU): TCP connections to it hang after the "
+                  "handshake.")
+
+
+def _mtu_black_hole(source: str, destination: str, share: str) -> str:
+    return _alert(f"severity: warning, source_node: {source}, destination_node: {destination}, mtu: '{MTU}'",
+                  "NodePingMtuBlackHole",
+                  f"Packets of {MTU} bytes are lost between {source} and {destination} while small ones pass; a "
+                  f"path MTU below {MTU} (switch port, VLAN, tunnel).",
+                  f"{source} lost {share} of its don't-fragment pings of {MTU} bytes to {destination} over the "
+                  f"last 5 minutes, while its small pings lost at most 5%. A link between them carries less than "
+                  f"{MTU} bytes and drops larger packets silently: TCP connections between the two hang after "
+                  "the handshake.")
+
+
+def _pod_node_unreachable(node: str) -> str:
+    return _alert(f"severity: critical, destination_node: {node}", "NodePingPodNodeUnreachable",
+                  f"Pods on most nodes cannot reach pods on node {node} while the hosts reach it; the pod network "
+                  "(CNI) on that node, not the switch.",
+                  f"100% of the nodes whose pods ping the pods of {node} lose more than 5% of those pings, while "
+                  "their host pings to it lose at most 5%. The pod network of that node is broken (the CNI "
+                  "agent, its tunnel, routes or eBPF maps), not the node's link or the switch.")
+
+
+def _pod_packet_loss(source: str, destination: str, share: str) -> str:
+    return _alert(f"severity: warning, source_node: {source}, destination_node: {destination}",
+                  "NodePingPodPacketLoss",
+                  f"Pods on {source} cannot reach pods on {destination} while the hosts reach each other; the pod "
+                  "network (CNI), not the switch.",
+                  f"Pods on {source} lost {share} of their pings to the pods of {destination} over the last 5 "
+                  "minutes, while the hosts' own pings lost at most 5%. The pod network between the two (the "
+                  "CNI's tunnel or routes) is at fault, not the link.")
+
+
+def _paths_block(step: int, title: str, tests: str, **faults: Any) -> str:
+    return _block(step, 25, title, lambda n: _paths_cluster(n, step, **faults), tests)
+
+
+def _mtu_node(step: int) -> str:
+    tests = (_expect(FAULT_S, "NodePingNodeMtuBlackHole")
+             + _expect(FAULT_S + 300, "NodePingNodeMtuBlackHole", _node_mtu_black_hole("d"))
+             + _expect(FAULT_S + 600, "NodePingNodeMtuBlackHole", _node_mtu_black_hole("d"))
+             + _expect(FAULT_S + 300, "NodePingMtuBlackHole") + _expect(FAULT_S + 600, "NodePingMtuBlackHole")
+             + _expect(FAULT_S + 600, "NodePingPacketLoss") + _expect(FAULT_S + 600, "NodePingNodeUnreachable"))
+    title = (f"Promise: a node behind a port with a smaller MTU fires within 5 minutes ({step} s scrapes and "
+             "evaluations).\n"
+             f"  # From 10m every {MTU}-byte ping to and from d is lost; the small ones all pass. One alert about d,\n"
+             "  # none about its pairs (its row and its column), and no loss alert.")
+    faults = Faults(to={"d": ALWAYS}, sent_by={"d": ALWAYS})
+    return _paths_block(step, title, tests, mtu=faults)
+
+
+def _mtu_link(step: int) -> str:
+    share = {30: "16.67%", 15: "20%"}[step]  # the window still holds cycles from before the fault
+    tests = (_expect(FAULT_S, "NodePingMtuBlackHole")
+             + _expect(FAULT_S + 300, "NodePingMtuBlackHole", _mtu_black_hole("a", "b", share))
+             + _expect(FAULT_S + 300, "NodePingNodeMtuBlackHole") + _expect(FAULT_S + 300, "NodePingPacketLoss"))
+    title = (f"Promise: a link losing 20% of its {MTU}-byte pings, while its small pings pass, fires within 5\n"
+             f"  # minutes ({step} s scrapes and evaluations). From 10m every fifth MTU ping from a to b is lost.")
+    return _paths_block(step, title, tests, mtu=Faults(pairs={("a", "b"): EVERY_FIFTH_MTU}))
+
+
+def _link_down(step: int) -> str:
+    tests = (_expect(FAULT_S + 300, "NodePingMtuBlackHole") + _expect(FAULT_S + 600, "NodePingMtuBlackHole")
+             + _expect(FAULT_S + 600, "NodePingPacketLoss", _packet_loss("a", "b", "100%"))
+             + _expect(FAULT_S + 600, "NodePingPodPacketLoss"))
+    title = (f"Promise: a link that loses everything is a link fault, not an MTU or a pod network fault ({step} s).\n"
+             "  # From 10m a loses every ping to b, small, MTU-sized and pod: NodePingPacketLoss, nothing else.")
+    down = Faults(pairs={("a", "b"): ALWAYS})
+    return _paths_block(step, title, tests, host=down, pod=down, mtu=down)
+
+
+def _pod_node(step: int) -> str:
+    tests = (_expect(FAULT_S, "NodePingPodNodeUnreachable")
+             + _expect(FAULT_S + 120, "NodePingPodNodeUnreachable", _pod_node_unreachable("d"))
+             + _expect(FAULT_S + 600, "NodePingPodNodeUnreachable", _pod_node_unreachable("d"))
+             + _expect(FAULT_S + 600, "NodePingPodPacketLoss") + _expect(FAULT_S + 120, "NodePingNodeUnreachable"))
+    title = (f"Promise: a node whose pod network breaks fires within 2 minutes ({step} s scrapes and evaluations).\n"
+             "  # From 10m every pod ping to and from d is lost; its host pings pass. One alert about d, none\n"
+             "  # about its pod pairs (its row and its column).")
+    faults = Faults(to={"d": ALWAYS}, sent_by={"d": ALWAYS})
+    return _paths_block(step, title, tests, pod=faults)
+
+
+def _pod_link(step: int) -> str:
+    share = {30: "16%", 15: "18%"}[step]
+    tests = (_expect(FAULT_S, "NodePingPodPacketLoss")
+             + _expect(FAULT_S + 300, "NodePingPodPacketLoss", _pod_packet_loss("a", "b", share))
+             + _expect(FAULT_S + 300, "NodePingPodNodeUnreachable") + _expect(FAULT_S + 300, "NodePingPacketLoss"))
+    title = (f"Promise: pods on a losing 20% to pods on b while the hosts pass fires within 5 minutes ({step} s\n"
+             "  # scrapes and evaluations). From 10m every fifth pod ping from a to b is lost.")
+    return _paths_block(step, title, tests, pod=Faults(pairs={("a", "b"): EVERY_FIFTH}))
+
+
+def _dark_on_both_paths(step: int) -> str:
+    tests = (_expect(FAULT_S + 120, "NodePingNodeUnreachable", _unreachable("d"))
+             + "".join(_expect(FAULT_S + after, "NodePingPodNodeUnreachable") for after in (120, 300, 600))
+             + _expect(FAULT_S + 600, "NodePingPodPacketLoss") + _expect(FAULT_S + 600, "NodePingNodeMtuBlackHole")
+             + _expect(FAULT_S + 600, "NodePingMtuBlackHole"))
+    title = (f"Promise: a node dark on the host path too is the node alert's, not the pod network's ({step} s).\n"
+             "  # d goes dark at 10m for every kind of ping and its exporters can no longer be scraped:\n"
+             "  # NodePingNodeUnreachable only.")
+    everything = Faults(to={"d": ALWAYS})
+    return _block(step, 25, title, lambda n: _paths_cluster(n, step, host=everything, pod=everything, mtu=everything,
+                                                            dark_from={"d": FAULT_S + step}), tests)
+
+
 ALERT_NAMES = ("NodePingNodeUnreachable", "NodePingNodeCannotReachPeers", "NodePingNodeIntermittentLoss",
                "NodePingPacketLoss", "NodePingHighLatency", "NodePingExternalTargetDown",
-               "NodePingExternalTargetUnreachable", "NodePingTextfileStale", "NodePingNoRecentSuccess",
-               "NodePingErrors", "NodePingExporterMissing")
+               "NodePingExternalTargetUnreachable", "NodePingPodNodeUnreachable", "NodePingPodPacketLoss",
+               "NodePingNodeMtuBlackHole", "NodePingMtuBlackHole", "NodePingTextfileStale",
+               "NodePingNoRecentSuccess", "NodePingErrors", "NodePingExporterMissing")
 
 
 @dataclass(frozen=True)
@@ -479,7 +681,8 @@ STOPS_PROBING_D = {"a": 0, "b": 30, "e": 60, "c": 90}
 """When each node stops probing d after it left (its copy of nodes.json changes), in seconds."""
 
 
-def _noise_series(step: int, n: int, at: Noise) -> str:
+def _noise_series(step: int, n: int, at: Noise, *, paths: bool = False) -> str:
+    """The healthy cluster's series; with `paths`, each node's pod-network prober and MTU probe too."""
     def index(seconds: float) -> int:
         return int(seconds // step)
 
@@ -528,6 +731,29 @@ def _noise_series(step: int, n: int, at: Noise) -> str:
 
             text += pair_yaml(source, destination, n, sent, received, start=start, stale=end, resets=resets,
                               missing=missing)
+            if paths:
+                # The pod-network prober sees the same as the host's; its MTU-sized pings see the
+                # same random loss, one more lost in the burst, and the first to a new node.
+                text += family_pair_yaml(contract.POD, (source, destination), n, sent, received, start=start,
+                                         stale=end, resets=resets, missing=missing)
+
+                def mtu_sent(i: int, ran: Callable[[int], bool] = ran) -> float:
+                    return float(MTU_PINGS) if ran(i) else 0.0
+
+                def mtu_received(i: int, ran: Callable[[int], bool] = ran,
+                                 pair: tuple[str, str] = (source, destination), background: float = background,
+                                 start: int = start) -> float:
+                    if not ran(i):
+                        return 0.0
+                    lost_now = MTU_PINGS * background
+                    if pair[1] == "c" and pair[0] in "ab" and at.burst <= i * step < at.burst + 30:
+                        lost_now += 1
+                    if pair[1] == "e" and i == start:
+                        lost_now += 1
+                    return MTU_PINGS - lost_now
+
+                text += mtu_pair_yaml(source, destination, n, mtu_sent, mtu_received, start=start, stale=end,
+                                      resets=resets, missing=missing)
         instance = {"instance": f"{source}:9100"}
         def wrote(i: int, ran: Callable[[int], bool] = ran) -> float:
             return float(CYCLE_S) if ran(i) else 0.0
@@ -545,16 +771,28 @@ def _noise_series(step: int, n: int, at: Noise) -> str:
         text += series_yaml(contract.ERRORS.name, {**instance, contract.SOURCE: source, "kind": "fping"}, constant(0))
         text += series_yaml(contract.BUILD_INFO.name, {**instance, contract.SOURCE: source, "version": "0.1.0"},
                             constant(1))
+        if paths:
+            # The pod-network prober on the same node-exporter: its own textfile, its own metrics.
+            pod = {**instance, contract.SOURCE: source, contract.PATH: contract.POD_PATH}
+            text += series_yaml("node_textfile_mtime_seconds",
+                                {**instance, "file": f"/var/lib/prometheus/node-exporter/node-ping-pod_{source}.prom"},
+                                mtime)
+            text += series_yaml(contract.LAST_SUCCESS.name, pod, mtime)
+            text += series_yaml(contract.ERRORS.name, {**pod, "kind": "fping"}, constant(0))
+            text += series_yaml(contract.BUILD_INFO.name, {**pod, "version": "0.1.0"}, constant(1))
     return text
 
 
-def _noise(step: int, hours: int, at: Noise, title: str, pending: list[tuple[str, str]]) -> str:
+def _noise(step: int, hours: int, at: Noise, title: str, pending: list[tuple[str, str]], *,
+           paths: bool = False) -> str:
     n = hours * 3600 // step + 1
     window = f"{hours}h"
     expected = "".join(f"          - labels: '{{alertname=\"{alert}\", alertstate=\"pending\", "
-                       f"destination_node=\"{node}\", severity=\"warning\"}}'\n            value: 1\n"
+                       f"destination_node=\"{node.split()[0]}\", "
+                       + (f"path=\"{node.split()[1]}\", " if " " in node else "")
+                       + "severity=\"warning\"}'\n            value: 1\n"
                        for alert, node in pending)
-    return (f"  # {title}\n  - interval: {step}s\n    input_series:\n{_noise_series(step, n, at)}"
+    return (f"  # {title}\n  - interval: {step}s\n    input_series:\n{_noise_series(step, n, at, paths=paths)}"
             "    alert_rule_test:\n"
             + "".join(f"      - {{eval_time: {window}, alertname: {alert}, exp_alerts: []}}\n" for alert in ALERT_NAMES)
             + "    promql_expr_test:\n"
@@ -581,7 +819,11 @@ _DAY = """Promise: a healthy cluster raises nothing over 24 hours (30 s scrapes)
 _SHORT = """Promise: the same at 15 s scrapes: the counters move at every other scrape (30 s cycles), and
   # the same events within 2 hours (bursts at 10m and 15m, b restarts at 20m, a missed scrape at 30m,
   # the rolling update from 40m, e joins at 1h, d leaves at 1h20m). The hour-long alert is pending
-  # for c early on, while its window holds little else than the 0.5% loss and the burst."""
+  # for c early on, while its window holds little else than the 0.5% loss and the burst.
+  # Here every node runs both probers: the host one with its MTU probe (3 pings of 1500 bytes a
+  # cycle, the same 0.5% loss, one more lost in the burst and the first to a new node lost) and the
+  # pod-network one (path="pod": its own textfile and self metrics, the same pings on the pod
+  # network). Nothing more is pending than NodePingExporterMissing for each prober of d and e."""
 
 
 def promise_tests() -> str:
@@ -589,9 +831,10 @@ def promise_tests() -> str:
     hour, minute = 3600, 60
     day = Noise(2 * hour, 5 * hour // 2, 3 * hour, 5 * hour, 8 * hour, 10 * hour, 14 * hour)
     short = Noise(10 * minute, 15 * minute, 20 * minute, 30 * minute, 40 * minute, 60 * minute, 80 * minute)
-    blocks = [scenario(step) for scenario in (_dark, _node_loss, _link_loss, _blackouts) for step in (30, 15)]
-    blocks.append(_noise(30, 24, day, _DAY, [("NodePingExporterMissing", "d"), ("NodePingExporterMissing", "e"),
-                                             ("NodePingNodeIntermittentLoss", "e")]))
-    blocks.append(_noise(15, 2, short, _SHORT, [("NodePingExporterMissing", "d"), ("NodePingExporterMissing", "e"),
-                                                ("NodePingNodeIntermittentLoss", "c")]))
+    scenarios = (_dark, _node_loss, _link_loss, _blackouts, _pod_node, _pod_link, _dark_on_both_paths, _mtu_node,
+                 _mtu_link, _link_down)
+    blocks = [scenario(step) for scenario in scenarios for step in (30, 15)]
+    missing = [("NodePingExporterMissing", node) for node in ("d", "e", "d pod", "e pod")]
+    blocks.append(_noise(30, 24, day, _DAY, [*missing[:2], ("NodePingNodeIntermittentLoss", "e")]))
+    blocks.append(_noise(15, 2, short, _SHORT, [*missing, ("NodePingNodeIntermittentLoss", "c")], paths=True))
     return "\n".join(blocks)
