@@ -86,3 +86,16 @@ def test_json_says_what_it_left_out_and_text_stays_short(prometheus_with: Callab
     assert [line for line in text.splitlines() if line.startswith("* ")] == [
         f"* [node-isolated] {diagnose(matrix, THRESHOLDS)[0].message}"]
     assert "not fetched" in text
+
+
+def test_even_split_of_unlabelled_nodes_is_one_partition_summed_too(prometheus_with: Callable[[str], str]) -> None:
+    half = set(NODES[: len(NODES) // 2])
+    end = int(time.time())
+    url = prometheus_with(promdata.openmetrics(Mesh(NODES, loss=_between(half, EVERYONE - half, 1.0)), end))
+    with Prometheus(parse_address(url), 30.0, {}) as prometheus:
+        for full_fetch_pairs in (10**6, 0):
+            matrix = fetch_matrix(prometheus, "15m", end, THRESHOLDS, full_fetch_pairs=full_fetch_pairs)
+            (verdict,) = diagnose(matrix, THRESHOLDS)
+            assert (verdict.kind, verdict.nodes) == ("partition", ())
+            assert sorted(len(members) for members in verdict.groups.values()) == [12, 12]
+            assert "each healthy inside" in verdict.message

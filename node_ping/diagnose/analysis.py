@@ -89,8 +89,11 @@ class _Analysis:
 
     def groups(self) -> list[Verdict]:
         """Faults of whole zones, racks or sides; their cells are left to no other loss verdict."""
+        # Summed in Prometheus, a full mesh still tells its sides: every pair there is measured.
+        full_mesh = self.summary is not None and all(
+            size == len(self.nodes) - 1 for (direction, _), size in self.sizes.items() if direction == "send")
         faults = group_faults(self.nodes, self.places, self.cells, self.lossy, complete=self.summary is None,
-                              blocks=None if self.summary is None else self.summary.blocks)
+                              full_mesh=full_mesh, blocks=None if self.summary is None else self.summary.blocks)
         explained = frozenset(cell for fault in faults for cell in fault.cells)
         if explained and self.pooled:
             # Rows and columns pooled again without the group's cells: a node is not lossy for the

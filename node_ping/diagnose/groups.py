@@ -89,6 +89,50 @@ def sides(nodes: Sequence[str], cells: Iterable[Pair], bad: AbstractSet[Pair]) -
     return side
 
 
+def mesh_sides(nodes: Sequence[str], bad: AbstractSet[Pair]) -> dict[str, str]:
+    """`sides` for a full mesh whose good cells are not at hand: every pair is measured, so the nodes
+    that reach each other are the components of the complement of the bad pairs, found in
+    O(nodes + bad pairs) by walking the nodes not yet reached."""
+    blocked: dict[str, set[str]] = {node: set() for node in nodes}
+    for a, b in bad:
+        if a in blocked and b in blocked:
+            blocked[a].add(b)
+            blocked[b].add(a)
+    unreached = set(nodes)
+    side: dict[str, str] = {}
+    for start in nodes:
+        if start not in unreached:
+            continue
+        label = f"side-{len(set(side.values())) + 1}"
+        unreached.discard(start)
+        stack = [start]
+        while stack:
+            node = stack.pop()
+            side[node] = label
+            reach = unreached - blocked[node]
+            unreached -= reach
+            stack.extend(reach)
+    return side
+
+
+def _mesh_blocks(of: Mapping[str, str], cells: Mapping[Pair, Counts],
+                 bad: AbstractSet[Pair]) -> dict[tuple[str, str], Block]:
+    """Blocks of a full mesh from its bad cells alone: every pair measured, the others good."""
+    size: dict[str, int] = {}
+    for group in of.values():
+        size[group] = size.get(group, 0) + 1
+    found = blocks_of(of, {p: cells[p] for p in bad if p in cells}, bad)
+    per_pair = max((c.sent for c in cells.values()), default=0.0)
+    out = {}
+    for a, size_a in size.items():
+        for b, size_b in size.items():
+            pairs = size_a * (size_b - (a == b))
+            block = found.get((a, b), Block())
+            if pairs:
+                out[(a, b)] = Block(pairs, block.bad, block.sent + (pairs - block.measured) * per_pair, block.lost)
+    return out
+
+
 def blocks_of(of: Mapping[str, str], cells: Mapping[Pair, Counts],
               bad: AbstractSet[Pair]) -> dict[tuple[str, str], Block]:
     """Every block of a grouping, summed from the cells."""
@@ -220,10 +264,11 @@ def find(by: str, of: Mapping[str, str], blocks: Mapping[tuple[str, str], Block]
 
 
 def group_faults(nodes: Sequence[str], places: Mapping[str, Place], cells: Mapping[Pair, Counts],
-                 bad: AbstractSet[Pair], *, complete: bool,
+                 bad: AbstractSet[Pair], *, complete: bool, full_mesh: bool = False,
                  blocks: Mapping[str, Mapping[tuple[str, str], Block]] | None = None) -> list[GroupFault]:
     """The group faults the bad cells show, by zone, else by rack, else (with every cell at hand) by
-    the sides of the loss itself. `blocks` gives a grouping's blocks summed elsewhere (in PromQL), bad
+    the sides of the loss itself (also without every cell at hand when `full_mesh` says every pair is
+    measured). `blocks` gives a grouping's blocks summed elsewhere (in PromQL), bad
     pairs counted, when `cells` holds only the bad ones."""
     for by, of in groupings(nodes, places):
         summed = (blocks or {}).get(by)
@@ -232,11 +277,12 @@ def group_faults(nodes: Sequence[str], places: Mapping[str, Place], cells: Mappi
         found = find(by, of, merged, bad)
         if found:
             return found
-    if complete and len(nodes) >= 4:
-        of = sides(nodes, cells, bad)
+    if (complete or full_mesh) and len(nodes) >= 4:
+        of = sides(nodes, cells, bad) if complete else mesh_sides(nodes, bad)
         # Sides only make a story when there are two or more of at least two nodes each: a side of one
         # is an isolated node, which the node verdicts name better.
         sizes = [sum(1 for s in of.values() if s == label) for label in set(of.values())]
         if sum(size >= 2 for size in sizes) >= 2 and all(size >= 2 for size in sizes):
-            return [f for f in find("side", of, blocks_of(of, cells, bad), bad) if f.kind == PARTITION]
+            blocks_found = blocks_of(of, cells, bad) if complete else _mesh_blocks(of, cells, bad)
+            return [f for f in find("side", of, blocks_found, bad) if f.kind == PARTITION]
     return []

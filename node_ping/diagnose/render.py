@@ -270,7 +270,8 @@ def render_json(report: Report) -> str:
         "time": report.at,
         "thresholds": {"loss_percent": round(thresholds.loss_ratio * 100, 6), "latency_ms": thresholds.latency_ms},
         "verdicts": [
-            {"kind": v.kind, "nodes": list(v.nodes), "targets": list(v.targets), "message": v.message,
+            {"kind": v.kind, "nodes": list(v.nodes), "targets": list(v.targets),
+             "groups": {group: list(members) for group, members in v.groups.items()}, "message": v.message,
              "summary": dict(v.summary),
              "evidence": [{"source": e.source, "destination": e.destination, "loss_percent": e.loss_percent,
                            "rtt_avg_ms": e.rtt_avg_ms} for e in v.evidence]}
