@@ -5,6 +5,8 @@ wired as in a real cluster, at 1 s resolution, for the end-to-end test.
 namespace <node> (netlab host)      node-ping run --count 5 --period-ms 200 (1 s cycles), probing every
                                     other node's bridge address and the external targets
     │ writes <workdir>/<node>/textfile/node-ping_<node>.prom
+    │ with pod_network=True, also node-ping run --path pod, probing every other node's pod0 address
+    │ (netlab.add_pod_network), writes node-ping-pod_<node>.prom beside it
 host namespace, 127.0.0.1           one prometheus-node-exporter per node, reading that directory;
                                     one prometheus scraping them all and evaluating the rules every 1 s
 ```
@@ -149,10 +151,12 @@ class PrometheusAPI:
         return {(labels["source_node"], labels["destination_node"]): value for labels, value in self.query(promql)}
 
 
-def pair_loss(window: str = WINDOW) -> str:
-    """Loss per pair over `window`, written as in the rules and the dashboard."""
-    return (f"1 - sum by (source_node, destination_node) (increase({contract.NODE.packets_received.name}[{window}]))"
-            f" / (sum by (source_node, destination_node) (increase({contract.NODE.packets_sent.name}[{window}])) > 0)")
+def pair_loss(window: str = WINDOW, metrics: tuple[contract.Metric, contract.Metric] | None = None) -> str:
+    """Loss per pair over `window`, written as in the rules and the dashboard; `metrics` (sent,
+    received) those of another path than the host network's small pings, e.g. NODE.mtu_metrics."""
+    sent, received = metrics or (contract.NODE.packets_sent, contract.NODE.packets_received)
+    return (f"1 - sum by (source_node, destination_node) (increase({received.name}[{window}]))"
+            f" / (sum by (source_node, destination_node) (increase({sent.name}[{window}])) > 0)")
 
 
 @dataclass
@@ -162,7 +166,8 @@ class MiniCluster:
     prometheus: PrometheusAPI
     workdir: Path
     rules: Path  # the shortened rules Prometheus evaluates
-    logs: Mapping[str, Path]  # node-ping's log per node
+    logs: Mapping[str, Path]  # node-ping's log per node (and per pod prober, "<node> pod")
+    pod_network: bool = False  # a pod prober runs beside each node's host prober
 
     def pairs(self) -> set[tuple[str, str]]:
         return {(s, d) for s in self.nodes for d in self.nodes if s != d}
@@ -200,6 +205,14 @@ table inet nodeping_test {
             loss = self.prometheus.pair_values(pair_loss())
             lines.append(f"--- loss per pair over {WINDOW} ({len(loss)} of {len(self.pairs())} pairs have data):")
             lines += [f"  {s} -> {d}: {value:.1%}" for (s, d), value in sorted(loss.items())]
+            paths = [("MTU-size pings", contract.NODE.mtu_metrics)]
+            paths += [("pod network", (contract.POD.packets_sent, contract.POD.packets_received))] \
+                if self.pod_network else []
+            for title, metrics in paths:
+                lossy = {pair: value for pair, value in self.prometheus.pair_values(pair_loss(WINDOW, metrics)).items()
+                         if value > 0}
+                lines.append(f"--- {title}: pairs with loss over {WINDOW}:")
+                lines += [f"  {s} -> {d}: {value:.1%}" for (s, d), value in sorted(lossy.items())] or ["  none"]
             lines.append("--- scrape targets (up):")
             lines += [f"  {labels.get('node')} {labels.get('instance')}: {value:g}"
                       for labels, value in self.prometheus.query("up")]
@@ -207,8 +220,11 @@ table inet nodeping_test {
             errors = {labels["source_node"]: value
                       for labels, value in self.prometheus.query(f"sum by (source_node) ({contract.ERRORS.name})")}
             lines.append("--- node-ping per node: seconds since its last completed cycle, errors counted:")
-            lines += [f"  {labels['source_node']}: {age:.1f} s, {errors.get(labels['source_node'], 0):g} errors"
-                      for labels, age in sorted(ages, key=lambda sample: sample[0]["source_node"])]
+            # With pod_network, the pod prober's own series (path="pod") beside the host prober's.
+            lines += [f"  {labels['source_node']}{' ' + labels[contract.PATH] if labels.get(contract.PATH) else ''}: "
+                      f"{age:.1f} s, {errors.get(labels['source_node'], 0):g} errors"
+                      for labels, age in sorted(ages, key=lambda sample: (sample[0]["source_node"],
+                                                                          sample[0].get(contract.PATH, "")))]
         except (PromQLError, OSError) as err:
             lines.append(f"  Prometheus did not answer: {err}")
         for name, log in self.logs.items():
@@ -235,10 +251,10 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 
 
 def _node_ping(stack: contextlib.ExitStack, host: netlab.Host, name: str, *, nodes_json: Path, external_json: Path,
-               textfile_dir: Path, log: Path) -> None:
+               textfile_dir: Path, log: Path, args: Sequence[str] = ()) -> None:
     argv = host.cmd(*NODE_PING, "run", "--node-name", name, "--textfile-dir", str(textfile_dir),
                     "--config", str(nodes_json), "--external-config", str(external_json),
-                    "--count", str(COUNT), "--period-ms", str(PERIOD_MS))
+                    "--count", str(COUNT), "--period-ms", str(PERIOD_MS), *args)
     with log.open("wb") as out:
         process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
     stack.callback(_stop, process)
@@ -263,15 +279,20 @@ def prometheus_config(rules: Path, exporters: Mapping[str, str]) -> str:
 
 @contextlib.contextmanager
 def start(lab: netlab.Lab, node_names: Sequence[str], external_names: Sequence[str],
-          workdir: Path) -> Iterator[MiniCluster]:
+          workdir: Path, *, pod_network: bool = False) -> Iterator[MiniCluster]:
     """Run the cluster on `lab`'s hosts (named `<prefix><name>`) until the block ends; everything it
-    started is stopped, in reverse order, however the block ends. The lab itself is the caller's."""
+    started is stopped, in reverse order, however the block ends. The lab itself is the caller's.
+
+    With `pod_network`, each node also runs the pod prober (`--path pod`) on the nodes' pod0
+    addresses, as the pod-network DaemonSet does: call netlab.add_pod_network(lab) first."""
     hosts = {host.name.removeprefix(lab.prefix): host for host in lab.hosts}
     nodes = {name: hosts[name] for name in node_names}
     external = {name: hosts[name] for name in external_names}
     nodes_json, external_json = workdir / "nodes.json", workdir / "external.json"
     nodes_json.write_text(json.dumps([{"name": name, "ipAddress": host.ipv4} for name, host in nodes.items()]))
     external_json.write_text(json.dumps([{"name": name, "host": host.ipv4} for name, host in external.items()]))
+    pods_json = workdir / "pods.json"
+    pods_json.write_text(json.dumps([{"name": name, "ipAddress": host.pod_ipv4} for name, host in nodes.items()]))
     rules = workdir / "node-ping.rules.short.yaml"
     rules.write_text(short_rules(RULES_FILE.read_text(encoding="utf-8")), encoding="utf-8")
     checked = run_promtool("check", "rules", str(rules))
@@ -287,6 +308,12 @@ def start(lab: netlab.Lab, node_names: Sequence[str], external_names: Sequence[s
             logs[name] = workdir / name / "node-ping.log"
             _node_ping(stack, host, name, nodes_json=nodes_json, external_json=external_json,
                        textfile_dir=textfile_dir, log=logs[name])
+            if pod_network:
+                # Same namespace and textfile directory as the host prober: they take turns at
+                # fping (probe/lock.py) and write their own files, as the two DaemonSets do.
+                logs[f"{name} pod"] = workdir / name / "node-ping-pod.log"
+                _node_ping(stack, host, name, nodes_json=pods_json, external_json=external_json,
+                           textfile_dir=textfile_dir, log=logs[f"{name} pod"], args=("--path", "pod"))
         url = stack.enter_context(running_prometheus(workdir / "prometheus",
                                                      config=prometheus_config(rules, exporters)))
-        yield MiniCluster(nodes, external, PrometheusAPI(url), workdir, rules, logs)
+        yield MiniCluster(nodes, external, PrometheusAPI(url), workdir, rules, logs, pod_network)
