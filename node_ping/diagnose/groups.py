@@ -74,19 +74,7 @@ def sides(nodes: Sequence[str], cells: Iterable[Pair], bad: AbstractSet[Pair]) -
         if (a, b) not in bad and (b, a) not in bad and a in good and b in good:
             good[a].add(b)
             good[b].add(a)
-    side: dict[str, str] = {}
-    for start in nodes:
-        if start in side:
-            continue
-        label = f"side-{len(set(side.values())) + 1}"
-        stack = [start]
-        while stack:
-            node = stack.pop()
-            if node in side:
-                continue
-            side[node] = label
-            stack.extend(peer for peer in good[node] if peer not in side)
-    return side
+    return {node: f"side-{index}" for index, part in enumerate(_components(nodes, good), 1) for node in part}
 
 
 def mesh_sides(nodes: Sequence[str], bad: AbstractSet[Pair]) -> dict[str, str]:
@@ -145,6 +133,7 @@ def blocks_of(of: Mapping[str, str], cells: Mapping[Pair, Counts],
 
 
 def _components(groups: Sequence[str], linked: Mapping[str, set[str]]) -> list[list[str]]:
+    """The connected components of `linked`, each in natural order, in the order of their first member."""
     seen: set[str] = set()
     out = []
     for start in groups:

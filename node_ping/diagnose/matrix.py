@@ -132,6 +132,11 @@ class Summary:
     worst_loss: tuple[Pair, float] | None = None
     slowest: tuple[Pair, float] | None = None
 
+    @property
+    def pairs(self) -> int:
+        """How many pairs there are: every row's, summed."""
+        return sum(line.pairs for (direction, _), line in self.lines.items() if direction == "send")
+
 
 @dataclass(frozen=True)
 class PathCells:

@@ -15,7 +15,6 @@ from node_ping.diagnose.verdicts import PATH_KINDS, Evidence, Verdict
 from node_ping.diagnose.wording import loss_span, pct
 
 MTU, POD = "mtu", "pod"
-KINDS = PATH_KINDS
 
 
 def _mtu_words(mtu: str) -> Callable[[str, str], str]:
@@ -66,7 +65,7 @@ def path_verdicts(path: str, cells: PathCells, nodes: Collection[str], host_loss
     pairs = sum(size for (direction, _), size in cells.sizes.items() if direction == "send") or len(cells.cells)
     if found.cluster_wide:
         what = f"{len(bad)} of {pairs} pairs ({span(bad)})"
-        return [Verdict(KINDS[(path, "cluster-wide")], tuple(ordered), words("cluster-wide", what), evidence(bad),
+        return [Verdict(PATH_KINDS[(path, "cluster-wide")], tuple(ordered), words("cluster-wide", what), evidence(bad),
                         summary={"bad_pairs": len(bad), "pairs": pairs})]
     verdicts = []
     for node in sorted(found.send | found.receive, key=natural_key):
@@ -74,12 +73,12 @@ def path_verdicts(path: str, cells: PathCells, nodes: Collection[str], host_loss
                                                  or (p[1] == node and node in found.receive))]
         peers = found.size(node, "send") + found.size(node, "receive")
         message = f"{words('node', node)} ({len(mine)} of {peers} pairs with its peers lose {span(mine)})"
-        verdicts.append(Verdict(KINDS[(path, "node")], (node,), message, evidence(mine),
+        verdicts.append(Verdict(PATH_KINDS[(path, "node")], (node,), message, evidence(mine),
                                 summary={"bad_pairs": len(mine), "pairs": peers}))
     for a, b in found.links:
         measured = [p for p in ((a, b), (b, a)) if p in cells.cells]
         directions = ", ".join(f"{s}->{d} {pct(cells.cells[(s, d)].loss_ratio)}" for s, d in measured)
-        verdicts.append(Verdict(KINDS[(path, "link")], (a, b), f"{words('link', f'{a} and {b}')} ({directions})",
+        verdicts.append(Verdict(PATH_KINDS[(path, "link")], (a, b), f"{words('link', f'{a} and {b}')} ({directions})",
                                 evidence(measured), summary={"worst_loss_percent": round(
                                     max(cells.cells[p].loss_ratio for p in measured) * 100, 3)}))
     return verdicts

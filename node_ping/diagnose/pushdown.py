@@ -46,11 +46,10 @@ class _Exprs:
         self.sent = _pair_sum(family.packets_sent, window)
         self.received = _pair_sum(family.packets_received, window)
         self.rtt = _pair_sum(family.rtt_sum, window)
-        self.window = window
         self.loss = f"clamp(1 - {self.received} / ({self.sent} > 0), 0, 1)"
         self.slow = f"({self.rtt} / ({self.received} > 0))"
         self.lossy = f"({self.loss}) >= {loss_ratio!r}"
-        self.candidate = f"({self.lossy}) or ({self.slow} >= {latency_ms!r})"
+        self.too_slow = f"{self.slow} >= {latency_ms!r}"
 
     def line(self, label: str, what: str) -> str:
         """A row's or column's pairs (an instant count of the series: cheaper than a range), pings sent
@@ -176,7 +175,7 @@ def fetch_summed(prometheus: Prometheus, window: str, at: float,
     exprs = _Exprs(window, thresholds.loss_ratio, thresholds.latency_ms)
     first = {f"{direction}_{what}": exprs.line(label, what)
              for direction, label in (("send", _S), ("receive", _D)) for what in ("pairs", "sent", "received")}
-    first |= {"lossy": exprs.lossy, "slow": f"{exprs.slow} >= {thresholds.latency_ms!r}",
+    first |= {"lossy": exprs.lossy, "slow": exprs.too_slow,
               "places": _PLACES}
     answers = _together(prometheus, first, at)
     lines = _lines_from(answers)

@@ -150,7 +150,7 @@ def render_text(report: Report) -> str:
     lines += verdict_lines(report.verdicts)
     summary = matrix.summary
     if summary is not None:
-        pairs = sum(line.pairs for (direction, _), line in summary.lines.items() if direction == "send")
+        pairs = summary.pairs
         lines += ["", f"Summed in Prometheus: {pairs:,} pairs; the matrices show the {len(matrix.nodes):,} cells that "
                       "could be bad and the rows and columns fetched whole; ~ = below the thresholds, not fetched"
                       + (f"; {summary.left_out:,} more bad cells left out" if summary.left_out else "")]
@@ -245,7 +245,7 @@ def _completeness(matrix: Matrix) -> dict[str, Any]:
     summary = matrix.summary
     if summary is None:
         return {"matrix_complete": True, "pairs": len(matrix.measured_nodes()), "left_out": None}
-    pairs = sum(line.pairs for (direction, _), line in summary.lines.items() if direction == "send")
+    pairs = summary.pairs
     left_out = (f"{pairs - len(matrix.nodes):,} pairs below the thresholds (their sums are in \"lines\")"
                 + (f", and {summary.left_out:,} bad cells over the limit of what is fetched"
                    if summary.left_out else ""))
