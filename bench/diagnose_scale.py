@@ -2,7 +2,7 @@
 
     python -m bench.diagnose_scale [--nodes 1000] [--topology full|zone] [--zones 5] [--peers-per-zone 3]
         [--scenario healthy|node|zone-cut|partition|lossy-zone-pair] [--seed 1] [--range 5m]
-        [--request-timeout SECONDS] [--runs 1] [--source DIR] [--keep DIR | --reuse DIR]
+        [--request-timeout SECONDS] [--runs 1] [--source DIR] [--recording-rules] [--keep DIR | --reuse DIR]
 
 1. Writes the history N exporters would have left (bench/scale_data.py: the series diagnose reads,
    30 pings per pair per 30 s scrape, 0-0.5 % random loss per pair, the scenario's fault on top),
@@ -13,7 +13,11 @@
    memory, included) on 2 cores. `--keep DIR` keeps the TSDB (and what it holds, in DIR/bench.json);
    `--reuse DIR` skips steps 1 and 2 and takes the cluster from there.
 3. Starts the real `prometheus` over it on a free loopback port, with query limits high enough
-   for the full matrix (printed).
+   for the full matrix (printed). With `--recording-rules`, first evaluates diagnose's recording
+   rules (node_ping.diagnose.recorded, for the --range) at the end of the history with `promtool
+   tsdb create-blocks-from rules` against that Prometheus, prints how long one evaluation of the
+   whole group took (what Prometheus pays every rule interval), and restarts Prometheus with the
+   recorded blocks added, as a Prometheus that has been evaluating them would hold them.
 4. Runs `node-ping diagnose --prometheus URL --time END --range R --output json` `--runs` times and
    prints one line per run (`--source DIR` runs the node_ping package in DIR instead, e.g. a
    `git archive` of another commit, for before/after figures): exit code, wall time, peak RSS, the
@@ -45,7 +49,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from bench import promserver, scale_data
+from node_ping.diagnose import recorded
+from node_ping.diagnose.judge import Thresholds
 
 HEADROOM_S = 180  # history before the range: diagnose's freshness check looks up to 3 cycles back
 QUERY_MAX_SAMPLES = 1_000_000_000
@@ -70,6 +78,8 @@ class Setup:
     step_s: int
     history_s: int
     end: int
+    recorded: str = ""  # the --range whose recording rules were evaluated into the TSDB
+
 
     def cluster(self) -> scale_data.Cluster:
         return scale_data.Cluster(self.nodes, self.zones, self.topology, self.peers_per_zone)
@@ -87,6 +97,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--scrape-interval", type=int, default=30, choices=(15, 30), help="seconds")
     parser.add_argument("--request-timeout", type=float, help="diagnose's --timeout (default: its own)")
     parser.add_argument("--runs", type=int, default=1, help="diagnose runs against the same Prometheus")
+    parser.add_argument("--recording-rules", action="store_true",
+                        help="evaluate diagnose's recording rules for --range into the TSDB first (kept with --keep)")
     parser.add_argument("--source", type=Path, metavar="DIR",
                         help="run diagnose from the node_ping package in DIR (e.g. `git archive` of another commit, "
                              "for before/after figures) instead of the installed one")
@@ -233,6 +245,32 @@ def _diagnose(setup: Setup, server: promserver.Server, args: argparse.Namespace,
             f"innocent={outcome.innocent}")
 
 
+def _record(setup: Setup, args: argparse.Namespace, work: Path, flags: list[str]) -> Setup:
+    """Evaluate the recording rules for --range once, at the end of the history, into the TSDB."""
+    thresholds = Thresholds()
+    group = {"name": recorded.GROUP, "rules": recorded.rules(args.range, thresholds.loss_ratio, thresholds.latency_ms)}
+    rules_file, out = work / "recording.yaml", work / "recorded-blocks"
+    rules_file.write_text(yaml.safe_dump({"groups": [group]}, sort_keys=False, width=1 << 20))
+    shutil.rmtree(out, ignore_errors=True)
+    with promserver.running_prometheus(work / "data", flags) as server:
+        # One evaluation: a 60 s span at a 60 s step holds one instant (promtool aligns it to the group).
+        result = promserver.measured(
+            ["promtool", "tsdb", "create-blocks-from", "rules", "--quiet", f"--url={server.url}",
+             f"--start={setup.end - 60}", f"--end={setup.end}", "--eval-interval=60s", f"--output-dir={out}",
+             str(rules_file)], BACKFILL_TIMEOUT_S)
+    if result.returncode != 0:
+        raise RuntimeError(f"promtool create-blocks-from rules failed: {result.stderr.strip()[-2000:]}")
+    print(f"recording rules: one evaluation of {len(group['rules'])} rules ({args.range}) took promtool "
+          f"{result.wall_s:.1f} s against Prometheus", flush=True)
+    for block in (out.iterdir() if out.is_dir() else ()):
+        if block.is_dir():
+            block.rename(work / "data" / block.name)
+    shutil.rmtree(out, ignore_errors=True)
+    updated = Setup(**{**asdict(setup), "recorded": args.range})
+    (work / META).write_text(json.dumps(asdict(updated), indent=2) + "\n")
+    return updated
+
+
 def _stop_on_sigterm(_signum: int, _frame: object) -> None:
     raise SystemExit(143)  # unwinds: prometheus stopped, the temp dir removed
 
@@ -256,6 +294,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             setup = _build(args, work)
         print(f"diagnose: node_ping from {_package(args, work)}", flush=True)
         flags = promserver.limits(QUERY_MAX_SAMPLES, QUERY_TIMEOUT_S)
+        if args.recording_rules and setup.recorded != args.range:
+            setup = _record(setup, args, work, flags)
         started = time.monotonic()
         with promserver.running_prometheus(work / "data", flags) as server:
             print(f"prometheus: ready in {time.monotonic() - started:.1f} s at {server.url} with {' '.join(flags)}",

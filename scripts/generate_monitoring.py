@@ -2,6 +2,8 @@
 
     monitoring/src/alerts.yaml ─┬─► monitoring/node-ping.rules.yaml                (defaults filled in)
                                 └─► charts/node-ping/templates/prometheusrule.yaml (values: prometheusRule.alerts)
+    node_ping/diagnose/recorded.py ┬► monitoring/node-ping.recording.yaml          (defaults filled in)
+                                   └► the same template             (values: prometheusRule.recordingRules)
     monitoring/node-ping-dashboard.json ─► charts/node-ping/files/ (Helm reads no file outside the chart)
 
 Run with the project's venv: `.venv/bin/python scripts/generate_monitoring.py` writes every stale
@@ -23,12 +25,15 @@ from typing import Any
 
 import yaml
 
+from node_ping.diagnose import recorded
+from node_ping.diagnose.judge import Thresholds
 from node_ping.probe.config import PREFIX
 
 REPO = Path(__file__).resolve().parents[1]
 SOURCE = Path("monitoring/src/alerts.yaml")
 RULES = Path("monitoring/node-ping.rules.yaml")
 TEMPLATE = Path("charts/node-ping/templates/prometheusrule.yaml")
+RECORDING = Path("monitoring/node-ping.recording.yaml")
 DASHBOARD = Path("monitoring/node-ping-dashboard.json")
 CHART_DASHBOARD = Path("charts/node-ping/files/node-ping-dashboard.json")
 COMMAND = ".venv/bin/python scripts/generate_monitoring.py"
@@ -258,6 +263,41 @@ def rules_file(source: Source) -> str:
     return "\n".join(lines) + "\n"
 
 
+RECORDING_COMMENT = f"""\
+Recording rules for `node-ping diagnose`: every sum it needs over {recorded.DEFAULT_RANGE}, kept by Prometheus,
+so that a diagnosis of a large cluster reads O(nodes + bad pairs) series instead of making passes
+over every pair series (docs/scale.md). diagnose uses them when its --range is the recorded one
+and its --loss-threshold and --latency-threshold are no lower than the ones below (the info
+series' labels); otherwise it asks Prometheus directly, as it does without them.
+
+Load with `rule_files:` beside node-ping.rules.yaml, or let the Helm chart ship them
+(prometheusRule.recordingRules)."""
+
+
+def recording_defaults() -> tuple[str, str, str]:
+    """The recorded window and thresholds by default: diagnose's own defaults."""
+    thresholds = Thresholds()
+    return recorded.DEFAULT_RANGE, plain(thresholds.loss_ratio), plain(thresholds.latency_ms)
+
+
+def _recording_rule(rule: dict[str, Any], indent: str, quote: bool) -> list[str]:
+    lines = [f"{indent}- record: {rule['record']}", f"{indent}  expr: |-", f"{indent}    {rule['expr']}"]
+    if "labels" in rule:
+        lines.append(f"{indent}  labels:")
+        lines += [f'{indent}    {key}: "{value}"' if quote else f"{indent}    {key}: {json.dumps(value)}"
+                  for key, value in rule["labels"].items()]
+    return lines
+
+
+def recording_file() -> str:
+    lines = [*_comment(GENERATED.replace(str(SOURCE), "node_ping/diagnose/recorded.py"), ""), "#",
+             *_comment(RECORDING_COMMENT, ""), "groups:",
+             f"  - name: {recorded.GROUP}", f"    interval: {recorded.DEFAULT_INTERVAL}", "    rules:"]
+    for rule in recorded.rules(*recording_defaults()):
+        lines += _recording_rule(rule, "      ", quote=False)
+    return "\n".join(lines) + "\n"
+
+
 # ---- the chart's template
 
 def _helm(text: str) -> str:
@@ -279,8 +319,10 @@ def _variable(group: str) -> str:
 
 TEMPLATE_COMMENT = """\
 node-ping's alerts as a PrometheusRule: monitoring/node-ping.rules.yaml with every threshold,
-window, `for` and severity taken from prometheusRule.alerts. With the default values the rendered
-spec.groups equal that file exactly (tests/test_chart_monitoring.py checks it).
+window, `for` and severity taken from prometheusRule.alerts, then diagnose's recording rules,
+monitoring/node-ping.recording.yaml, with the values of prometheusRule.recordingRules. With the
+default values the rendered spec.groups equal those files exactly (tests/test_chart_monitoring.py
+checks it).
 
 Order matters within a group: an alert must come before the alerts whose
 `unless on (...) ALERTS{...}` line it feeds, because Prometheus evaluates the rules of a group in
@@ -322,6 +364,7 @@ def prometheusrule_template(source: Source) -> str:
              "{{- $runbook := .Values.prometheusRule.runbookUrl }}"]
     lines += [f"{{{{- {variable} := or {' '.join(f'$alerts.{values_key(a.name)}.enabled' for a in alerts)} }}}}"
               for variable, alerts in zip(variables, source.groups.values(), strict=True)]
+    lines.append("{{- $recording := .Values.prometheusRule.recordingRules.enabled }}")
     lines += [
         "apiVersion: monitoring.coreos.com/v1",
         "kind: PrometheusRule",
@@ -335,7 +378,7 @@ def prometheusrule_template(source: Source) -> str:
         "    {{- . | nindent 4 }}",
         "  {{- end }}",
         "spec:",
-        f"  {{{{- if not (or {' '.join(variables)}) }}}}",
+        f"  {{{{- if not (or {' '.join(variables)} $recording) }}}}",
         "  groups: []",
         "  {{- else }}",
         "  groups:",
@@ -346,7 +389,11 @@ def prometheusrule_template(source: Source) -> str:
         for alert in alerts:
             lines += _template_rule(alert)
         lines.append("  {{- end }}")
-    lines.append("{{- end }}")
+    lines += ["  {{- with .Values.prometheusRule.recordingRules }}{{ if .enabled }}",
+              f"    - name: {recorded.GROUP}", "      interval: {{ .interval }}", "      rules:"]
+    for rule in recorded.rules("{{ .range }}", "{{ .lossThreshold }}", "{{ .latencyThresholdMs }}"):
+        lines += _recording_rule(rule, "        ", quote=True)
+    lines += ["  {{- end }}{{ end }}", "{{- end }}"]
     return "\n".join(lines) + "\n"
 
 
@@ -363,6 +410,7 @@ def outputs(root: Path) -> dict[Path, bytes]:
     return {
         RULES: rules_file(source).encode(),
         TEMPLATE: prometheusrule_template(source).encode(),
+        RECORDING: recording_file().encode(),
         CHART_DASHBOARD: dashboard,
     }
 

@@ -30,6 +30,7 @@ from tests.support.promtools import (
     ALERTS_SOURCE,
     DASHBOARD_FILE,
     GRAFANA_DEFAULTS,
+    RECORDING_FILE,
     RULES_FILE,
     assert_silencers_come_first,
     iter_panels,
@@ -54,10 +55,13 @@ LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 
 
-def with_rules(values: dict[str, Any] | None = None) -> dict[str, Any]:
-    """`values` with the PrometheusRule turned on."""
+def with_rules(values: dict[str, Any] | None = None, *, recording: bool = False) -> dict[str, Any]:
+    """`values` with the PrometheusRule turned on; its recording rules (tests/test_recording_rules.py)
+    only with `recording`, so that every group here holds alerts."""
     merged = copy.deepcopy(values or {})
-    merged.setdefault("prometheusRule", {})["enabled"] = True
+    rule = merged.setdefault("prometheusRule", {})
+    rule["enabled"] = True
+    rule.setdefault("recordingRules", {}).setdefault("enabled", recording)
     return merged
 
 
@@ -72,7 +76,7 @@ def rule_groups(rendered: Rendered) -> list[dict[str, Any]]:
 
 
 def rules_by_alert(groups: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    return {rule["alert"]: rule for group in groups for rule in group["rules"]}
+    return {rule["alert"]: rule for group in groups for rule in group["rules"] if "alert" in rule}
 
 
 def file_rules() -> dict[str, dict[str, Any]]:
@@ -144,7 +148,8 @@ class TestRulesFileIsTheTruth:
         assert not render(chart).has("PrometheusRule")
 
     def test_groups_equal_the_rules_file(self, chart: helm.Chart) -> None:
-        groups = rule_groups(render(chart, with_rules()))
+        *groups, recording = rule_groups(render(chart, with_rules(recording=True)))
+        assert recording == yaml.safe_load(RECORDING_FILE.read_text(encoding="utf-8"))["groups"][0]
         expected = load_rules()["groups"]
         # Group by group and rule by rule first, so that a failure names the rule that drifted.
         assert [g["name"] for g in groups] == [g["name"] for g in expected]
@@ -295,6 +300,9 @@ class TestTuning:
         assert "NodePingExporterMissing" not in rules  # disabled in the scenario
         assert "[10m]" in rules["NodePingPacketLoss"]["expr"]
         assert rules["NodePingErrors"]["labels"] == {"severity": "info", "team": "network"}
+        recording = {rule["record"]: rule for rule in groups[-1]["rules"]}
+        assert recording["node_ping:diagnose_rules:info"]["labels"]["range"] == "5m"
+        assert "[5m]" in recording["destination_node:kube_node_ping_packets_received:increase5m"]["expr"]
         check_rules(write_rules(groups, tmp_path))
 
     def test_tuned_threshold_and_for_change_when_an_alert_fires(self, chart: helm.Chart, tmp_path: Path) -> None:
@@ -362,6 +370,8 @@ class TestDisabling:
         values = with_rules({"prometheusRule": {"alerts": {
             key: {"enabled": False} for key in chart.values["prometheusRule"]["alerts"]}}})
         assert rule_groups(render(chart, values)) == []
+        values["prometheusRule"]["recordingRules"]["enabled"] = True
+        assert [g["name"] for g in rule_groups(render(chart, values))] == ["node-ping.diagnose"]
 
 
 class TestRuleOptions:

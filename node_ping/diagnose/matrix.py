@@ -131,6 +131,8 @@ class Summary:
     blocks: Mapping[str, Mapping[tuple[str, str], Block]] = field(default_factory=dict)
     worst_loss: tuple[Pair, float] | None = None
     slowest: tuple[Pair, float] | None = None
+    recorded_at: float | None = None
+    """When the recording rules the sums came from were evaluated; None: asked of Prometheus directly."""
 
     @property
     def pairs(self) -> int:

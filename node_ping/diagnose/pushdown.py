@@ -20,6 +20,8 @@ from node_ping import contract
 from node_ping.diagnose.judge import Thresholds
 from node_ping.diagnose.matrix import Block, Counts, Line, Pair, PathCells, Place, Summary
 from node_ping.diagnose.prometheus import Prometheus, Sample
+from node_ping.diagnose.promql import GROUP_DESTINATION, GROUP_SOURCE, D, NodeExprs, PathExprs, S, pair_sum
+from node_ping.diagnose.recorded import PATHS, Recorded
 
 FULL_FETCH_PAIRS = 20_000
 """Up to this many node pairs (about 140 nodes in full mesh) the whole matrix is fetched."""
@@ -30,46 +32,7 @@ MAX_WHOLE_LINES = 40
 PARALLEL = 2
 """Queries sent at once: each is a pass over every pair series, which Prometheus makes on one core."""
 
-_S, _D = contract.SOURCE, contract.NODE.destination
-_GROUP_SOURCE, _GROUP_DESTINATION = "node_ping_source_group", "node_ping_destination_group"
-
-
-def _pair_sum(metric: contract.Metric, window: str, matcher: str = "") -> str:
-    return f"sum by ({_S}, {_D}) (increase({metric.name}{matcher}[{window}]))"
-
-
-class _Exprs:
-    """The PromQL of one diagnosis: per-pair sums, and the conditions on them."""
-
-    def __init__(self, window: str, loss_ratio: float, latency_ms: float) -> None:
-        family = contract.NODE
-        self.sent = _pair_sum(family.packets_sent, window)
-        self.received = _pair_sum(family.packets_received, window)
-        self.rtt = _pair_sum(family.rtt_sum, window)
-        self.loss = f"clamp(1 - {self.received} / ({self.sent} > 0), 0, 1)"
-        self.slow = f"({self.rtt} / ({self.received} > 0))"
-        self.lossy = f"({self.loss}) >= {loss_ratio!r}"
-        self.too_slow = f"{self.slow} >= {latency_ms!r}"
-
-    def line(self, label: str, what: str) -> str:
-        """A row's or column's pairs (an instant count of the series: cheaper than a range), pings sent
-        or received."""
-        if what == "pairs":
-            return f"count by ({label}) ({self.line_pairs_expr})"
-        return f"sum by ({label}) ({self.sent if what == 'sent' else self.received})"
-
-    @property
-    def line_pairs_expr(self) -> str:
-        return f"max by ({_S}, {_D}) ({contract.NODE.packets_sent.name})"
-
-    def grouped(self, expr: str, by: str) -> str:
-        """`expr` per pair, with the source's and the destination's group (zone or rack) as labels."""
-        info = f"max by ({_S}, {by}) ({contract.NODE_INFO.name})"
-        source = f'max by ({_S}, {_GROUP_SOURCE}) (label_replace({info}, "{_GROUP_SOURCE}", "$1", "{by}", "(.+)"))'
-        destination = (f'max by ({_D}, {_GROUP_DESTINATION}) (label_replace(label_replace({info}, "{_D}", "$1", '
-                       f'"{_S}", "(.+)"), "{_GROUP_DESTINATION}", "$1", "{by}", "(.+)"))')
-        return (f"(({expr}) * on ({_S}) group_left ({_GROUP_SOURCE}) {source}) "
-                f"* on ({_D}) group_left ({_GROUP_DESTINATION}) {destination}")
+_S, _D = S, D
 
 
 def _names_regex(names: Iterable[str]) -> str:
@@ -168,15 +131,43 @@ def _without_cells(lines: Mapping[tuple[str, str], Line],
     return rest
 
 
-def fetch_summed(prometheus: Prometheus, window: str, at: float,
-                 thresholds: Thresholds) -> tuple[dict[Pair, Counts], Summary, dict[str, Place]]:
+class _Asks:
+    """What to ask for each sum: the recorded series when the rules keep them, else the PromQL
+    that computes them (a pass over every pair series each)."""
+
+    def __init__(self, window: str, thresholds: Thresholds, recorded: Recorded | None) -> None:
+        self.exprs = NodeExprs(window, thresholds.loss_ratio, thresholds.latency_ms)
+        self.names = recorded.names if recorded else None
+        self.thresholds = thresholds
+
+    def line(self, label: str, what: str) -> str:
+        return self.names.line(label, what) if self.names else self.exprs.line(label, what)
+
+    @property
+    def lossy(self) -> str:
+        # The rules keep the pairs at or above their own threshold, no higher than diagnose's.
+        return f"{self.names.lossy} >= {self.thresholds.loss_ratio!r}" if self.names else self.exprs.lossy
+
+    @property
+    def slow(self) -> str:
+        return f"{self.names.slow} >= {self.thresholds.latency_ms!r}" if self.names else self.exprs.too_slow
+
+    @property
+    def worst(self) -> str:
+        return self.names.worst if self.names else self.exprs.worst
+
+    def blocks(self, by: str) -> str:
+        return self.names.blocks(by) if self.names else self.exprs.blocks(by)
+
+
+def fetch_summed(prometheus: Prometheus, window: str, at: float, thresholds: Thresholds,
+                 recorded: Recorded | None = None) -> tuple[dict[Pair, Counts], Summary, dict[str, Place]]:
     """The candidate cells (and the whole lines worth a closer look), the sums behind the rest, and
-    where each node sits."""
-    exprs = _Exprs(window, thresholds.loss_ratio, thresholds.latency_ms)
-    first = {f"{direction}_{what}": exprs.line(label, what)
+    where each node sits; the sums from the recording rules when `recorded`."""
+    asks = _Asks(window, thresholds, recorded)
+    first = {f"{direction}_{what}": asks.line(label, what)
              for direction, label in (("send", _S), ("receive", _D)) for what in ("pairs", "sent", "received")}
-    first |= {"lossy": exprs.lossy, "slow": exprs.too_slow,
-              "places": _PLACES}
+    first |= {"lossy": asks.lossy, "slow": asks.slow, "places": _PLACES}
     answers = _together(prometheus, first, at)
     lines = _lines_from(answers)
     cells = _candidates(answers, lines)
@@ -191,14 +182,15 @@ def fetch_summed(prometheus: Prometheus, window: str, at: float,
     places = _places_from(answers["places"])
     later: dict[str, str] = {}
     if not found:
-        later["worst"] = f"topk(1, {exprs.loss})"
+        later["worst"] = asks.worst
     node_loss_ratio = thresholds.node_loss_ratio
     rest = _without_cells(lines, cells)
     heavy = [key for key in lines if node_loss_ratio is not None and rest[key].loss_ratio >= node_loss_ratio]
     groupings = [by for by in ("zone", "rack") if len({getattr(p, by) for p in places.values()} - {""}) >= 2]
-    if found:
-        later |= {f"blocks_{by}": f"count by ({_GROUP_SOURCE}, {_GROUP_DESTINATION}) "
-                                  f"({exprs.grouped(exprs.line_pairs_expr, by)})" for by in groupings}
+    if found or heavy:
+        # The blocks say how large each group pair is: without them, the cells at hand (a line
+        # fetched whole) would look like a whole block.
+        later |= {f"blocks_{by}": asks.blocks(by) for by in groupings}
     answers = _together(prometheus, later, at) if later else {}
     # Lines whose pooled loss reaches the node threshold: fetched whole, the worst first, for the
     # analysis to judge whether every peer agrees. A matcher on one node's name reads only its own
@@ -213,7 +205,8 @@ def fetch_summed(prometheus: Prometheus, window: str, at: float,
               if f"blocks_{by}" in answers}
     worst = max(_by_pair(answers.get("worst", [])).items(), key=lambda item: item[1], default=None)
     summary = Summary(lines=lines, background=median, candidates=found, left_out=max(0, found - MAX_CELLS),
-                      whole_lines=tuple(whole), blocks=blocks, worst_loss=worst)
+                      whole_lines=tuple(whole), blocks=blocks, worst_loss=worst,
+                      recorded_at=recorded.evaluated_at if recorded else None)
     return cells, summary, places
 
 
@@ -226,7 +219,7 @@ def _blocks_from(samples: list[Sample], places: Mapping[str, Place], by: str, ce
     per_pair = sent / pairs if pairs else 0.0
     blocks: dict[tuple[str, str], Block] = {}
     for labels, value in samples:
-        key = (labels.get(_GROUP_SOURCE, ""), labels.get(_GROUP_DESTINATION, ""))
+        key = (labels.get(GROUP_SOURCE, ""), labels.get(GROUP_DESTINATION, ""))
         if all(key):
             blocks[key] = Block(round(value), 0, round(value) * per_pair, 0.0)
     for (source, destination), counts in cells.items():
@@ -239,31 +232,29 @@ def _blocks_from(samples: list[Sample], places: Mapping[str, Place], by: str, ce
 
 def _line_cells(prometheus: Prometheus, window: str, matcher: str, at: float) -> dict[Pair, Counts]:
     family = contract.NODE
-    queries = {metric.name: _pair_sum(metric, window, matcher)
+    queries = {metric.name: pair_sum(metric.name, window, matcher)
                for metric in (family.packets_sent, family.packets_received, family.rtt_sum)}
     values = [_by_pair(samples) for samples in _together(prometheus, queries, at).values()]
     return {pair: Counts(sent, values[1][pair], values[2].get(pair, 0.0))
             for pair, sent in values[0].items() if pair in values[1]}
 
 
-def fetch_path(prometheus: Prometheus, metrics: tuple[contract.Metric, contract.Metric], window: str, at: float,
-               loss_ratio: float) -> PathCells:
-    """One more path's lossy cells (loss at or above `loss_ratio`) and, when there are any, its line
-    sizes: O(nodes + bad pairs) at any size, one pass over its pair series when nothing is lost.
-    Empty when nothing is lost or the path is not probed (the feature off). `metrics`: its sent and
-    received counters."""
-    sent, received = metrics
-    mtu = contract.MTU if contract.MTU in sent.labels else ""
-    by = f"{_S}, {_D}" + (f", {mtu}" if mtu else "")
-    sums = [f"sum by ({by}) (increase({metric.name}[{window}]))" for metric in (sent, received)]
+def fetch_path(prometheus: Prometheus, path: str, window: str, at: float, *, loss_ratio: float,
+               recorded: Recorded | None = None) -> PathCells:
+    """One more path's (`recorded.PATHS`) lossy cells (loss at or above `loss_ratio`) and, when there
+    are any, its line sizes: O(nodes + bad pairs) at any size, one pass over its pair series when
+    nothing is lost (none with the recording rules). Empty when nothing is lost or the path is not
+    probed (the feature off)."""
+    exprs = PathExprs(PATHS[path], window, loss_ratio)
+    names = recorded.names if recorded else None
     # A loss ratio outside 0..1 is no answer to this query (a proxy or stand-in answering anything).
     lossy = [(labels, value) for labels, value in
-             prometheus.query(f"clamp(1 - {sums[1]} / ({sums[0]} > 0), 0, 1) >= {loss_ratio!r}", at)
+             prometheus.query(f"{names.path_lossy(path)} >= {loss_ratio!r}" if names else exprs.lossy, at)
              if 0.0 <= value <= 1.0]
     if not lossy:
         return PathCells()
-    queries = {"sent": f"({sums[0]}) and on ({by}) (clamp(1 - {sums[1]} / ({sums[0]} > 0), 0, 1) >= {loss_ratio!r})"}
-    queries |= {direction: f"count by ({label}) (max by ({_S}, {_D}) ({sent.name}))"
+    queries = {"sent": names.path_lossy_sent(path) if names else exprs.lossy_sent}
+    queries |= {direction: names.path_pairs(path, label) if names else exprs.line_pairs(label)
                 for direction, label in (("send", _S), ("receive", _D))}
     answers = _together(prometheus, queries, at)
     loss = {(labels[_S], labels[_D]): value for labels, value in lossy if labels.get(_S) and labels.get(_D)}
@@ -271,5 +262,5 @@ def fetch_path(prometheus: Prometheus, metrics: tuple[contract.Metric, contract.
              for pair, value in _by_pair(answers["sent"]).items() if pair in loss}
     sizes = {(direction, labels[label]): round(value) for direction, label in (("send", _S), ("receive", _D))
              for labels, value in answers[direction] if labels.get(label)}
-    sizes_mtu = sorted({labels.get(mtu, "") for labels, _ in lossy} - {""})
+    sizes_mtu = sorted({labels.get(exprs.mtu, "") for labels, _ in lossy} - {""}) if exprs.mtu else []
     return PathCells(cells, sizes, ",".join(sizes_mtu))

@@ -15,6 +15,8 @@ from node_ping.diagnose.judge import Thresholds
 from node_ping.diagnose.matrix import Counts, Freshness, Matrix, Pair, grace_s, probers, stale_sources
 from node_ping.diagnose.prometheus import Prometheus, PrometheusError
 from node_ping.diagnose.pushdown import FULL_FETCH_PAIRS, fetch_path, fetch_summed, pair_count, places_of
+from node_ping.diagnose.recorded import PATHS, Recorded
+from node_ping.diagnose.recorded import find as find_recorded
 from node_ping.diagnose.wording import iso
 
 _SOURCE = contract.SOURCE
@@ -83,10 +85,15 @@ def _by_source(prometheus: Prometheus, promql: str, at: float) -> dict[str, floa
     return {labels[_SOURCE]: value for labels, value in prometheus.query(promql, at) if labels.get(_SOURCE)}
 
 
-def _freshness(prometheus: Prometheus, window: str, at: float) -> dict[str, Freshness]:
+def _freshness(prometheus: Prometheus, window: str, at: float, recorded: Recorded | None) -> dict[str, Freshness]:
     """What Prometheus holds at `at` about each source's own series (see matrix.stale_sources and
-    matrix.probers), and which errors each reported over the window."""
-    values = {name: _by_source(prometheus, promql, at) for name, promql in FRESHNESS_QUERIES.items()}
+    matrix.probers), and which errors each reported over the window. With `recorded`, each row's
+    pairs come from the rules: counting the series is a pass over every pair series."""
+    queries = dict(FRESHNESS_QUERIES)
+    if recorded:
+        queries["series"] = (f"{recorded.names.line(_SOURCE, 'pairs')} "
+                             f"or count by ({_SOURCE}) ({contract.EXTERNAL.packets_sent.name})")
+    values = {name: _by_source(prometheus, promql, at) for name, promql in queries.items()}
     # One window for every node, the grace of the longest nominal cycle: the DaemonSet gives every
     # node the same, so it is each node's own grace.
     longest = math.ceil(grace_s(max(values["nominal"].values(), default=None)))
@@ -104,22 +111,23 @@ def _freshness(prometheus: Prometheus, window: str, at: float) -> dict[str, Fres
 
 
 def fetch_matrix(prometheus: Prometheus, window: str, at: float, thresholds: Thresholds | None = None,
-                 full_fetch_pairs: int = FULL_FETCH_PAIRS) -> Matrix:
+                 full_fetch_pairs: int = FULL_FETCH_PAIRS, *, use_rules: bool = True) -> Matrix:
     """The matrix over the window up to `at`, with the sources whose data stopped before `at`, what
     each node's own metrics say about its prober, and where each node sits. Above `full_fetch_pairs`
-    node pairs, only the cells that matter and Prometheus's sums of the rest (`pushdown`)."""
+    node pairs, only the cells that matter and Prometheus's sums of the rest (`pushdown`), from the
+    recording rules when they fit (`recorded`; `use_rules` False asks Prometheus directly)."""
     external = _family(prometheus, contract.EXTERNAL, window, at)
-    summary = None
+    summary, recorded = None, None
+    thresholds = thresholds or Thresholds()
     if pair_count(prometheus, at) > full_fetch_pairs:
-        nodes, summary, places = fetch_summed(prometheus, window, at, thresholds or Thresholds())
+        recorded = find_recorded(prometheus, window, thresholds, at) if use_rules else None
+        nodes, summary, places = fetch_summed(prometheus, window, at, thresholds, recorded)
     else:
         nodes, places = _family(prometheus, contract.NODE, window, at), places_of(prometheus, at)
-    ratio = (thresholds or Thresholds()).loss_ratio
-    other_paths = {"mtu": fetch_path(prometheus, contract.NODE.mtu_metrics, window, at, ratio),
-                   "pod": fetch_path(prometheus, (contract.POD.packets_sent, contract.POD.packets_received),
-                                     window, at, ratio)}
+    other_paths = {path: fetch_path(prometheus, path, window, at, loss_ratio=thresholds.loss_ratio, recorded=recorded)
+                   for path in PATHS}
     matrix = Matrix(nodes, external, summary=summary)
-    freshness = _freshness(prometheus, window, at)
+    freshness = _freshness(prometheus, window, at, recorded)
     return Matrix(matrix.nodes, matrix.external, stale_sources(matrix.sources(), freshness, at),
                   probers(freshness, at), places, summary, {k: v for k, v in other_paths.items() if v.sizes})
 

@@ -151,7 +151,9 @@ def render_text(report: Report) -> str:
     summary = matrix.summary
     if summary is not None:
         pairs = summary.pairs
-        lines += ["", f"Summed in Prometheus: {pairs:,} pairs; the matrices show the {len(matrix.nodes):,} cells that "
+        source = ("Summed by node-ping's recording rules (evaluated at "
+                  f"{iso(summary.recorded_at)})" if summary.recorded_at is not None else "Summed in Prometheus")
+        lines += ["", f"{source}: {pairs:,} pairs; the matrices show the {len(matrix.nodes):,} cells that "
                       "could be bad and the rows and columns fetched whole; ~ = below the thresholds, not fetched"
                       + (f"; {summary.left_out:,} more bad cells left out" if summary.left_out else "")]
     loss_pct = thresholds.loss_ratio * 100
@@ -252,6 +254,8 @@ def _completeness(matrix: Matrix) -> dict[str, Any]:
     return {
         "matrix_complete": False, "pairs": pairs, "left_out": left_out,
         "bad_cells_left_out": summary.left_out,
+        "sums": ({"from": "recording rules", "evaluated_at": iso(summary.recorded_at)}
+                 if summary.recorded_at is not None else {"from": "queries"}),
         "background_loss_percent": round(summary.background * 100, 3),
         "lines": [{"node": node, "direction": direction, "pairs": line.pairs, "sent": round(line.sent, 3),
                    "loss_percent": round(line.loss_ratio * 100, 3)}

@@ -27,6 +27,7 @@ ALERTS_SOURCE = MONITORING / "src" / "alerts.yaml"
 """The one source of the alerts: scripts/generate_monitoring.py writes RULES_FILE and the chart's
 PrometheusRule template from it."""
 RULES_FILE = MONITORING / "node-ping.rules.yaml"
+RECORDING_FILE = MONITORING / "node-ping.recording.yaml"
 RULES_TEST_FILE = MONITORING / "node-ping.rules.test.yaml"
 DASHBOARD_FILE = MONITORING / "node-ping-dashboard.json"
 MONITORING_README = MONITORING / "README.md"

@@ -1,0 +1,132 @@
+"""Recording rules that keep, for one window, every sum a summed diagnosis needs (`pushdown`).
+
+Without them, a diagnosis of a large cluster makes about ten passes over every pair series: 1,000
+nodes in full mesh are a million pairs, and each pass takes Prometheus seconds. With them,
+Prometheus makes those passes on its own schedule, and diagnose reads O(nodes + bad pairs) recorded
+series. The rules are written once, here, from the PromQL diagnose would ask (`promql`);
+scripts/generate_monitoring.py writes them into monitoring/node-ping.recording.yaml and the chart.
+
+diagnose uses them when `node_ping:diagnose_rules:info{range="<its --range>"}` was evaluated lately
+and its thresholds are no lower than the ones recorded (the rules keep only pairs at or above
+theirs); otherwise it asks Prometheus directly, as before, and says which it did.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from node_ping import contract
+from node_ping.diagnose.judge import Thresholds
+from node_ping.diagnose.prometheus import Prometheus
+from node_ping.diagnose.promql import D, NodeExprs, PathExprs, S, number
+
+GROUP = "node-ping.diagnose"
+INFO = "node_ping:diagnose_rules:info"
+MAX_AGE_S = 150.0
+"""Recorded sums older than this (two missed evaluations at the default interval) are not used."""
+DEFAULT_RANGE = "15m"
+"""The window recorded by default: diagnose's default --range."""
+DEFAULT_INTERVAL = "1m"
+PATHS = {"mtu": contract.NODE.mtu_metrics, "pod": (contract.POD.packets_sent, contract.POD.packets_received)}
+"""The paths besides the node family's small pings whose lossy pairs are recorded, as queries.py names them."""
+
+_NODE = contract.NODE.packets_sent.name.removesuffix("_packets_sent_total")
+_PAIR_LEVEL = f"{S}_{D}"
+
+
+def _base(metrics: tuple[contract.Metric, contract.Metric]) -> str:
+    return metrics[0].name.removesuffix("_packets_sent_total")
+
+
+@dataclass(frozen=True)
+class Names:
+    """The recorded series for one window."""
+
+    window: str
+
+    def line(self, label: str, what: str) -> str:
+        """A row's (`label` source_node) or column's pairs, pings sent or received."""
+        if what == "pairs":
+            return f"{label}:{_NODE}_pairs:count"
+        return f"{label}:{_NODE}_packets_{what}:increase{self.window}"
+
+    @property
+    def lossy(self) -> str:
+        return f"{_PAIR_LEVEL}:{_NODE}_lossy:ratio{self.window}"
+
+    @property
+    def slow(self) -> str:
+        return f"{_PAIR_LEVEL}:{_NODE}_slow_rtt_ms:avg{self.window}"
+
+    @property
+    def worst(self) -> str:
+        return f"{_PAIR_LEVEL}:{_NODE}_worst:ratio{self.window}"
+
+    def blocks(self, by: str) -> str:
+        return f"{by}:{_NODE}_pairs:count"
+
+    def path_lossy(self, path: str) -> str:
+        return f"{_PAIR_LEVEL}:{_base(PATHS[path])}_lossy:ratio{self.window}"
+
+    def path_lossy_sent(self, path: str) -> str:
+        return f"{_PAIR_LEVEL}:{_base(PATHS[path])}_lossy_packets_sent:increase{self.window}"
+
+    def path_pairs(self, path: str, label: str) -> str:
+        return f"{label}:{_base(PATHS[path])}_pairs:count"
+
+
+def rules(window: str, loss_ratio: float | str, latency_ms: float | str) -> list[dict[str, Any]]:
+    """The recording rules, in order: `record`, `expr`, and `labels` for the info series."""
+    return [{"record": record, "expr": expr, **({"labels": labels} if labels else {})}
+            for record, expr, labels in _rules(window, loss_ratio, latency_ms)]
+
+
+def _rules(window: str, loss_ratio: float | str,
+           latency_ms: float | str) -> Iterator[tuple[str, str, dict[str, str] | None]]:
+    names, exprs = Names(window), NodeExprs(window, loss_ratio, latency_ms)
+    yield INFO, "vector(1)", {"range": window, "loss_ratio": number(loss_ratio), "latency_ms": number(latency_ms)}
+    for label in (S, D):
+        for what in ("pairs", "sent", "received"):
+            yield names.line(label, what), exprs.line(label, what), None
+    yield names.lossy, exprs.lossy, None
+    yield names.slow, exprs.too_slow, None
+    yield names.worst, exprs.worst, None
+    for by in ("zone", "rack"):
+        yield names.blocks(by), exprs.blocks(by), None
+    for path, metrics in PATHS.items():
+        path_exprs = PathExprs(metrics, window, loss_ratio)
+        yield names.path_lossy(path), path_exprs.lossy, None
+        yield names.path_lossy_sent(path), path_exprs.lossy_sent, None
+        for label in (S, D):
+            yield names.path_pairs(path, label), path_exprs.line_pairs(label), None
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """Recording rules diagnose can read: their names, and when they were last evaluated."""
+
+    names: Names
+    evaluated_at: float
+    loss_ratio: float
+    latency_ms: float
+
+
+def _float(text: str | None) -> float | None:
+    try:
+        return float(text) if text is not None else None
+    except ValueError:
+        return None
+
+
+def find(prometheus: Prometheus, window: str, thresholds: Thresholds, at: float) -> Recorded | None:
+    """The rules recording `window`, if Prometheus evaluated them within MAX_AGE_S before `at` and
+    they keep every pair at or above `thresholds`; None means ask Prometheus directly."""
+    usable = []
+    for labels, evaluated in prometheus.query(f'timestamp({INFO}{{range="{window}"}})', at):
+        loss_ratio, latency_ms = _float(labels.get("loss_ratio")), _float(labels.get("latency_ms"))
+        if (loss_ratio is not None and latency_ms is not None and 0 <= at - evaluated <= MAX_AGE_S
+                and loss_ratio <= thresholds.loss_ratio and latency_ms <= thresholds.latency_ms):
+            usable.append(Recorded(Names(window), evaluated, loss_ratio, latency_ms))
+    return max(usable, key=lambda recorded: recorded.evaluated_at, default=None)
