@@ -218,14 +218,15 @@ def write(path: Path, cluster: Cluster, fault: Fault, *, seed: int, end: int, hi
                     received = [got - gone for got, gone in zip(clean, lost, strict=True)]
                     values = _cumulative([r * RTT_MS for r in received] if rtt else received, steps)
                 writer.series_of(f"{metric.name}{sources[source]}{destinations[destination]}", values)
-        _own_series(writer, cluster, end, steps, step_s)
+        _own_series(writer, cluster, [len(of) for of in peers], (end, steps, step_s))
         out.write("# EOF\n")
     return Written(writer.series, writer.samples, path.stat().st_size, sum(map(len, peers)))
 
 
-def _own_series(writer: _Writer, cluster: Cluster, end: int, steps: int, step_s: int) -> None:
-    """Each exporter's own metrics, every cycle a success (as promdata's healthy prober), and where
-    it sits (node_info)."""
+def _own_series(writer: _Writer, cluster: Cluster, targets: Sequence[int], when: tuple[int, int, int]) -> None:
+    """Each exporter's own metrics, every cycle a success (as promdata's healthy prober), how many
+    nodes it probes (`targets`, by node number), and where it sits (node_info). `when`: end, steps, step_s."""
+    end, steps, step_s = when
     start = end - (steps - 1) * step_s
     own: list[tuple[contract.Metric, dict[str, str], list[str]]] = [
         (contract.LAST_SUCCESS, {}, [str(start + i * step_s) for i in range(steps)]),
@@ -240,6 +241,11 @@ def _own_series(writer: _Writer, cluster: Cluster, end: int, steps: int, step_s:
                 extra = "".join(f',{key}="{value}"' for key, value in labels.items())
                 for name in cluster.names:
                     writer.series_of(f'{metric.name}{{{contract.SOURCE}="{name}"{extra}}}', values)
+    writer.family(contract.TARGETS)
+    kind = contract.TARGETS.labels[-1]
+    for i, name in enumerate(cluster.names):
+        target_labels = f'{contract.SOURCE}="{name}",{kind}="node"'
+        writer.series_of(f"{contract.TARGETS.name}{{{target_labels}}}", [str(targets[i])] * steps)
     writer.family(contract.NODE_INFO)
     for i, name in enumerate(cluster.names):
         place = f'{contract.SOURCE}="{name}",{contract.ZONE}="{cluster.zone(i)}",{contract.RACK}="{cluster.rack(i)}"'

@@ -1549,7 +1549,9 @@ class TestEvents:
         container = discovery_container(rendered, "events")
         env = {var["name"]: var for var in container["env"]}
         # The flag, not POD_NAMESPACE: that would be the release namespace, which the program refuses.
-        assert container["args"] == ["diagnose", diagnose_config.EVENTS_NAMESPACE.flag, EVENTS_NAMESPACE]
+        # The window the recording rules keep, diagnose's default --range unless set.
+        assert container["args"] == ["diagnose", diagnose_config.EVENTS_NAMESPACE.flag, EVENTS_NAMESPACE,
+                                     diagnose_config.RANGE.flag, diagnose_config.RANGE.default]
         assert diagnose_config.EVENTS_NAMESPACE.env not in env
         assert container["image"] == discovery_container(rendered)["image"]
         assert env["NODE_PING_PUBLISH_EVENTS"]["value"] == "true"

@@ -52,6 +52,7 @@ ANNOTATIONS_LIMIT = 256 * 1024
 
 DURATION = re.compile(r"^(\d+y)?(\d+w)?(\d+d)?(\d+h)?(\d+m)?(\d+s)?(\d+ms)?$")
 LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+METRIC_NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
 DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 
 
@@ -422,7 +423,8 @@ class TestPrometheusRuleStructure:
     """The PrometheusRule has the shape the Prometheus Operator's CRD accepts (no schema for it in
     kubernetes-validate): spec.groups of named groups with alerting rules of string fields."""
 
-    @pytest.mark.parametrize("values", [with_rules(), MONITORING_SCENARIO], ids=["defaults", "ci-monitoring"])
+    @pytest.mark.parametrize("values", [with_rules(recording=True), MONITORING_SCENARIO],
+                             ids=["defaults", "ci-monitoring"])
     def test_structure(self, chart: helm.Chart, values: dict[str, Any]) -> None:
         rule = render(chart, values).one("PrometheusRule")
         assert rule["apiVersion"] == "monitoring.coreos.com/v1"
@@ -431,7 +433,12 @@ class TestPrometheusRuleStructure:
         assert set(rule["spec"]) == {"groups"}
         groups = rule["spec"]["groups"]
         assert len({g["name"] for g in groups}) == len(groups)
-        for group in groups:
+        *alert_groups, recording = groups
+        # The recording rules: an interval, records with a valid metric name, the info series' labels.
+        assert recording["name"] == "node-ping.diagnose" and DURATION.match(recording["interval"])
+        assert all(METRIC_NAME.match(item["record"]) and isinstance(item["expr"], str) for item in recording["rules"])
+        assert all(set(item) <= {"record", "expr", "labels"} for item in recording["rules"])
+        for group in alert_groups:
             assert set(group) == {"name", "rules"} and group["rules"], group["name"]
             for item in group["rules"]:
                 assert set(item) == {"alert", "expr", "for", "labels", "annotations"}, item.get("alert")
