@@ -248,7 +248,8 @@ def _diagnose(setup: Setup, server: promserver.Server, args: argparse.Namespace,
 def _record(setup: Setup, args: argparse.Namespace, work: Path, flags: list[str]) -> Setup:
     """Evaluate the recording rules for --range once, at the end of the history, into the TSDB."""
     thresholds = Thresholds()
-    group = {"name": recorded.GROUP, "rules": recorded.rules(args.range, thresholds.loss_ratio, thresholds.latency_ms)}
+    rules = recorded.rules(args.range, recorded.DEFAULT_INTERVAL, thresholds.loss_ratio, thresholds.latency_ms)
+    group = {"name": recorded.GROUP, "rules": rules}
     rules_file, out = work / "recording.yaml", work / "recorded-blocks"
     rules_file.write_text(yaml.safe_dump({"groups": [group]}, sort_keys=False, width=1 << 20))
     shutil.rmtree(out, ignore_errors=True)

@@ -266,9 +266,10 @@ def rules_file(source: Source) -> str:
 RECORDING_COMMENT = f"""\
 Recording rules for `node-ping diagnose`: every sum it needs over {recorded.DEFAULT_RANGE}, kept by Prometheus,
 so that a diagnosis of a large cluster reads O(nodes + bad pairs) series instead of making passes
-over every pair series (docs/scale.md). diagnose uses them when its --range is the recorded one
-and its --loss-threshold and --latency-threshold are no lower than the ones below (the info
-series' labels); otherwise it asks Prometheus directly, as it does without them.
+over every pair series (docs/scale.md). diagnose uses them when its --range is the recorded one,
+its --loss-threshold and --latency-threshold are no lower than the ones below and they are at most
+two intervals (+ 30 s) old (the info series' labels); otherwise it asks Prometheus directly, as it
+does without them. Change the interval in the group and in the info series' label together.
 
 Load with `rule_files:` beside node-ping.rules.yaml, or let the Helm chart ship them
 (prometheusRule.recordingRules)."""
@@ -293,7 +294,8 @@ def recording_file() -> str:
     lines = [*_comment(GENERATED.replace(str(SOURCE), "node_ping/diagnose/recorded.py"), ""), "#",
              *_comment(RECORDING_COMMENT, ""), "groups:",
              f"  - name: {recorded.GROUP}", f"    interval: {recorded.DEFAULT_INTERVAL}", "    rules:"]
-    for rule in recorded.rules(*recording_defaults()):
+    window, loss_ratio, latency_ms = recording_defaults()
+    for rule in recorded.rules(window, recorded.DEFAULT_INTERVAL, loss_ratio, latency_ms):
         lines += _recording_rule(rule, "      ", quote=False)
     return "\n".join(lines) + "\n"
 
@@ -391,7 +393,7 @@ def prometheusrule_template(source: Source) -> str:
         lines.append("  {{- end }}")
     lines += ["  {{- with .Values.prometheusRule.recordingRules }}{{ if .enabled }}",
               f"    - name: {recorded.GROUP}", "      interval: {{ .interval }}", "      rules:"]
-    for rule in recorded.rules("{{ .range }}", "{{ .lossThreshold }}", "{{ .latencyThresholdMs }}"):
+    for rule in recorded.rules("{{ .range }}", "{{ .interval }}", "{{ .lossThreshold }}", "{{ .latencyThresholdMs }}"):
         lines += _recording_rule(rule, "        ", quote=True)
     lines += ["  {{- end }}{{ end }}", "{{- end }}"]
     return "\n".join(lines) + "\n"

@@ -22,7 +22,7 @@ from node_ping.diagnose.analysis import Thresholds, diagnose
 from node_ping.diagnose.matrix import Matrix
 from node_ping.diagnose.prometheus import Prometheus
 from node_ping.diagnose.queries import fetch_matrix
-from node_ping.diagnose.recorded import INFO
+from node_ping.diagnose.recorded import INFO, MAX_AGE_S, max_age_s
 from node_ping.diagnose.render import Report, render_json, render_text
 from tests.support import promdata
 from tests.support.promdata import Mesh, isolated, receive_loss
@@ -87,17 +87,11 @@ def recording_prometheus() -> Iterator[Callable[[str], Served]]:
         yield start
 
 
-# The history here has no node_ping_targets gauge (as from probers before it), so diagnose counts
-# the pairs once, in an instant; with the gauge it sums N series instead.
-_PAIR_COUNT = f"count({contract.NODE.packets_sent.name})"
-
-
 def _pair_reads(queries: list[str]) -> list[str]:
     """The queries that read the node family's pair counters without a matcher on a node's name:
     each a pass over every pair series."""
     counters = [m.name for m in (contract.NODE.packets_sent, contract.NODE.packets_received, contract.NODE.rtt_sum)]
-    return [q for q in queries
-            if q != _PAIR_COUNT and any(re.search(rf"{name}(?!\{{)", q) for name in counters)]
+    return [q for q in queries if any(re.search(rf"{name}(?!\{{)", q) for name in counters)]
 
 
 def _both(served: Served, at: float, thresholds: Thresholds = THRESHOLDS,
@@ -188,3 +182,13 @@ def test_asks_directly_when_the_rules_do_not_fit(why: str, window: str, threshol
     assert _pair_reads(queries), why
     if window == RANGE and later_s == 0.0:
         assert ("node-isolated", ("node-5",)) in [(v.kind, v.nodes) for v in diagnose(recorded, thresholds)]
+
+
+@pytest.mark.parametrize(("interval", "seconds"), [
+    ("1m", 150.0), ("30s", 90.0), ("5m", 630.0), ("1h30m", 10830.0), ("2m30s", 330.0),
+    (None, MAX_AGE_S), ("", MAX_AGE_S), ("soon", MAX_AGE_S), ("500ms", MAX_AGE_S),
+])
+def test_sums_may_be_two_intervals_old(interval: str | None, seconds: float) -> None:
+    """A group evaluated every 5 minutes is read up to 10.5 minutes after an evaluation; an interval
+    diagnose cannot read (or none, from rules before the label) allows MAX_AGE_S."""
+    assert max_age_s(interval) == seconds

@@ -21,7 +21,7 @@ from node_ping.diagnose.judge import Thresholds
 from node_ping.diagnose.matrix import Block, Counts, Line, Pair, PathCells, Place, Summary
 from node_ping.diagnose.prometheus import Prometheus, Sample
 from node_ping.diagnose.promql import GROUP_DESTINATION, GROUP_SOURCE, D, NodeExprs, PathExprs, S, pair_sum
-from node_ping.diagnose.recorded import PATHS, Recorded
+from node_ping.diagnose.recorded import PATHS, Names, Recorded
 
 FULL_FETCH_PAIRS = 20_000
 """Up to this many node pairs (about 140 nodes in full mesh) the whole matrix is fetched."""
@@ -46,9 +46,12 @@ def _by_pair(samples: Iterable[tuple[dict[str, str], float]]) -> dict[Pair, floa
 
 def pair_count(prometheus: Prometheus, at: float) -> int:
     """How many node pairs are probed at `at`: the host probers' node target counts summed, N series
-    at any size; Prometheus's count of the pair series where the gauge is missing."""
+    at any size; where the gauge is missing (probers before it), the rows' pairs the recording rules
+    keep, or else Prometheus's count of the pair series (a pass over them)."""
     targets = contract.TARGETS
     samples = prometheus.query(f'sum({targets.name}{{{targets.labels[-1]}="node", {contract.PATH}=""}})', at)
+    if not samples:
+        samples = prometheus.query(f"sum({Names('').line(S, 'pairs')})", at)
     if not samples:
         samples = prometheus.query(f"count({contract.NODE.packets_sent.name})", at)
     return round(samples[0][1]) if samples else 0

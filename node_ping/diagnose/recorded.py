@@ -6,13 +6,14 @@ Prometheus makes those passes on its own schedule, and diagnose reads O(nodes + 
 series. The rules are written once, here, from the PromQL diagnose would ask (`promql`);
 scripts/generate_monitoring.py writes them into monitoring/node-ping.recording.yaml and the chart.
 
-diagnose uses them when `node_ping:diagnose_rules:info{range="<its --range>"}` was evaluated lately
-and its thresholds are no lower than the ones recorded (the rules keep only pairs at or above
-theirs); otherwise it asks Prometheus directly, as before, and says which it did.
+diagnose uses them when `node_ping:diagnose_rules:info{range="<its --range>"}` was evaluated within
+two of its intervals (+ GRACE_S) and its thresholds are no lower than the ones recorded (the rules
+keep only pairs at or above theirs); otherwise it asks Prometheus directly, and says which it did.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -25,7 +26,9 @@ from node_ping.diagnose.promql import D, NodeExprs, PathExprs, S, number
 GROUP = "node-ping.diagnose"
 INFO = "node_ping:diagnose_rules:info"
 MAX_AGE_S = 150.0
-"""Recorded sums older than this (two missed evaluations at the default interval) are not used."""
+"""Recorded sums older than this are not used when the rules do not say their interval."""
+GRACE_S = 30.0
+"""Recorded sums are used up to two intervals and this much old: one evaluation may be missed or slow."""
 DEFAULT_RANGE = "15m"
 """The window recorded by default: diagnose's default --range."""
 DEFAULT_INTERVAL = "1m"
@@ -77,16 +80,17 @@ class Names:
         return f"{label}:{_base(PATHS[path])}_pairs:count"
 
 
-def rules(window: str, loss_ratio: float | str, latency_ms: float | str) -> list[dict[str, Any]]:
-    """The recording rules, in order: `record`, `expr`, and `labels` for the info series."""
+def rules(window: str, interval: str, loss_ratio: float | str, latency_ms: float | str) -> list[dict[str, Any]]:
+    """The recording rules, in order: `record`, `expr`, and `labels` for the info series. `interval`:
+    the group's, which the info series tells diagnose."""
+    info = {"range": window, "interval": interval, "loss_ratio": number(loss_ratio), "latency_ms": number(latency_ms)}
     return [{"record": record, "expr": expr, **({"labels": labels} if labels else {})}
-            for record, expr, labels in _rules(window, loss_ratio, latency_ms)]
+            for record, expr, labels in [(INFO, "vector(1)", info), *_rules(window, loss_ratio, latency_ms)]]
 
 
 def _rules(window: str, loss_ratio: float | str,
            latency_ms: float | str) -> Iterator[tuple[str, str, dict[str, str] | None]]:
     names, exprs = Names(window), NodeExprs(window, loss_ratio, latency_ms)
-    yield INFO, "vector(1)", {"range": window, "loss_ratio": number(loss_ratio), "latency_ms": number(latency_ms)}
     for label in (S, D):
         for what in ("pairs", "sent", "received"):
             yield names.line(label, what), exprs.line(label, what), None
@@ -120,13 +124,27 @@ def _float(text: str | None) -> float | None:
         return None
 
 
+_DURATION = re.compile(r"(?:(\d+)h)?(?:(\d+)m(?!s))?(?:(\d+)s)?")
+
+
+def max_age_s(interval: str | None) -> float:
+    """How old recorded sums may be: two of the rules' intervals and GRACE_S (a Prometheus duration
+    in hours, minutes and seconds, as the chart writes it), or MAX_AGE_S when it cannot tell."""
+    match = _DURATION.fullmatch(interval or "")
+    if not interval or match is None:
+        return MAX_AGE_S
+    hours, minutes, seconds = (int(part or 0) for part in match.groups())
+    return 2 * (hours * 3600 + minutes * 60 + seconds) + GRACE_S
+
+
 def find(prometheus: Prometheus, window: str, thresholds: Thresholds, at: float) -> Recorded | None:
-    """The rules recording `window`, if Prometheus evaluated them within MAX_AGE_S before `at` and
+    """The rules recording `window`, if Prometheus evaluated them lately (`max_age_s`) before `at` and
     they keep every pair at or above `thresholds`; None means ask Prometheus directly."""
     usable = []
     for labels, evaluated in prometheus.query(f'timestamp({INFO}{{range="{window}"}})', at):
         loss_ratio, latency_ms = _float(labels.get("loss_ratio")), _float(labels.get("latency_ms"))
-        if (loss_ratio is not None and latency_ms is not None and 0 <= at - evaluated <= MAX_AGE_S
+        if (loss_ratio is not None and latency_ms is not None
+                and 0 <= at - evaluated <= max_age_s(labels.get("interval"))
                 and loss_ratio <= thresholds.loss_ratio and latency_ms <= thresholds.latency_ms):
             usable.append(Recorded(Names(window), evaluated, loss_ratio, latency_ms))
     return max(usable, key=lambda recorded: recorded.evaluated_at, default=None)
