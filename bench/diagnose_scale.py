@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -78,7 +79,8 @@ class Setup:
     step_s: int
     history_s: int
     end: int
-    recorded: str = ""  # the --range whose recording rules were evaluated into the TSDB
+    recorded: str = ""  # the rules evaluated into the TSDB (`_rules_text`'s digest), if any
+    recorded_blocks: tuple[str, ...] = ()  # the blocks they were written to, removed before new rules
 
 
     def cluster(self) -> scale_data.Cluster:
@@ -245,14 +247,25 @@ def _diagnose(setup: Setup, server: promserver.Server, args: argparse.Namespace,
             f"innocent={outcome.innocent}")
 
 
+def _rules_text(window: str) -> str:
+    """diagnose's recording rules for `window` as a rules file."""
+    thresholds = Thresholds()
+    rules = recorded.rules(window, recorded.DEFAULT_INTERVAL, thresholds.loss_ratio, thresholds.latency_ms)
+    return yaml.safe_dump({"groups": [{"name": recorded.GROUP, "rules": rules}]}, sort_keys=False, width=1 << 20)
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 def _record(setup: Setup, args: argparse.Namespace, work: Path, flags: list[str]) -> Setup:
     """Evaluate the recording rules for --range once, at the end of the history, into the TSDB."""
-    thresholds = Thresholds()
-    rules = recorded.rules(args.range, recorded.DEFAULT_INTERVAL, thresholds.loss_ratio, thresholds.latency_ms)
-    group = {"name": recorded.GROUP, "rules": rules}
+    text = _rules_text(args.range)
     rules_file, out = work / "recording.yaml", work / "recorded-blocks"
-    rules_file.write_text(yaml.safe_dump({"groups": [group]}, sort_keys=False, width=1 << 20))
+    rules_file.write_text(text)
     shutil.rmtree(out, ignore_errors=True)
+    for block in setup.recorded_blocks:
+        shutil.rmtree(work / "data" / block, ignore_errors=True)
     with promserver.running_prometheus(work / "data", flags) as server:
         # One evaluation: a 60 s span at a 60 s step holds one instant (promtool aligns it to the group).
         result = promserver.measured(
@@ -261,13 +274,13 @@ def _record(setup: Setup, args: argparse.Namespace, work: Path, flags: list[str]
              str(rules_file)], BACKFILL_TIMEOUT_S)
     if result.returncode != 0:
         raise RuntimeError(f"promtool create-blocks-from rules failed: {result.stderr.strip()[-2000:]}")
-    print(f"recording rules: one evaluation of {len(group['rules'])} rules ({args.range}) took promtool "
+    print(f"recording rules: one evaluation of {text.count('- record:')} rules ({args.range}) took promtool "
           f"{result.wall_s:.1f} s against Prometheus", flush=True)
-    for block in (out.iterdir() if out.is_dir() else ()):
-        if block.is_dir():
-            block.rename(work / "data" / block.name)
+    blocks = tuple(block.name for block in (out.iterdir() if out.is_dir() else ()) if block.is_dir())
+    for name in blocks:
+        (out / name).rename(work / "data" / name)
     shutil.rmtree(out, ignore_errors=True)
-    updated = Setup(**{**asdict(setup), "recorded": args.range})
+    updated = Setup(**{**asdict(setup), "recorded": _digest(text), "recorded_blocks": blocks})
     (work / META).write_text(json.dumps(asdict(updated), indent=2) + "\n")
     return updated
 
@@ -295,7 +308,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             setup = _build(args, work)
         print(f"diagnose: node_ping from {_package(args, work)}", flush=True)
         flags = promserver.limits(QUERY_MAX_SAMPLES, QUERY_TIMEOUT_S)
-        if args.recording_rules and setup.recorded != args.range:
+        if args.recording_rules and setup.recorded != _digest(_rules_text(args.range)):
             setup = _record(setup, args, work, flags)
         started = time.monotonic()
         with promserver.running_prometheus(work / "data", flags) as server:

@@ -22,7 +22,7 @@ from node_ping.diagnose.analysis import Thresholds, diagnose
 from node_ping.diagnose.matrix import Matrix
 from node_ping.diagnose.prometheus import Prometheus
 from node_ping.diagnose.queries import fetch_matrix
-from node_ping.diagnose.recorded import INFO, MAX_AGE_S, max_age_s
+from node_ping.diagnose.recorded import INFO, MAX_AGE_S, find, max_age_s
 from node_ping.diagnose.render import Report, render_json, render_text
 from tests.support import promdata
 from tests.support.promdata import Mesh, isolated, receive_loss
@@ -57,22 +57,23 @@ def _evaluated(url: str, window: str) -> float | None:
 
 
 @pytest.fixture
-def recording_prometheus() -> Iterator[Callable[[str], Served]]:
-    """`recording_prometheus(openmetrics_text)`: the text backfilled, and a real Prometheus over it
-    that evaluates the shipped recording rules every second; returns once it has evaluated them."""
+def recording_prometheus() -> Iterator[Callable[..., Served]]:
+    """`recording_prometheus(openmetrics_text, limit=0)`: the text backfilled, and a real Prometheus
+    over it that evaluates the shipped recording rules every second (with the group's `limit` on the
+    series a rule may write, if given); returns once it has evaluated them."""
     reason = promdata.available()
     if reason:
         pytest.skip(reason)
     with contextlib.ExitStack() as stack:
         root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="node-ping-recorded-")))
 
-        def start(text: str) -> Served:
+        def start(text: str, limit: int = 0) -> Served:
             data = root / f"tsdb{len(list(root.iterdir()))}"
             promdata.backfill(text, data)
             rules = data.parent / f"{data.name}.rules.yaml"
             shipped = RECORDING_FILE.read_text(encoding="utf-8")
-            rules.write_text(re.sub(r"(?m)^    interval: .*$", f"    interval: {EVALUATION_S}s", shipped),
-                             encoding="utf-8")
+            group = f"    interval: {EVALUATION_S}s" + (f"\n    limit: {limit}" if limit else "")
+            rules.write_text(re.sub(r"(?m)^    interval: .*$", group, shipped), encoding="utf-8")
             query_log = data.parent / f"{data.name}.queries.log"
             config = (f"global:\n  evaluation_interval: {EVALUATION_S}s\n"
                       f"  query_log_file: {json.dumps(str(query_log))}\n"
@@ -106,7 +107,7 @@ def _both(served: Served, at: float, thresholds: Thresholds = THRESHOLDS,
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_rules_name_what_asking_directly_names(case: str, recording_prometheus: Callable[[str], Served]) -> None:
+def test_rules_name_what_asking_directly_names(case: str, recording_prometheus: Callable[..., Served]) -> None:
     loss, expected = CASES[case]
     served = recording_prometheus(promdata.openmetrics(Mesh(NODES, loss=loss, places=PLACES), int(time.time())))
     at = time.time()
@@ -126,7 +127,7 @@ def test_rules_name_what_asking_directly_names(case: str, recording_prometheus: 
 
 
 def test_lines_fetched_whole_and_the_other_paths_come_from_the_rules(
-        recording_prometheus: Callable[[str], Served]) -> None:
+        recording_prometheus: Callable[..., Served]) -> None:
     """A node losing 3 % of what it receives (below the cell threshold, pooled a finding) is fetched
     whole by its name; a pod-network fault and an MTU black hole come from the paths' rules."""
     loss = receive_loss(NODES, "node-9", 0.03)
@@ -148,7 +149,7 @@ def test_lines_fetched_whole_and_the_other_paths_come_from_the_rules(
     assert recorded.paths["mtu"].sizes == direct.paths["mtu"].sizes
 
 
-def test_report_says_the_sums_came_from_the_rules(recording_prometheus: Callable[[str], Served]) -> None:
+def test_report_says_the_sums_came_from_the_rules(recording_prometheus: Callable[..., Served]) -> None:
     served = recording_prometheus(promdata.openmetrics(Mesh(NODES, loss=isolated(NODES, "node-5"), places=PLACES),
                                                        int(time.time())))
     at = time.time()
@@ -169,7 +170,7 @@ def test_report_says_the_sums_came_from_the_rules(recording_prometheus: Callable
     ("sums older than 150 s at --time", RANGE, THRESHOLDS, 200.0),
 ])
 def test_asks_directly_when_the_rules_do_not_fit(why: str, window: str, thresholds: Thresholds, later_s: float,
-                                                 recording_prometheus: Callable[[str], Served]) -> None:
+                                                 recording_prometheus: Callable[..., Served]) -> None:
     served = recording_prometheus(promdata.openmetrics(Mesh(NODES, loss=isolated(NODES, "node-5"), places=PLACES),
                                                        int(time.time())))
     evaluated = _evaluated(served.url, RANGE)
@@ -192,3 +193,18 @@ def test_sums_may_be_two_intervals_old(interval: str | None, seconds: float) -> 
     """A group evaluated every 5 minutes is read up to 10.5 minutes after an evaluation; an interval
     diagnose cannot read (or none, from rules before the label) allows MAX_AGE_S."""
     assert max_age_s(interval) == seconds
+
+
+def test_a_rule_that_failed_is_not_read_as_a_healthy_cluster(recording_prometheus: Callable[..., Served]) -> None:
+    """The group's `limit` (5 series a rule) fails every rule with a row per node, and only those:
+    the info series is fresh and no pair is lossy in the rules' eyes, yet diagnose asks directly and
+    names the node that was cut off."""
+    served = recording_prometheus(promdata.openmetrics(Mesh(NODES, loss=isolated(NODES, "node-5"), places=PLACES),
+                                                       int(time.time())), limit=5)
+    at = time.time()
+    with Prometheus(parse_address(served.url), 30.0, {}) as prometheus:
+        assert prometheus.query(f'{INFO}{{range="{RANGE}"}}', at)  # the info series was written
+        assert find(prometheus, RANGE, THRESHOLDS, at) is None
+        matrix = fetch_matrix(prometheus, RANGE, at, THRESHOLDS, full_fetch_pairs=0)
+    assert matrix.summary is not None and matrix.summary.recorded_at is None
+    assert ("node-isolated", ("node-5",)) in [(v.kind, v.nodes) for v in diagnose(matrix, THRESHOLDS)]

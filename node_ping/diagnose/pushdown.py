@@ -51,7 +51,7 @@ def pair_count(prometheus: Prometheus, at: float) -> int:
     targets = contract.TARGETS
     samples = prometheus.query(f'sum({targets.name}{{{targets.labels[-1]}="node", {contract.PATH}=""}})', at)
     if not samples:
-        samples = prometheus.query(f"sum({Names('').line(S, 'pairs')})", at)
+        samples = prometheus.query(f"sum({Names('').line(S, 'pairs')} >= 0)", at)  # not the EMPTY series
     if not samples:
         samples = prometheus.query(f"count({contract.NODE.packets_sent.name})", at)
     return round(samples[0][1]) if samples else 0

@@ -13,6 +13,7 @@ keep only pairs at or above theirs); otherwise it asks Prometheus directly, and 
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -32,6 +33,8 @@ GRACE_S = 30.0
 DEFAULT_RANGE = "15m"
 """The window recorded by default: diagnose's default --range."""
 DEFAULT_INTERVAL = "1m"
+EMPTY = -1
+"""The value of the series without labels a rule writes when it finds nothing."""
 PATHS = {"mtu": contract.NODE.mtu_metrics, "pod": (contract.POD.packets_sent, contract.POD.packets_received)}
 """The paths besides the node family's small pings whose lossy pairs are recorded, as queries.py names them."""
 
@@ -79,32 +82,41 @@ class Names:
     def path_pairs(self, path: str, label: str) -> str:
         return f"{label}:{_base(PATHS[path])}_pairs:count"
 
+    def every(self) -> list[str]:
+        """Every recorded series but the info one, in the order of the rules."""
+        return [record for record, _expr in _rules(self.window, 0.0, 0.0)]
+
 
 def rules(window: str, interval: str, loss_ratio: float | str, latency_ms: float | str) -> list[dict[str, Any]]:
-    """The recording rules, in order: `record`, `expr`, and `labels` for the info series. `interval`:
-    the group's, which the info series tells diagnose."""
+    """The recording rules, in order: `record`, `expr`, and `labels` for the info series, the last.
+    `interval`: the group's, which the info series tells diagnose."""
     info = {"range": window, "interval": interval, "loss_ratio": number(loss_ratio), "latency_ms": number(latency_ms)}
-    return [{"record": record, "expr": expr, **({"labels": labels} if labels else {})}
-            for record, expr, labels in [(INFO, "vector(1)", info), *_rules(window, loss_ratio, latency_ms)]]
+    # Each rule writes one series without labels, EMPTY, when it finds nothing: an evaluation that
+    # found no lossy pair then differs from one that failed (a query limit, a timeout), which
+    # writes nothing and would otherwise read as a healthy cluster.
+    # The info series comes last: Prometheus writes each rule's series before it evaluates the next,
+    # so once the info series of an evaluation is there, every other rule's of it is too.
+    return [*({"record": record, "expr": f"({expr}) or on () vector({EMPTY})"}
+              for record, expr in _rules(window, loss_ratio, latency_ms)),
+            {"record": INFO, "expr": "vector(1)", "labels": info}]
 
 
-def _rules(window: str, loss_ratio: float | str,
-           latency_ms: float | str) -> Iterator[tuple[str, str, dict[str, str] | None]]:
+def _rules(window: str, loss_ratio: float | str, latency_ms: float | str) -> Iterator[tuple[str, str]]:
     names, exprs = Names(window), NodeExprs(window, loss_ratio, latency_ms)
     for label in (S, D):
         for what in ("pairs", "sent", "received"):
-            yield names.line(label, what), exprs.line(label, what), None
-    yield names.lossy, exprs.lossy, None
-    yield names.slow, exprs.too_slow, None
-    yield names.worst, exprs.worst, None
+            yield names.line(label, what), exprs.line(label, what)
+    yield names.lossy, exprs.lossy
+    yield names.slow, exprs.too_slow
+    yield names.worst, exprs.worst
     for by in ("zone", "rack"):
-        yield names.blocks(by), exprs.blocks(by), None
+        yield names.blocks(by), exprs.blocks(by)
     for path, metrics in PATHS.items():
         path_exprs = PathExprs(metrics, window, loss_ratio)
-        yield names.path_lossy(path), path_exprs.lossy, None
-        yield names.path_lossy_sent(path), path_exprs.lossy_sent, None
+        yield names.path_lossy(path), path_exprs.lossy
+        yield names.path_lossy_sent(path), path_exprs.lossy_sent
         for label in (S, D):
-            yield names.path_pairs(path, label), path_exprs.line_pairs(label), None
+            yield names.path_pairs(path, label), path_exprs.line_pairs(label)
 
 
 @dataclass(frozen=True)
@@ -138,8 +150,9 @@ def max_age_s(interval: str | None) -> float:
 
 
 def find(prometheus: Prometheus, window: str, thresholds: Thresholds, at: float) -> Recorded | None:
-    """The rules recording `window`, if Prometheus evaluated them lately (`max_age_s`) before `at` and
-    they keep every pair at or above `thresholds`; None means ask Prometheus directly."""
+    """The rules recording `window`, if Prometheus evaluated them lately (`max_age_s`) before `at`,
+    every rule of that evaluation wrote its series, and they keep every pair at or above
+    `thresholds`; None means ask Prometheus directly."""
     usable = []
     for labels, evaluated in prometheus.query(f'timestamp({INFO}{{range="{window}"}})', at):
         loss_ratio, latency_ms = _float(labels.get("loss_ratio")), _float(labels.get("latency_ms"))
@@ -147,4 +160,15 @@ def find(prometheus: Prometheus, window: str, thresholds: Thresholds, at: float)
                 and 0 <= at - evaluated <= max_age_s(labels.get("interval"))
                 and loss_ratio <= thresholds.loss_ratio and latency_ms <= thresholds.latency_ms):
             usable.append(Recorded(Names(window), evaluated, loss_ratio, latency_ms))
-    return max(usable, key=lambda recorded: recorded.evaluated_at, default=None)
+    newest = max(usable, key=lambda recorded: recorded.evaluated_at, default=None)
+    return newest if newest is not None and _all_written(prometheus, newest, at) else None
+
+
+def _all_written(prometheus: Prometheus, recorded: Recorded, at: float) -> bool:
+    """Whether every rule wrote its series in the evaluation of the info series (or a later one):
+    a rule that failed leaves older samples, or none."""
+    names = recorded.names.every()
+    selector = "{__name__=~" + json.dumps("|".join(re.escape(name) for name in names)) + "}"
+    newest = {labels.get("rule", ""): value for labels, value in prometheus.query(
+        f'max by (rule) (timestamp(label_replace({selector}, "rule", "$1", "__name__", "(.+)")))', at)}
+    return all(newest.get(name, float("-inf")) >= recorded.evaluated_at - 0.001 for name in names)
