@@ -78,9 +78,13 @@ class PathExprs:
         self.sent_metric = metrics[0]
         self.mtu = contract.MTU if contract.MTU in self.sent_metric.labels else ""
         self.by = PAIR + (f", {self.mtu}" if self.mtu else "")
-        sums = [pair_sum(metric.name, window, by=self.by) for metric in metrics]
-        self.lossy = f"{loss_of(*sums)} >= {number(loss_ratio)}"
-        self.lossy_sent = f"({sums[0]}) and on ({self.by}) ({self.lossy})"
+        self.sums = [pair_sum(metric.name, window, by=self.by) for metric in metrics]
+        self.lossy = f"{loss_of(*self.sums)} >= {number(loss_ratio)}"
+        self.lossy_sent = self.sent_of(self.lossy)
+
+    def sent_of(self, pairs: str) -> str:
+        """The pings sent to the pairs of `pairs`."""
+        return f"({self.sums[0]}) and on ({self.by}) ({pairs})"
 
     def line_pairs(self, label: str) -> str:
         return f"count by ({label}) (max by ({PAIR}) ({self.sent_metric.name}))"

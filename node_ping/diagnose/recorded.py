@@ -114,7 +114,9 @@ def _rules(window: str, loss_ratio: float | str, latency_ms: float | str) -> Ite
     for path, metrics in PATHS.items():
         path_exprs = PathExprs(metrics, window, loss_ratio)
         yield names.path_lossy(path), path_exprs.lossy
-        yield names.path_lossy_sent(path), path_exprs.lossy_sent
+        # The pairs the rule above just wrote (a rule sees the earlier ones of its evaluation): one
+        # pass over the path's series instead of three.
+        yield names.path_lossy_sent(path), path_exprs.sent_of(f"{names.path_lossy(path)} >= 0")
         for label in (S, D):
             yield names.path_pairs(path, label), path_exprs.line_pairs(label)
 
