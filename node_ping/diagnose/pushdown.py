@@ -148,12 +148,13 @@ class _Asks:
 
     @property
     def lossy(self) -> str:
-        # The rules keep the pairs at or above their own threshold, no higher than diagnose's.
-        return f"{self.names.lossy} >= {self.thresholds.loss_ratio!r}" if self.names else self.exprs.lossy
+        # The rules keep the pairs at or above their own threshold, no higher than diagnose's; `+ 0`
+        # drops the recorded name, which would otherwise come with each of up to MAX_CELLS pairs.
+        return f"{self.names.lossy} + 0 >= {self.thresholds.loss_ratio!r}" if self.names else self.exprs.lossy
 
     @property
     def slow(self) -> str:
-        return f"{self.names.slow} >= {self.thresholds.latency_ms!r}" if self.names else self.exprs.too_slow
+        return f"{self.names.slow} + 0 >= {self.thresholds.latency_ms!r}" if self.names else self.exprs.too_slow
 
     @property
     def worst(self) -> str:
