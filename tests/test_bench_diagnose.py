@@ -73,6 +73,22 @@ class TestBenchRun:
         assert "--query.max-samples=" in result.stdout
         assert list(tmp_path.iterdir()) == []  # the temp dir is gone, prometheus with it
 
+    def test_recording_rules_are_evaluated_into_the_tsdb_once(self, tmp_path: Path) -> None:
+        """--recording-rules evaluates diagnose's rules at the end of the history, and a --reuse of
+        the kept TSDB with the same rules does not evaluate them again."""
+        kept = tmp_path / "kept"
+        result = bench("--nodes", str(NODES), "--zones", "2", "--scenario", "node", "--seed", str(SEED),
+                       "--range", RANGE, "--recording-rules", "--keep", str(kept), tmp=tmp_path)
+        assert result.returncode == 0, result.stderr
+        assert "recording rules: one evaluation of 20 rules (5m) took promtool" in result.stdout
+        setup = json.loads((kept / "bench.json").read_text())
+        assert setup["recorded"] and setup["recorded_blocks"]
+        assert all((kept / "data" / block).is_dir() for block in setup["recorded_blocks"])
+        again = bench("--reuse", str(kept), "--range", RANGE, "--recording-rules", tmp=tmp_path)
+        assert again.returncode == 0, again.stderr
+        assert "recording rules:" not in again.stdout
+        assert "verdicts=node-isolated:1 named=yes blamed=1 innocent=0" in again.stdout
+
     def test_a_bad_range_is_refused_naming_the_flag(self, tmp_path: Path) -> None:
         result = bench("--nodes", str(NODES), "--range", "90s", tmp=tmp_path)
         assert result.returncode == 2

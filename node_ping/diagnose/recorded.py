@@ -7,8 +7,9 @@ series. The rules are written once, here, from the PromQL diagnose would ask (`p
 scripts/generate_monitoring.py writes them into monitoring/node-ping.recording.yaml and the chart.
 
 diagnose uses them when `node_ping:diagnose_rules:info{range="<its --range>"}` was evaluated within
-two of its intervals (+ GRACE_S) and its thresholds are no lower than the ones recorded (the rules
-keep only pairs at or above theirs); otherwise it asks Prometheus directly, and says which it did.
+two of its intervals (+ GRACE_S), its thresholds are no lower than the ones recorded (the rules
+keep only pairs at or above theirs) and every other rule wrote its series in that evaluation;
+otherwise it asks Prometheus directly, and says which it did.
 """
 
 from __future__ import annotations
