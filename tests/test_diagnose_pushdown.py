@@ -11,49 +11,13 @@ from collections.abc import Callable
 import pytest
 
 from node_ping.diagnose.address import parse_address
-from node_ping.diagnose.analysis import Thresholds, diagnose
+from node_ping.diagnose.analysis import diagnose
 from node_ping.diagnose.prometheus import Prometheus
 from node_ping.diagnose.queries import fetch_matrix
 from node_ping.diagnose.render import Report, render_json, render_text
 from tests.support import promdata
-from tests.support.promdata import Mesh, isolated, receive_loss
-
-NODES = [f"node-{i}" for i in range(1, 25)]
-ZONE_OF = {node: f"zone-{i % 3 + 1}" for i, node in enumerate(NODES)}
-RACK_OF = {node: f"rack-{i % 6 + 1}" for i, node in enumerate(NODES)}
-PLACES = {node: (ZONE_OF[node], RACK_OF[node]) for node in NODES}
-THRESHOLDS = Thresholds(node_loss_ratio=0.01)
-
-
-def _between(a: set[str], b: set[str], loss: float) -> dict[tuple[str, str], float]:
-    return {(s, d): loss for s in NODES for d in NODES if s != d and ((s in a and d in b) or (s in b and d in a))}
-
-
-def zone(name: str) -> set[str]:
-    return {node for node, z in ZONE_OF.items() if z == name}
-
-
-def rack(name: str) -> set[str]:
-    return {node for node, r in RACK_OF.items() if r == name}
-
-
-EVERYONE = set(NODES)
-CASES: dict[str, tuple[dict[tuple[str, str], float], list[tuple[str, tuple[str, ...]]]]] = {
-    "healthy": ({}, [("healthy", tuple(NODES))]),
-    "node cut off": (isolated(NODES, "node-5"), [("node-isolated", ("node-5",))]),
-    "node losing 20 % of what it receives": (receive_loss(NODES, "node-9", 0.2),
-                                             [("node-cannot-receive", ("node-9",))]),
-    # Each cell below the 5 % threshold: found by pooling node-9's column, fetched whole; its zone's
-    # other members are not blamed.
-    "node losing 3 % of what it receives": (receive_loss(NODES, "node-9", 0.03),
-                                            [("node-cannot-receive", ("node-9",))]),
-    "zone cut off": (_between(zone("zone-2"), EVERYONE - zone("zone-2"), 1.0),
-                     [("zone-cut-off", tuple(sorted(zone("zone-2"), key=lambda n: int(n.split("-")[1]))))]),
-    "lossy zone pair": (_between(zone("zone-1"), zone("zone-3"), 0.2), [("zone-pair-lossy", ())]),
-    "rack cut off": (_between(rack("rack-4"), EVERYONE - rack("rack-4"), 1.0),
-                     [("rack-cut-off", tuple(sorted(rack("rack-4"), key=lambda n: int(n.split("-")[1]))))]),
-    "one link": ({("node-2", "node-7"): 0.3, ("node-7", "node-2"): 0.3}, [("link", ("node-2", "node-7"))]),
-}
+from tests.support.promdata import Mesh, isolated
+from tests.support.summed_cases import CASES, EVERYONE, NODES, PLACES, RACK_OF, THRESHOLDS, ZONE_OF, between
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -98,7 +62,7 @@ def test_json_says_what_it_left_out_and_text_stays_short(prometheus_with: Callab
 def test_even_split_of_unlabelled_nodes_is_one_partition_summed_too(prometheus_with: Callable[[str], str]) -> None:
     half = set(NODES[: len(NODES) // 2])
     end = int(time.time())
-    url = prometheus_with(promdata.openmetrics(Mesh(NODES, loss=_between(half, EVERYONE - half, 1.0)), end))
+    url = prometheus_with(promdata.openmetrics(Mesh(NODES, loss=between(half, EVERYONE - half, 1.0)), end))
     with Prometheus(parse_address(url), 30.0, {}) as prometheus:
         for full_fetch_pairs in (10**6, 0):
             matrix = fetch_matrix(prometheus, "15m", end, THRESHOLDS, full_fetch_pairs=full_fetch_pairs)

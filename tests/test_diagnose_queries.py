@@ -17,6 +17,7 @@ import pytest
 
 from node_ping import contract
 from node_ping.diagnose import queries
+from node_ping.diagnose.promql import pair_queries
 from node_ping.diagnose.wording import iso
 from tests.support import promdata
 from tests.support.diagnosis import LOSS_TITLE, diagnose_cmd
@@ -27,8 +28,8 @@ class TestQueries:
     """Every metric a query names is one of the contract's."""
 
     def test_metric_names_come_from_the_contract(self) -> None:
-        promql = [*queries.pair_queries(contract.NODE, "15m").values(),
-                  *queries.pair_queries(contract.EXTERNAL, "15m").values(),
+        promql = [*pair_queries(contract.NODE, "15m").values(),
+                  *pair_queries(contract.EXTERNAL, "15m").values(),
                   *queries.FRESHNESS_QUERIES.values(), queries.cycling_query(90), queries.errors_query("15m")]
         words = {word for text in promql for word in re.findall(r"\b[a-z]+(?:_[a-z]+)+\b", text)}
         names = words - {contract.SOURCE, contract.NODE.destination, contract.EXTERNAL.destination, "clamp_max"}

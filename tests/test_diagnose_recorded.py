@@ -27,7 +27,7 @@ from node_ping.diagnose.render import Report, render_json, render_text
 from tests.support import promdata
 from tests.support.promdata import Mesh, isolated, receive_loss
 from tests.support.promtools import RECORDING_FILE
-from tests.test_diagnose_pushdown import CASES, NODES, PLACES, THRESHOLDS
+from tests.support.summed_cases import CASES, NODES, PLACES, THRESHOLDS
 
 RANGE = "15m"  # the window the rules file records
 EVALUATION_S = 1  # the rules' interval here (1m in the file): a first evaluation within a second

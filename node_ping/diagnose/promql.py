@@ -1,5 +1,6 @@
-"""The PromQL of a summed diagnosis, written once: diagnose asks it of Prometheus directly, and the
-recording rules (`recorded`) keep the same answers, so that diagnose reads them instead.
+"""The PromQL of a diagnosis over the pair counters, written once: the whole matrix's per-pair sums
+(and their answers as counts), and the sums of a large cluster (`pushdown`), which diagnose asks of
+Prometheus directly or which the recording rules (`recorded`) keep for it to read instead.
 
 Thresholds and windows are text or numbers: the rules file writes numbers, the chart's template
 writes `{{ .range }}`-style placeholders in their place.
@@ -7,7 +8,11 @@ writes `{{ .range }}`-style placeholders in their place.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
+
 from node_ping import contract
+from node_ping.diagnose.matrix import Counts, Pair
+from node_ping.diagnose.prometheus import Sample
 
 S, D = contract.SOURCE, contract.NODE.destination
 GROUP_SOURCE, GROUP_DESTINATION = "node_ping_source_group", "node_ping_destination_group"
@@ -21,6 +26,26 @@ def number(value: float | str) -> str:
 
 def pair_sum(metric_name: str, window: str, matcher: str = "", by: str = PAIR) -> str:
     return f"sum by ({by}) (increase({metric_name}{matcher}[{window}]))"
+
+
+def pair_queries(family: contract.PingFamily, window: str, matcher: str = "") -> dict[str, str]:
+    """PromQL for sent, received and RTT sum of one family over the window, per pair (of the series
+    `matcher` selects, e.g. `{source_node=~"a|b"}`)."""
+    by = f"{S}, {family.destination}"
+    return {name: pair_sum(metric.name, window, matcher, by)
+            for name, metric in (("sent", family.packets_sent), ("received", family.packets_received),
+                                 ("rtt", family.rtt_sum))}
+
+
+def pair_counts(answers: Mapping[str, Iterable[Sample]], family: contract.PingFamily) -> dict[Pair, Counts]:
+    """The answers to `pair_queries` as counts per pair. The exporter always writes sent and received
+    together; a pair with only one of them (a scrape cut short) cannot give a loss figure, so it is
+    left out rather than read as 100 % loss."""
+    values = {name: {(labels[S], labels[family.destination]): value for labels, value in samples
+                     if labels.get(S) and labels.get(family.destination)}
+              for name, samples in answers.items()}
+    return {pair: Counts(sent, values["received"][pair], values["rtt"].get(pair, 0.0))
+            for pair, sent in values["sent"].items() if pair in values["received"]}
 
 
 def loss_of(sent: str, received: str) -> str:

@@ -20,7 +20,16 @@ from node_ping import contract
 from node_ping.diagnose.judge import Thresholds
 from node_ping.diagnose.matrix import Block, Counts, Line, Pair, PathCells, Place, Summary
 from node_ping.diagnose.prometheus import Prometheus, Sample
-from node_ping.diagnose.promql import GROUP_DESTINATION, GROUP_SOURCE, D, NodeExprs, PathExprs, S, pair_sum
+from node_ping.diagnose.promql import (
+    GROUP_DESTINATION,
+    GROUP_SOURCE,
+    D,
+    NodeExprs,
+    PathExprs,
+    S,
+    pair_counts,
+    pair_queries,
+)
 from node_ping.diagnose.recorded import PATHS, Names, Recorded
 
 FULL_FETCH_PAIRS = 20_000
@@ -32,16 +41,13 @@ MAX_WHOLE_LINES = 40
 PARALLEL = 2
 """Queries sent at once: each is a pass over every pair series, which Prometheus makes on one core."""
 
-_S, _D = S, D
-
-
 def _names_regex(names: Iterable[str]) -> str:
     """A PromQL string literal matching exactly these names (RE2, anchored by Prometheus)."""
     return json.dumps("|".join(re.escape(name) for name in sorted(names)))
 
 
 def _by_pair(samples: Iterable[tuple[dict[str, str], float]]) -> dict[Pair, float]:
-    return {(labels[_S], labels[_D]): value for labels, value in samples if labels.get(_S) and labels.get(_D)}
+    return {(labels[S], labels[D]): value for labels, value in samples if labels.get(S) and labels.get(D)}
 
 
 def pair_count(prometheus: Prometheus, at: float) -> int:
@@ -58,12 +64,12 @@ def pair_count(prometheus: Prometheus, at: float) -> int:
 
 
 _INFO = contract.NODE_INFO
-_PLACES = f"max by ({_S}, {_INFO.labels[1]}, {_INFO.labels[2]}) ({_INFO.name})"
+_PLACES = f"max by ({S}, {_INFO.labels[1]}, {_INFO.labels[2]}) ({_INFO.name})"
 
 
 def _places_from(samples: list[Sample]) -> dict[str, Place]:
     zone, rack = _INFO.labels[1], _INFO.labels[2]
-    return {labels[_S]: Place(labels.get(zone, ""), labels.get(rack, "")) for labels, _ in samples if labels.get(_S)}
+    return {labels[S]: Place(labels.get(zone, ""), labels.get(rack, "")) for labels, _ in samples if labels.get(S)}
 
 
 def places_of(prometheus: Prometheus, at: float) -> dict[str, Place]:
@@ -97,7 +103,7 @@ def _together(prometheus: Prometheus, queries: Mapping[str, str], at: float) -> 
 
 def _lines_from(answers: Mapping[str, list[Sample]]) -> dict[tuple[str, str], Line]:
     lines: dict[tuple[str, str], Line] = {}
-    for direction, label in (("send", _S), ("receive", _D)):
+    for direction, label in (("send", S), ("receive", D)):
         def by_node(name: str, label: str = label) -> dict[str, float]:
             return {labels[label]: value for labels, value in answers[name] if labels.get(label)}
 
@@ -170,7 +176,7 @@ def fetch_summed(prometheus: Prometheus, window: str, at: float, thresholds: Thr
     where each node sits; the sums from the recording rules when `recorded`."""
     asks = _Asks(window, thresholds, recorded)
     first = {f"{direction}_{what}": asks.line(label, what)
-             for direction, label in (("send", _S), ("receive", _D)) for what in ("pairs", "sent", "received")}
+             for direction, label in (("send", S), ("receive", D)) for what in ("pairs", "sent", "received")}
     first |= {"lossy": asks.lossy, "slow": asks.slow, "places": _PLACES}
     answers = _together(prometheus, first, at)
     lines = _lines_from(answers)
@@ -200,7 +206,7 @@ def fetch_summed(prometheus: Prometheus, window: str, at: float, thresholds: Thr
     # analysis to judge whether every peer agrees. A matcher on one node's name reads only its own
     # series, so this costs little however large the cluster.
     whole = [key for _, key in sorted(((lines[key].loss_ratio, key) for key in heavy), reverse=True)][:MAX_WHOLE_LINES]
-    for label, direction in ((_S, "send"), (_D, "receive")):
+    for label, direction in ((S, "send"), (D, "receive")):
         names = [node for d, node in whole if d == direction]
         if names:
             cells.update(_line_cells(prometheus, window, f"{{{label}=~{_names_regex(names)}}}", at))
@@ -235,12 +241,7 @@ def _blocks_from(samples: list[Sample], places: Mapping[str, Place], by: str, ce
 
 
 def _line_cells(prometheus: Prometheus, window: str, matcher: str, at: float) -> dict[Pair, Counts]:
-    family = contract.NODE
-    queries = {metric.name: pair_sum(metric.name, window, matcher)
-               for metric in (family.packets_sent, family.packets_received, family.rtt_sum)}
-    values = [_by_pair(samples) for samples in _together(prometheus, queries, at).values()]
-    return {pair: Counts(sent, values[1][pair], values[2].get(pair, 0.0))
-            for pair, sent in values[0].items() if pair in values[1]}
+    return pair_counts(_together(prometheus, pair_queries(contract.NODE, window, matcher), at), contract.NODE)
 
 
 def fetch_path(prometheus: Prometheus, path: str, window: str, at: float, *, loss_ratio: float,
@@ -259,12 +260,12 @@ def fetch_path(prometheus: Prometheus, path: str, window: str, at: float, *, los
         return PathCells()
     queries = {"sent": names.path_lossy_sent(path) if names else exprs.lossy_sent}
     queries |= {direction: names.path_pairs(path, label) if names else exprs.line_pairs(label)
-                for direction, label in (("send", _S), ("receive", _D))}
+                for direction, label in (("send", S), ("receive", D))}
     answers = _together(prometheus, queries, at)
-    loss = {(labels[_S], labels[_D]): value for labels, value in lossy if labels.get(_S) and labels.get(_D)}
+    loss = {(labels[S], labels[D]): value for labels, value in lossy if labels.get(S) and labels.get(D)}
     cells = {pair: Counts(value, value * (1 - loss[pair]), None)
              for pair, value in _by_pair(answers["sent"]).items() if pair in loss}
-    sizes = {(direction, labels[label]): round(value) for direction, label in (("send", _S), ("receive", _D))
+    sizes = {(direction, labels[label]): round(value) for direction, label in (("send", S), ("receive", D))
              for labels, value in answers[direction] if labels.get(label)}
     sizes_mtu = sorted({labels.get(exprs.mtu, "") for labels, _ in lossy} - {""}) if exprs.mtu else []
     return PathCells(cells, sizes, ",".join(sizes_mtu))

@@ -14,6 +14,7 @@ from node_ping import contract
 from node_ping.diagnose.judge import Thresholds
 from node_ping.diagnose.matrix import Counts, Freshness, Matrix, Pair, grace_s, probers, stale_sources
 from node_ping.diagnose.prometheus import Prometheus, PrometheusError
+from node_ping.diagnose.promql import pair_counts, pair_queries
 from node_ping.diagnose.pushdown import FULL_FETCH_PAIRS, fetch_path, fetch_summed, pair_count, places_of
 from node_ping.diagnose.recorded import PATHS, Recorded
 from node_ping.diagnose.recorded import find as find_recorded
@@ -27,28 +28,9 @@ class NoDataError(PrometheusError):
     """Prometheus answered, but holds nothing to diagnose over the range; the message says why."""
 
 
-def pair_queries(family: contract.PingFamily, window: str) -> dict[str, str]:
-    """PromQL for sent, received and RTT sum of one family over the window, per pair."""
-    by = f"{_SOURCE}, {family.destination}"
-    return {name: f"sum by ({by}) (increase({metric.name}[{window}]))"
-            for name, metric in (("sent", family.packets_sent), ("received", family.packets_received),
-                                 ("rtt", family.rtt_sum))}
-
-
 def _family(prometheus: Prometheus, family: contract.PingFamily, window: str, at: float) -> dict[Pair, Counts]:
-    values: dict[str, dict[Pair, float]] = {}
-    for name, promql in pair_queries(family, window).items():
-        values[name] = {}
-        for labels, value in prometheus.query(promql, at):
-            source, destination = labels.get(_SOURCE), labels.get(family.destination)
-            if source and destination:
-                values[name][(source, destination)] = value
-    # The exporter always writes sent and received together; a pair with only one of them (a
-    # scrape cut short) cannot give a loss figure, so it is left out rather than read as 100 % loss.
-    return {
-        pair: Counts(sent, values["received"][pair], values["rtt"].get(pair, 0.0))
-        for pair, sent in values["sent"].items() if pair in values["received"]
-    }
+    return pair_counts({name: prometheus.query(promql, at) for name, promql in pair_queries(family, window).items()},
+                       family)
 
 
 # Each source's own series at the end of the range (the instant value, within Prometheus's lookback),
