@@ -128,8 +128,6 @@ class Recorded:
 
     names: Names
     evaluated_at: float
-    loss_ratio: float
-    latency_ms: float
 
 
 def _float(text: str | None) -> float | None:
@@ -162,7 +160,7 @@ def find(prometheus: Prometheus, window: str, thresholds: Thresholds, at: float)
         if (loss_ratio is not None and latency_ms is not None
                 and 0 <= at - evaluated <= max_age_s(labels.get("interval"))
                 and loss_ratio <= thresholds.loss_ratio and latency_ms <= thresholds.latency_ms):
-            usable.append(Recorded(Names(window), evaluated, loss_ratio, latency_ms))
+            usable.append(Recorded(Names(window), evaluated))
     newest = max(usable, key=lambda recorded: recorded.evaluated_at, default=None)
     return newest if newest is not None and _all_written(prometheus, newest, at) else None
 
