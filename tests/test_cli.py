@@ -20,7 +20,7 @@ from node_ping import contract
 from node_ping.probe.export import last_success_in
 from tests.support.exposition import families
 from tests.support.ports import free_port
-from tests.support.processes import NODE_PING
+from tests.support.processes import NODE_PING, communicate
 
 NODES = [{"name": "me", "ipAddress": "127.0.0.1"}, {"name": "peer", "ipAddress": "127.0.0.2"},
          {"name": "peer6", "ipAddress": "::1"}]
@@ -37,12 +37,7 @@ def node_ping(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen
 def finish(process: subprocess.Popen[str], timeout: float = 60) -> tuple[int, str, str]:
     """Wait for the process and collect its output. `timeout` only bounds a hang: past it the
     process is killed (and reaped) so that nothing outlives a failed test."""
-    try:
-        out, err = process.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.communicate()
-        raise
+    out, err = communicate(process, timeout)
     return process.returncode, out, err
 
 

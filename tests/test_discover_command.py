@@ -33,7 +33,7 @@ from tests.support.discovery import (
     write_kubeconfig,
 )
 from tests.support.fake_kube_api import FakeKubeAPI, make_node, make_pod
-from tests.support.processes import NODE_PING
+from tests.support.processes import NODE_PING, communicate
 
 REPO = Path(__file__).resolve().parents[1]
 ENV_VARS = ("POD_NAMESPACE", "NODE_PING_CONFIGMAP", "NODE_PING_ADDRESS_TYPES", "NODE_PING_NODE_SELECTOR",
@@ -70,13 +70,7 @@ def discover_process(kube: FakeKubeAPI, tmp_path: Path, *args: str) -> subproces
 
 def finish(process: subprocess.Popen[str], timeout: float = 30) -> str:
     """Wait for the process; its stderr. Killed (and reaped) past `timeout`: nothing outlives a test."""
-    try:
-        _, stderr = process.communicate(timeout=timeout)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
-    return stderr
+    return communicate(process, timeout)[1]
 
 
 class TestSettings:

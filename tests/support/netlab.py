@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.support.exposition import Series, families
-from tests.support.processes import NODE_PING, REPO
+from tests.support.processes import NODE_PING, REPO, communicate
 
 V4_NET = "10.231.0"
 V6_NET = "fd00:231::"
@@ -232,12 +232,7 @@ def start_node_ping(host: Host, workdir: Path, nodes: list[dict[str, str]], *, c
 
 def finish(process: subprocess.Popen[str], timeout: float = 120) -> str:
     """Wait for a node-ping started by start_node_ping, assert it succeeded; its log."""
-    try:
-        _, stderr = process.communicate(timeout=timeout)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+    stderr = communicate(process, timeout)[1]
     assert process.returncode == 0, stderr
     return stderr
 

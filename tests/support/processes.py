@@ -37,3 +37,14 @@ def stop(process: subprocess.Popen[Any], grace_s: float = 10) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
     process.wait()
+
+
+def communicate(process: subprocess.Popen[str], timeout: float) -> tuple[str, str]:
+    """Wait for the process; its stdout and stderr. `timeout` only bounds a hang: past it the process
+    is killed and reaped (and TimeoutExpired raised), so that nothing outlives a failed test."""
+    try:
+        return process.communicate(timeout=timeout)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
