@@ -281,12 +281,11 @@ def recording_defaults() -> tuple[str, str, str]:
     return recorded.DEFAULT_RANGE, plain(thresholds.loss_ratio), plain(thresholds.latency_ms)
 
 
-def _recording_rule(rule: dict[str, Any], indent: str, quote: bool) -> list[str]:
+def _recording_rule(rule: dict[str, Any], indent: str) -> list[str]:
     lines = [f"{indent}- record: {rule['record']}", f"{indent}  expr: |-", f"{indent}    {rule['expr']}"]
     if "labels" in rule:
         lines.append(f"{indent}  labels:")
-        lines += [f'{indent}    {key}: "{value}"' if quote else f"{indent}    {key}: {json.dumps(value)}"
-                  for key, value in rule["labels"].items()]
+        lines += [f"{indent}    {key}: {json.dumps(value)}" for key, value in rule["labels"].items()]
     return lines
 
 
@@ -296,7 +295,7 @@ def recording_file() -> str:
              f"  - name: {recorded.GROUP}", f"    interval: {recorded.DEFAULT_INTERVAL}", "    rules:"]
     window, loss_ratio, latency_ms = recording_defaults()
     for rule in recorded.rules(window, recorded.DEFAULT_INTERVAL, loss_ratio, latency_ms):
-        lines += _recording_rule(rule, "      ", quote=False)
+        lines += _recording_rule(rule, "      ")
     return "\n".join(lines) + "\n"
 
 
@@ -394,7 +393,7 @@ def prometheusrule_template(source: Source) -> str:
     lines += ["  {{- with .Values.prometheusRule.recordingRules }}{{ if .enabled }}",
               f"    - name: {recorded.GROUP}", "      interval: {{ .interval }}", "      rules:"]
     for rule in recorded.rules("{{ .range }}", "{{ .interval }}", "{{ .lossThreshold }}", "{{ .latencyThresholdMs }}"):
-        lines += _recording_rule(rule, "        ", quote=True)
+        lines += _recording_rule(rule, "        ")
     lines += ["  {{- end }}{{ end }}", "{{- end }}"]
     return "\n".join(lines) + "\n"
 
